@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Creates or refreshes .venv for vla_cache_ros; idempotent and fast on a second run.
+#
+# - Python packages are pinned in requirements/constraints.txt.
+# - The ROS 2 Kilted wheels from PyPI are installed only when no ROS 2 is sourced
+#   (ROS_DISTRO unset); with a sourced ROS 2 its rclpy is used instead.
+# - System libraries for offscreen MuJoCo rendering (EGL / OSMesa) are installed with
+#   apt when missing and we are root.
+# - The package itself is installed editable, so `vla-cache` and the node entry points exist.
+# Source this file (or run it) from anywhere; it prints nothing when everything is in place.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.bootstrap-stamp"
+
+want_ros_wheels=1
+if [[ -n "${ROS_DISTRO:-}" ]]; then want_ros_wheels=0; fi
+
+fingerprint() {
+  { cat "$ROOT/requirements/constraints.txt" "$ROOT/requirements/base.in" "$ROOT/requirements/ros.in" \
+        "$ROOT/setup.py" "$ROOT/tools/bootstrap.sh"; echo "ros_wheels=$want_ros_wheels"; } | sha256sum | cut -d' ' -f1
+}
+
+ensure_system_libs() {
+  # Mesa EGL + OSMesa for MuJoCo offscreen rendering; only when missing.
+  if ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libOSMesa.so'; then
+    return 0
+  fi
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] installing EGL/OSMesa libraries for MuJoCo rendering (apt)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        libegl1 libgl1 libgles2 libegl-mesa0 libgl1-mesa-dri libosmesa6 >/dev/null) \
+      || echo "[bootstrap] warning: apt install of rendering libraries failed; MuJoCo rendering may be unavailable" >&2
+  else
+    echo "[bootstrap] warning: libEGL/libOSMesa missing and not root; install libegl1 libosmesa6 for rendering" >&2
+  fi
+}
+
+ensure_system_libs
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(fingerprint)" && -x "$VENV/bin/python" ]]; then
+  exit 0
+fi
+
+echo "[bootstrap] setting up $VENV (first run takes a few minutes)" >&2
+if [[ ! -x "$VENV/bin/python" ]]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+reqs=(-r "$ROOT/requirements/base.in")
+if [[ "$want_ros_wheels" == "1" ]]; then reqs+=(-r "$ROOT/requirements/ros.in"); fi
+"$VENV/bin/python" -m pip install -q "${reqs[@]}" -c "$ROOT/requirements/constraints.txt"
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+fingerprint > "$STAMP"
+echo "[bootstrap] done" >&2

@@ -1,0 +1,61 @@
+"""The ``vla-cache`` command: one entry point, one subcommand per job.
+
+Each area of the package contributes its subcommands through a ``register(subparsers)``
+function in its own ``cli`` module (``models/cli.py``, ``cache/cli.py``, ``replay/cli.py``,
+``sim/cli.py``, ...); a subcommand's handler returns an exit code. Errors the user can fix
+(``UserFacingError`` and subclasses) are printed as one clear line, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from vla_cache_ros.errors import UserFacingError
+
+# Modules that contribute subcommands, in the order they appear in --help.
+SUBCOMMAND_MODULES = (
+    "vla_cache_ros.models.cli",
+    "vla_cache_ros.demo",
+    "vla_cache_ros.cache.cli",
+    "vla_cache_ros.replay.cli",
+    "vla_cache_ros.sim.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="vla-cache",
+        description="Adaptive visual-token KV caching for VLA policies on ROS 2 arms.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # area not present in this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``vla-cache``; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserFacingError as error:
+        print(f"vla-cache {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vla-cache {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
