@@ -1,0 +1,102 @@
+"""Finding and streaming safetensors weights of a local checkpoint directory (never pickles).
+
+Supports a single ``model.safetensors`` or shards listed in ``model.safetensors.index.json``.
+Tensors are read one at a time and assigned straight into modules created on the meta device,
+so loading never holds two full copies of the weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from vla_cache_ros.errors import CheckpointError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """Safetensors files of a checkpoint; refuses pickle-only directories with a reason."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index}: malformed shard index ({error})") from error
+        files = sorted({directory / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{directory}: shard(s) listed in the index are missing: {', '.join(missing)}")
+        return files
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    shards = sorted(directory.glob("*.safetensors"))
+    if shards:
+        return shards
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{directory}: only pickle weight files found ({', '.join(pickles)}); refusing to load them "
+            "because unpickling can run arbitrary code. Convert the checkpoint to safetensors.")
+    raise CheckpointError(f"{directory}: no weights found (expected model.safetensors or a sharded index)")
+
+
+def iter_tensors(files: list[Path], dtype: torch.dtype | None, device: str | torch.device
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) for every tensor, one at a time, cast to ``dtype`` on ``device``."""
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for name in handle.keys():
+                    tensor = handle.get_tensor(name)
+                    if dtype is not None and tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    yield name, tensor.to(device)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from error
+
+
+def _resolve(module: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:
+    parts = dotted.split(".")
+    owner = module
+    for part in parts[:-1]:
+        owner = getattr(owner, part)
+    return owner, parts[-1]
+
+
+def assign_tensors(module: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
+                   key_map, ignore_unexpected: tuple[str, ...] = ()) -> None:
+    """Assign streamed tensors into ``module``'s parameters/buffers, checking names and shapes.
+
+    Raises ``CheckpointError`` naming the tensor on a shape mismatch, a missing tensor, or an
+    unexpected one (unless its module key starts with one of ``ignore_unexpected``).
+    """
+    expected = dict(module.named_parameters())
+    expected.update(dict(module.named_buffers()))
+    persistent = set(module.state_dict().keys())
+    seen: set[str] = set()
+    for checkpoint_name, tensor in tensors:
+        name = key_map(checkpoint_name)
+        if name not in expected:
+            if name.startswith(ignore_unexpected):
+                continue
+            raise CheckpointError(f"unexpected tensor '{checkpoint_name}' in checkpoint (no such module weight)")
+        target = expected[name]
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"shape mismatch for tensor '{checkpoint_name}': checkpoint has {tuple(tensor.shape)}, "
+                f"config implies {tuple(target.shape)}")
+        owner, leaf = _resolve(module, name)
+        if isinstance(target, torch.nn.Parameter):
+            setattr(owner, leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        else:
+            owner.register_buffer(leaf, tensor, persistent=True)
+        seen.add(name)
+    missing = sorted(persistent - seen)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")

@@ -1,0 +1,130 @@
+"""OpenVLA checkpoint configuration, parsed from config.json without remote code.
+
+OpenVLA's config.json has ``model_type: "openvla"``, which ``transformers.AutoConfig`` refuses
+without ``trust_remote_code``; this module reads the JSON itself, validates the fields the model
+layer needs, and builds the ``LlamaConfig`` of the language model exactly as the reference does
+(fields absent from ``text_config`` take ``LlamaConfig`` defaults).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import LlamaConfig
+
+from vla_cache_ros.errors import CheckpointError
+
+# The action-token convention: the last 256 ids of the un-padded vocabulary are action bins.
+DEFAULT_N_ACTION_BINS = 256
+DEFAULT_PAD_TO_MULTIPLE_OF = 64
+
+
+@dataclass
+class OpenVLAConfig:
+    """The fields of an OpenVLA config.json that loading and inference use."""
+
+    timm_model_ids: list[str]
+    image_sizes: list[int]
+    timm_override_act_layers: list[str | None]
+    use_fused_vision_backbone: bool
+    n_action_bins: int
+    pad_to_multiple_of: int
+    norm_stats: dict[str, Any]
+    text_config: dict[str, Any]
+    timm_model_kwargs: list[dict[str, Any]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_backbones(self) -> int:
+        """Number of vision backbones (2 when fused DINOv2 + SigLIP)."""
+        return len(self.timm_model_ids)
+
+    def llama_config(self) -> LlamaConfig:
+        """The language model's ``LlamaConfig``: ``text_config`` over ``LlamaConfig`` defaults."""
+        fields = {k: v for k, v in self.text_config.items() if k not in ("model_type", "torch_dtype", "dtype")}
+        try:
+            config = LlamaConfig(**fields)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"config.json: invalid text_config ({error})") from error
+        # SDPA everywhere; the cache engine drives the layer modules itself.
+        config._attn_implementation = "sdpa"
+        return config
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the language model's (padded) vocabulary."""
+        return int(self.text_config.get("vocab_size", LlamaConfig().vocab_size))
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise CheckpointError(f"{where}: missing required field '{key}'")
+    value = data[key]
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{where}: field '{key}' has type {type(value).__name__}, expected {kind}")
+    return value
+
+
+def parse_config(data: dict[str, Any], where: str = "config.json") -> OpenVLAConfig:
+    """Validate an OpenVLA config dictionary and return an ``OpenVLAConfig``."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: expected a JSON object at top level")
+    model_type = data.get("model_type")
+    if model_type not in ("openvla", "prismatic"):
+        raise CheckpointError(f"{where}: model_type is {model_type!r}, expected 'openvla'")
+    timm_ids = _require(data, "timm_model_ids", list, where)
+    if not timm_ids or not all(isinstance(t, str) for t in timm_ids) or len(timm_ids) > 2:
+        raise CheckpointError(f"{where}: timm_model_ids must list one or two timm model names")
+    fused = bool(data.get("use_fused_vision_backbone", len(timm_ids) == 2))
+    if fused != (len(timm_ids) == 2):
+        raise CheckpointError(
+            f"{where}: use_fused_vision_backbone={fused} but {len(timm_ids)} timm_model_ids given")
+    image_sizes = _require(data, "image_sizes", list, where)
+    if len(image_sizes) != len(timm_ids) or not all(isinstance(s, int) and s > 0 for s in image_sizes):
+        raise CheckpointError(f"{where}: image_sizes must give one positive size per backbone")
+    act_layers = data.get("timm_override_act_layers") or [None] * len(timm_ids)
+    if len(act_layers) != len(timm_ids):
+        raise CheckpointError(f"{where}: timm_override_act_layers must have one entry per backbone")
+    kwargs = data.get("timm_model_kwargs") or [{} for _ in timm_ids]
+    if len(kwargs) != len(timm_ids) or not all(isinstance(k, dict) for k in kwargs):
+        raise CheckpointError(f"{where}: timm_model_kwargs must be a list with one object per backbone")
+    text_config = _require(data, "text_config", dict, where)
+    norm_stats = data.get("norm_stats") or {}
+    if not isinstance(norm_stats, dict):
+        raise CheckpointError(f"{where}: norm_stats must be an object")
+    return OpenVLAConfig(
+        timm_model_ids=list(timm_ids),
+        image_sizes=list(image_sizes),
+        timm_override_act_layers=list(act_layers),
+        use_fused_vision_backbone=fused,
+        n_action_bins=int(data.get("n_action_bins", DEFAULT_N_ACTION_BINS)),
+        pad_to_multiple_of=int(data.get("pad_to_multiple_of", DEFAULT_PAD_TO_MULTIPLE_OF)),
+        norm_stats=dict(norm_stats),
+        text_config=dict(text_config),
+        timm_model_kwargs=[dict(k) for k in kwargs],
+        raw=data,
+    )
+
+
+def load_config(directory: Path) -> OpenVLAConfig:
+    """Read ``config.json`` (and merge ``dataset_statistics.json`` into norm_stats when present)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no config.json (not an OpenVLA checkpoint directory)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: malformed JSON ({error})") from error
+    config = parse_config(data, where=str(path))
+    stats_path = directory / "dataset_statistics.json"
+    if stats_path.is_file():
+        try:
+            extra = json.loads(stats_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{stats_path}: malformed JSON ({error})") from error
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"{stats_path}: expected an object of dataset statistics")
+        config.norm_stats.update(extra)
+    return config

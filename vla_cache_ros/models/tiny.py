@@ -1,0 +1,177 @@
+"""Seeded random miniature checkpoints in OpenVLA's exact on-disk format.
+
+``make_tiny_checkpoint(dir)`` writes config.json (real timm ids + ``timm_model_kwargs`` to
+shrink them), safetensors weights (optionally sharded with an index), tokenizer files built with
+the ``tokenizers`` library, preprocessor_config.json (bf16-rounded DINOv2 constants) and
+norm_stats for two datasets. Presets: ``tiny`` (tests, demo) and ``midsize`` (benchmark: hidden
+1024, 8 layers, 16 heads). Random weights give meaningless but deterministic actions; the lm_head
+rows of the action tokens are scaled up so that greedy decoding lands on action tokens.
+"""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from vla_cache_ros.models.config import parse_config
+from vla_cache_ros.models.processor import ImageProcessor
+from vla_cache_ros.models.vision import module_key_to_checkpoint_key
+
+DINOV2_ID = "vit_large_patch14_reg4_dinov2.lvd142m"
+SIGLIP_ID = "vit_so400m_patch14_siglip_224"
+# OpenVLA's saved (bf16-rounded) DINOv2 constants and SigLIP's.
+DINOV2_MEAN_BF16 = [0.484375, 0.455078125, 0.40625]
+DINOV2_STD_BF16 = [0.228515625, 0.2236328125, 0.224609375]
+SIGLIP_MEAN = [0.5, 0.5, 0.5]
+SIGLIP_STD = [0.5, 0.5, 0.5]
+VOCAB_SIZE = 32064
+ACTION_LOGIT_GAIN = 4.0
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "vision": {"depth": 3, "embed_dim": 48, "num_heads": 2},
+        "text": {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 2},
+    },
+    "midsize": {
+        "vision": {"depth": 4, "embed_dim": 192, "num_heads": 3},
+        "text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
+                 "num_attention_heads": 16, "num_key_value_heads": 16},
+    },
+}
+
+TRAINING_SENTENCES = [
+    "In: What action should the robot take to {}?\nOut:",
+    "pick up the {} cube", "push the {} block to the {} square", "touch the {} ball",
+    "put the {} object on the plate", "open the drawer", "close the gripper", "move left", "move right",
+]
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
+
+
+def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """Train a small Llama-style (SentencePiece-like BPE) tokenizer and save it to ``directory``."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    corpus = []
+    for template in TRAINING_SENTENCES:
+        for colour in COLOURS:
+            corpus.append(template.format(colour, colour).lower())
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=list(string.printable) + ["▁"], show_progress=False)
+    tokenizer.train_from_iterator(corpus * 4, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                      unk_token="<unk>", pad_token="<PAD>")
+    wrapped.save_pretrained(str(directory))
+    return wrapped
+
+
+def tiny_config(preset: str, pad_token_id: int, norm_stats: dict[str, Any]) -> dict[str, Any]:
+    """config.json contents for a preset."""
+    spec = PRESETS[preset]
+    text = {"model_type": "llama", "pad_token_id": pad_token_id, "torch_dtype": "bfloat16",
+            "vocab_size": VOCAB_SIZE, "max_position_embeddings": 1024}
+    text.update(spec["text"])
+    return {
+        "architectures": ["OpenVLAForActionPrediction"],
+        "model_type": "openvla",
+        "arch_specifier": "no-align+fused-gelu-mlp",
+        "llm_backbone_id": f"{preset}-random-llama",
+        "vision_backbone_id": "dinosiglip-vit-so-224px",
+        "use_fused_vision_backbone": True,
+        "timm_model_ids": [DINOV2_ID, SIGLIP_ID],
+        "timm_override_act_layers": [None, None],
+        "timm_model_kwargs": [dict(spec["vision"]), dict(spec["vision"])],
+        "image_sizes": [224, 224],
+        "image_resize_strategy": "resize-naive",
+        "n_action_bins": 256,
+        "pad_to_multiple_of": 64,
+        "pad_token_id": pad_token_id,
+        "norm_stats": norm_stats,
+        "text_config": text,
+        "torch_dtype": "bfloat16",
+    }
+
+
+def example_norm_stats(seed: int) -> dict[str, Any]:
+    """Two datasets' statistics in OpenVLA's norm_stats layout (7-D actions, gripper unmasked)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def entry(scale: float) -> dict[str, Any]:
+        low = (-scale * (1 + torch.rand(6, generator=generator))).tolist() + [0.0]
+        high = (scale * (1 + torch.rand(6, generator=generator))).tolist() + [1.0]
+        action = {"q01": low, "q99": high, "mean": [0.0] * 6 + [0.5], "std": [scale] * 6 + [0.5],
+                  "min": [2 * v for v in low[:6]] + [0.0], "max": [2 * v for v in high[:6]] + [1.0],
+                  "mask": [True] * 6 + [False]}
+        proprio = {k: [0.0] * 7 for k in ("q01", "q99", "mean", "std", "min", "max")}
+        return {"action": action, "proprio": proprio, "num_transitions": 1000, "num_trajectories": 10}
+
+    return {"tiny_sim": entry(0.01), "tiny_alt": entry(0.05)}
+
+
+def save_weights(state: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype,
+                 max_shard_bytes: int | None) -> None:
+    """Write checkpoint tensors as one safetensors file or as shards with an index."""
+    tensors = {module_key_to_checkpoint_key(k): v.detach().to(dtype).contiguous() for k, v in state.items()}
+    if max_shard_bytes is None:
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / filename), metadata={"format": "pt"})
+        weight_map.update({name: filename for name in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def make_tiny_checkpoint(path: str | Path, seed: int = 0, preset: str = "tiny",
+                         dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None) -> Path:
+    """Write a seeded random OpenVLA-format checkpoint to ``path`` and return the directory."""
+    from vla_cache_ros.models.vla import OpenVLA  # local import: vla imports this module's siblings
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory)
+    norm_stats = example_norm_stats(seed)
+    config_dict = tiny_config(preset, int(tokenizer.pad_token_id), norm_stats)
+    (directory / "config.json").write_text(json.dumps(config_dict, indent=2))
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "PrismaticImageProcessor",
+        "image_resize_strategy": "resize-naive",
+        "input_sizes": [[3, 224, 224], [3, 224, 224]],
+        "interpolations": ["bicubic", "bicubic"],
+        "means": [DINOV2_MEAN_BF16, SIGLIP_MEAN],
+        "stds": [DINOV2_STD_BF16, SIGLIP_STD],
+        "use_fused_vision_backbone": True,
+    }, indent=2))
+    torch.manual_seed(seed)
+    config = parse_config(config_dict)
+    processor = ImageProcessor(224, [tuple(DINOV2_MEAN_BF16), tuple(SIGLIP_MEAN)],
+                               [tuple(DINOV2_STD_BF16), tuple(SIGLIP_STD)])
+    model = OpenVLA(config, tokenizer, processor)
+    low, high = model.action_tokenizer.action_token_range
+    with torch.no_grad():
+        model.language_model.lm_head.weight[low:high + 1] *= ACTION_LOGIT_GAIN
+    save_weights(model.state_dict(), directory, dtype, max_shard_bytes)
+    return directory
