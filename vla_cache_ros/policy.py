@@ -1,0 +1,246 @@
+"""CachedVLAPolicy: observation -> action + StepStats, with visual-token KV reuse between steps.
+
+Owns the model, the ``KVReuseEngine``, a selector per mode and the per-token bookkeeping. One
+call to ``step`` runs preprocess -> vision -> select -> prefill (partial recompute) -> decode and
+reports what it did. Settings (``set_mode``, ``set_cache_ratio``, ``reset``) may be called from
+another thread (a ROS parameter callback) while ``step`` runs: they are recorded under a lock and
+take effect at the start of the next step. ROS-free.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vla_cache_ros.cache.engine import KVReuseEngine, VisualKV
+from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
+from vla_cache_ros.cache.selectors import SelectionContext, Selector, make_selector
+from vla_cache_ros.cache.tokens import TokenStates, extract_patches
+from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
+
+BUILTIN_MODES = ("off", "fixed", "vla_cache")
+STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
+DEFAULT_MAX_TOKEN_AGE = 20
+
+
+@dataclass
+class StepStats:
+    """What one policy step did and how long each stage took."""
+
+    mode: str
+    target_ratio: float
+    reused_tokens: int
+    recomputed_tokens: int
+    actual_ratio: float
+    times_s: dict[str, float]
+    flops: float
+    flops_uncached: float
+    prefill_flops: float
+    prefill_flops_uncached: float
+    token_layer_computations: int  # counted inside the engine during prefill
+    reuse_indices: np.ndarray = field(repr=False)
+    action_tokens: np.ndarray = field(repr=False)
+    cache_reset: bool = False  # the cache was (re)initialised at this step
+
+    @property
+    def flops_saved_fraction(self) -> float:
+        """1 - flops / flops_uncached."""
+        return 1.0 - self.flops / self.flops_uncached if self.flops_uncached else 0.0
+
+
+def vision_dims(model: OpenVLA) -> VisionDims:
+    """FLOPs-relevant sizes of the model's vision tower and projector."""
+    backbones = []
+    for backbone in model.vision.backbones:
+        blocks = len(backbone.blocks)
+        tokens = model.num_visual_tokens + int(getattr(backbone, "num_prefix_tokens", 0))
+        patch_px = int(backbone.patch_embed.patch_size[0])
+        backbones.append((int(backbone.embed_dim), int(backbone.blocks[0].mlp.fc1.out_features),
+                          blocks - 1, tokens, patch_px))
+    layers = [(fc.in_features, fc.out_features)
+              for fc in (model.projector.fc1, model.projector.fc2, model.projector.fc3) if fc is not None]
+    return VisionDims(tuple(backbones), tuple(layers), model.num_visual_tokens)
+
+
+class CachedVLAPolicy:
+    """A VLA policy whose decoder prefill reuses visual-token K/V between consecutive steps."""
+
+    def __init__(self, model: OpenVLA, mode: str = "fixed", cache_ratio: float = 0.5,
+                 unnorm_key: str | None = None, max_token_age: int = DEFAULT_MAX_TOKEN_AGE,
+                 selectors: dict[str, Selector] | None = None,
+                 vla_cache_options: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.engine = KVReuseEngine(model.language_model)
+        self.num_visual = model.num_visual_tokens
+        self.unnorm_key = unnorm_key
+        self._selectors: dict[str, Selector] = {name: make_selector(name) for name in ("off", "fixed")}
+        self._selectors["vla_cache"] = make_selector("vla_cache", **(vla_cache_options or {}))
+        self._selectors.update(selectors or {})
+        self._decoder_dims = DecoderDims.from_config(model.llama_config)
+        self._vision_dims = vision_dims(model)
+        self._lock = threading.Lock()
+        self._mode = self._check_mode(mode)
+        self._ratio = self._check_ratio(cache_ratio)
+        self._max_token_age = self._check_age(max_token_age)
+        self._reset_requested = False
+        self._tokens = TokenStates(self.num_visual)
+        self._visual_kv: VisualKV | None = None
+        self._previous_attention: np.ndarray | None = None
+        self._input_shape: tuple[int, ...] | None = None
+        self._sync: Callable[[], None] = (torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None))
+
+    @classmethod
+    def from_pretrained(cls, model_path: str | Path, mode: str = "fixed", cache_ratio: float = 0.5,
+                        unnorm_key: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                        center_crop: bool = False, **kwargs: Any) -> "CachedVLAPolicy":
+        """Load a checkpoint directory and wrap it."""
+        model = load_vla(model_path, device=device, dtype=dtype, center_crop=center_crop)
+        return cls(model, mode=mode, cache_ratio=cache_ratio, unnorm_key=unnorm_key, **kwargs)
+
+    # --- settings (thread-safe) -------------------------------------------------------------
+    def available_modes(self) -> list[str]:
+        """Mode names this policy can run."""
+        return list(self._selectors)
+
+    def _check_mode(self, mode: str) -> str:
+        if mode not in self._selectors:
+            hint = " (no trained cache policy is loaded)" if mode == "learned" else ""
+            raise ConfigurationError(
+                f"unknown cache mode {mode!r}{hint}; available: {', '.join(self._selectors)}")
+        return mode
+
+    @staticmethod
+    def _check_ratio(ratio: float) -> float:
+        value = float(ratio)
+        if not np.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise ConfigurationError(f"cache ratio must lie in [0, 1], got {ratio}")
+        return value
+
+    @staticmethod
+    def _check_age(age: int) -> int:
+        if int(age) < 1:
+            raise ConfigurationError(f"max_token_age must be >= 1, got {age}")
+        return int(age)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch mode; takes effect at the next step."""
+        with self._lock:
+            self._mode = self._check_mode(mode)
+
+    def set_cache_ratio(self, ratio: float) -> None:
+        """Set the target/maximum cache ratio in [0, 1]; takes effect at the next step."""
+        with self._lock:
+            self._ratio = self._check_ratio(ratio)
+
+    def set_max_token_age(self, age: int) -> None:
+        """Tokens reused this many steps in a row are recomputed (bounded staleness)."""
+        with self._lock:
+            self._max_token_age = self._check_age(age)
+
+    def register_selector(self, name: str, selector: Selector) -> None:
+        """Add a mode (e.g. ``learned``) backed by ``selector``."""
+        with self._lock:
+            self._selectors[name] = selector
+
+    def reset(self) -> None:
+        """Start a new episode: the next step recomputes every token."""
+        with self._lock:
+            self._reset_requested = True
+
+    @property
+    def mode(self) -> str:
+        """Current mode."""
+        return self._mode
+
+    @property
+    def cache_ratio(self) -> float:
+        """Current target ratio."""
+        return self._ratio
+
+    # --- the step ---------------------------------------------------------------------------
+    def _begin_step(self, image_shape: tuple[int, ...]) -> tuple[str, float, int, bool]:
+        with self._lock:
+            mode, ratio, max_age = self._mode, self._ratio, self._max_token_age
+            reset = self._reset_requested or image_shape != self._input_shape
+            self._reset_requested = False
+        if reset:
+            self._tokens.reset()
+            self._visual_kv = None
+            self._previous_attention = None
+            self._input_shape = image_shape
+        return mode, ratio, max_age, reset
+
+    @torch.no_grad()
+    def step(self, image: np.ndarray, instruction: str, state: np.ndarray | None = None
+             ) -> tuple[np.ndarray, StepStats]:
+        """One inference: RGB uint8 (H, W, 3) frame + instruction -> 7-D action and stats.
+
+        ``state`` (proprioception) is accepted for interface compatibility; OpenVLA ignores it.
+        """
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        mode, ratio, max_age, reset = self._begin_step(tuple(getattr(image, "shape", ())))
+        selector = self._selectors[mode]
+
+        prepared = self.model.preprocess(image)
+        prompt_ids = self.model.prompt_ids(instruction)
+        mark = time.perf_counter()
+        times["preprocess"] = mark - start
+
+        visual = self.model.encode_image(prepared.pixel_values)
+        self._sync()
+        times["vision"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+
+        patches = extract_patches(prepared.model_input_rgb, self.num_visual)
+        eligible = np.zeros(self.num_visual, dtype=bool)
+        if self._tokens.valid and self._visual_kv is not None:
+            eligible = self._tokens.ages < max_age
+        context = SelectionContext(
+            frame=prepared.model_input_rgb, patches=patches, similarity=self._tokens.similarity(patches),
+            ages=self._tokens.ages.copy(), eligible=eligible, previous_attention=self._previous_attention,
+            target_ratio=ratio, num_layers=self.engine.num_layers)
+        reuse = np.asarray(selector.select(context), dtype=np.int64)
+        reuse = reuse[eligible[reuse]] if reuse.size else reuse  # never reuse an ineligible token
+        relevance_layer = selector.relevance_layer(self.engine.num_layers)
+        times["select"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+
+        embeddings = self.model.assemble_embeddings(visual, prompt_ids)
+        prefill = self.engine.prefill(embeddings, self.num_visual, torch.from_numpy(reuse),
+                                      self._visual_kv, relevance_layer)
+        self._sync()
+        times["prefill"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+
+        decoded = self.engine.decode(prefill, ACTION_DIM)
+        self._sync()
+        times["decode"] = time.perf_counter() - mark
+
+        action = self.model.decode_action(decoded.tokens.numpy(), self.unnorm_key)
+        self._visual_kv = self.engine.visual_slice(prefill, self.num_visual)
+        self._tokens.commit(patches, reuse)
+        self._previous_attention = None if prefill.relevance is None else prefill.relevance.float().cpu().numpy()
+        times["total"] = time.perf_counter() - start
+
+        length = embeddings.shape[1]
+        cached = step_flops(self._vision_dims, self._decoder_dims, length, prefill.computed_positions.cpu().numpy(),
+                            ACTION_DIM)
+        uncached = step_flops(self._vision_dims, self._decoder_dims, length, np.arange(length), ACTION_DIM)
+        stats = StepStats(
+            mode=mode, target_ratio=ratio, reused_tokens=int(reuse.size),
+            recomputed_tokens=self.num_visual - int(reuse.size), actual_ratio=reuse.size / self.num_visual,
+            times_s=times, flops=float(cached.total), flops_uncached=float(uncached.total),
+            prefill_flops=float(cached.prefill), prefill_flops_uncached=float(uncached.prefill),
+            token_layer_computations=prefill.token_layer_computations,
+            reuse_indices=reuse, action_tokens=decoded.tokens.numpy(), cache_reset=reset)
+        return action, stats
+
+
+__all__ = ["CachedVLAPolicy", "StepStats", "StepFlops", "BUILTIN_MODES", "STAGES"]
