@@ -1,0 +1,23 @@
+"""ROS-free control layer: action -> command mapping, safety guard, gripper, watchdog, telemetry.
+
+Nothing here imports rclpy or message packages; the node (``vla_cache_ros.ros.node``) converts
+messages to plain numbers and times (ROS clock, float seconds) and calls into these modules.
+"""
+from vla_cache_ros.control.actions import (ActionConfig, ActionMapper, ActionSemantics,
+                                           ArmCommand, CommandInterface)
+from vla_cache_ros.control.controller import (Controller, ControllerConfig, SafetyCommand,
+                                              StepOutcome, TickOutput)
+from vla_cache_ros.control.gripper import GripperConfig, GripperHysteresis
+from vla_cache_ros.control.observation import LatestObservation, Observation
+from vla_cache_ros.control.safety import CLAMP_KINDS, SafetyGuard, SafetyLimits
+from vla_cache_ros.control.telemetry import Telemetry, TelemetrySnapshot
+from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.control.watchdog import Watchdog, WatchdogConfig, WatchdogState
+
+__all__ = [
+    "ActionConfig", "ActionMapper", "ActionSemantics", "ArmCommand", "CommandInterface",
+    "Controller", "ControllerConfig", "SafetyCommand", "StepOutcome", "TickOutput",
+    "GripperConfig", "GripperHysteresis", "LatestObservation", "Observation", "CLAMP_KINDS",
+    "SafetyGuard", "SafetyLimits", "Telemetry", "TelemetrySnapshot", "InvalidInputError",
+    "Watchdog", "WatchdogConfig", "WatchdogState",
+]

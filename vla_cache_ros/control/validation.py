@@ -1,0 +1,101 @@
+"""Input checks shared by the control layer: finite vectors, scalars and joint selection.
+
+Everything that reaches the mapping or safety code passes through these helpers, so a NaN
+joint reading, a 6-D action where 7 were expected, or a JointState missing a configured joint
+fails here with a message that names the input and what was wrong with it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from vla_cache_ros.errors import UserFacingError
+
+
+class InvalidInputError(UserFacingError, ValueError):
+    """A value given to the control layer (action, joint state, pose, setting) is unusable."""
+
+
+def finite_vector(values: Any, name: str, size: int | None = None) -> np.ndarray:
+    """Return ``values`` as a new 1-D float64 array, checking length and finiteness.
+
+    Args:
+        values: any sequence or array of numbers.
+        name: what the values are, used in the error message (e.g. ``"action"``).
+        size: required length, or None for any length.
+
+    Raises:
+        InvalidInputError: not numeric, not 1-D, wrong length, or containing NaN / inf.
+    """
+    try:
+        array = np.array(values, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"{name} must be a sequence of numbers ({error})") from None
+    if array.ndim != 1:
+        raise InvalidInputError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if size is not None and array.shape[0] != size:
+        raise InvalidInputError(f"{name} must have {size} values, got {array.shape[0]}")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        shown = ", ".join(f"[{i}]={array[i]}" for i in bad[:4])
+        raise InvalidInputError(f"{name} contains non-finite values: {shown}")
+    return array
+
+
+def finite_scalar(value: Any, name: str, minimum: float | None = None,
+                  maximum: float | None = None) -> float:
+    """Return ``value`` as a finite float within ``[minimum, maximum]`` (either bound optional)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{name} must be finite, got {number}")
+    if minimum is not None and number < minimum:
+        raise InvalidInputError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise InvalidInputError(f"{name} must be <= {maximum}, got {number}")
+    return number
+
+
+def positive_scalar(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float > 0."""
+    number = finite_scalar(value, name)
+    if number <= 0.0:
+        raise InvalidInputError(f"{name} must be > 0, got {number}")
+    return number
+
+
+def select_joint_positions(names: Sequence[str], positions: Iterable[float],
+                           wanted: Sequence[str]) -> np.ndarray:
+    """Pick ``wanted`` joints, in that order, out of a JointState-like (names, positions) pair.
+
+    With an empty ``wanted`` every joint is returned in message order.
+
+    Raises:
+        InvalidInputError: names and positions differ in length, duplicate or missing joint
+            names, or a selected position is NaN / inf.
+    """
+    names = list(names)
+    try:
+        raw = np.array(list(positions), dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"joint_states.position must be numbers ({error})") from None
+    if raw.ndim != 1 or raw.shape[0] != len(names):
+        raise InvalidInputError(f"joint_states has {len(names)} names but {raw.size} positions")
+    if not wanted:
+        return finite_vector(raw, "joint_states.position")
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"joint_states has duplicate joint names: {names}")
+    index = {joint: i for i, joint in enumerate(names)}
+    missing = [joint for joint in wanted if joint not in index]
+    if missing:
+        raise InvalidInputError(
+            f"joint_states lacks configured joints {missing} (message has {names})")
+    selected = raw[[index[joint] for joint in wanted]]
+    bad = [joint for joint, value in zip(wanted, selected) if not math.isfinite(value)]
+    if bad:
+        raise InvalidInputError(f"joint_states has non-finite positions for {bad}")
+    return selected
