@@ -23,7 +23,6 @@ setup(
     maintainer_email="maintainers@vla-cache-ros.invalid",
     description="Adaptive visual-token KV caching for VLA policies on ROS 2 arms",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "vla-cache = vla_cache_ros.cli:main",

@@ -47,10 +47,19 @@ echo "[bootstrap] setting up $VENV (first run takes a few minutes)" >&2
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+LOG="$VENV/bootstrap.log"
+run_logged() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[bootstrap] failed: $* (see $LOG)" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
+}
+: >"$LOG"
+run_logged "$VENV/bin/python" -m pip install --upgrade pip
 reqs=(-r "$ROOT/requirements/base.in")
 if [[ "$want_ros_wheels" == "1" ]]; then reqs+=(-r "$ROOT/requirements/ros.in"); fi
-"$VENV/bin/python" -m pip install -q "${reqs[@]}" -c "$ROOT/requirements/constraints.txt"
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+run_logged "$VENV/bin/python" -m pip install "${reqs[@]}" -c "$ROOT/requirements/constraints.txt"
+run_logged "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e "$ROOT"
 fingerprint > "$STAMP"
 echo "[bootstrap] done" >&2
