@@ -44,6 +44,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
                  "num_attention_heads": 16, "num_key_value_heads": 16},
     },
+    # OpenVLA-7B's shapes: full DINOv2-L + SigLIP-so400m, Llama-2-7B (LlamaConfig defaults).
+    # Only built in memory (random_model) for GPU benchmarks; never written to disk by default.
+    "openvla-7b": {"vision": {}, "text": {}},
 }
 
 TRAINING_SENTENCES = [
@@ -141,6 +144,46 @@ def save_weights(state: dict[str, torch.Tensor], directory: Path, dtype: torch.d
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (directory / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def random_model(preset: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 seed: int = 0, work_dir: str | Path | None = None):
+    """Build a random ``OpenVLA`` of a preset directly in memory (no weights on disk).
+
+    Weights are created on the meta device and materialised on ``device`` (so a 7B-shaped model
+    never exists twice); matrices get N(0, 0.02), norm scales 1, biases 0. The tokenizer and
+    processor files go to ``work_dir`` (a temporary directory when None).
+    """
+    import tempfile
+
+    from vla_cache_ros.models.vla import OpenVLA, materialize_rotary
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    directory = Path(work_dir or tempfile.mkdtemp(prefix=f"vla-{preset}-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory)
+    config = parse_config(tiny_config(preset, int(tokenizer.pad_token_id), example_norm_stats(seed)))
+    processor = ImageProcessor(224, [tuple(DINOV2_MEAN_BF16), tuple(SIGLIP_MEAN)],
+                               [tuple(DINOV2_STD_BF16), tuple(SIGLIP_STD)])
+    with torch.device("meta"):
+        model = OpenVLA(config, tokenizer, processor)
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2 or name.endswith(("pos_embed", "cls_token", "reg_token", "latent")):
+                parameter.normal_(0.0, 0.02, generator=generator)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            else:
+                parameter.fill_(1.0)
+        low, high = model.action_tokenizer.action_token_range
+        model.language_model.lm_head.weight[low:high + 1] *= ACTION_LOGIT_GAIN
+    materialize_rotary(model, device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
 
 
 def make_tiny_checkpoint(path: str | Path, seed: int = 0, preset: str = "tiny",

@@ -164,7 +164,7 @@ def load_vla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     with torch.device("meta"):
         model = OpenVLA(config, tokenizer, processor)
     assign_tensors(model, iter_tensors(files, dtype, device), checkpoint_key_to_module_key)
-    _materialize_rotary(model, device)
+    materialize_rotary(model, device)
     leftover = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
         raise CheckpointError(f"checkpoint left {len(leftover)} weight(s) uninitialised: {', '.join(leftover[:5])}")
@@ -173,7 +173,7 @@ def load_vla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     return model
 
 
-def _materialize_rotary(model: OpenVLA, device: str | torch.device) -> None:
+def materialize_rotary(model: OpenVLA, device: str | torch.device) -> None:
     """Recreate the rotary embedding (non-persistent buffers are not in the checkpoint)."""
     rotary_cls = type(model.language_model.model.rotary_emb)
     with torch.device("cpu"):
