@@ -140,7 +140,8 @@ def test_joint_sample_exactly_at_frame_time_is_used_as_is(tmp_path: Path) -> Non
     with BagReader(info.path) as bag:
         frames = list(FrameReader(bag))
     for frame in frames:
-        np.testing.assert_array_equal(frame.joint_state.position, joint_positions(_seconds(info.spec, frame.timestamp_ns)))
+        expected = joint_positions(_seconds(info.spec, frame.timestamp_ns))
+        np.testing.assert_array_equal(frame.joint_state.position, expected)
 
 
 def test_align_joint_state_rules() -> None:

@@ -326,8 +326,6 @@ class BagReader:
                 )
         except BagError:
             raise
-        except GeneratorExit:
-            raise
         except Exception as error:
             raise BagError(f"cannot read bag {self.path} (corrupt or truncated?): {_error_detail(error)}") from None
 
@@ -550,7 +548,9 @@ def resolve_frame_topics(
         image=image,
         image_type=bag.msgtype(image),
         joint_states=_pick_topic(bag, joint_topic, (JOINT_STATE_TYPE,), PREFERRED_JOINT_TOPICS, "joint state", False),
-        instruction=_pick_topic(bag, instruction_topic, (STRING_TYPE,), PREFERRED_INSTRUCTION_TOPICS, "instruction", False),
+        instruction=_pick_topic(
+            bag, instruction_topic, (STRING_TYPE,), PREFERRED_INSTRUCTION_TOPICS, "instruction", False
+        ),
         command=_pick_topic(bag, command_topic, COMMAND_TYPES, (), "command", False),
     )
 

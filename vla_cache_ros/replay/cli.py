@@ -1,5 +1,5 @@
-"""``vla-cache`` subcommands for bags: ``bag-info``, ``synthetic-bag``, ``play``, ``record``
-(and ``replay`` once the policy exists).
+"""``vla-cache`` subcommands for bags: ``bag-info``, ``synthetic-bag``, ``play``, ``record`` and
+``replay`` (offline comparison of cache modes).
 
 Registration is cheap: handlers import their modules (rosbags, rclpy, torch) only when run.
 ``python -m vla_cache_ros.replay.cli`` runs these subcommands alone, without loading the model
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from vla_cache_ros.errors import ConfigurationError, UserFacingError
@@ -99,6 +100,40 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topic(text: str) -> str | None:
+    """A topic option: a name, ``auto`` (find by type) or ``none`` (do not use)."""
+    return None if text.lower() == "none" else text
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from vla_cache_ros.replay.compare import ReplayOptions, print_summary, run_replay
+
+    options = ReplayOptions(
+        bag=args.bag,
+        model=args.model,
+        modes=args.modes,
+        out=args.out if args.out is not None else Path("out/replay") / Path(args.bag).name,
+        image_topic=args.image_topic,
+        joint_topic=args.joint_topic,
+        instruction_topic=args.instruction_topic,
+        command_topic=args.command_topic,
+        instruction=args.instruction,
+        joint_alignment=args.joint_alignment,
+        every=args.every,
+        max_frames=args.max_frames,
+        warmup=args.warmup,
+        unnorm_key=args.unnorm_key,
+        device=args.device,
+        dtype=args.dtype,
+        center_crop=args.center_crop,
+        threads=args.threads,
+        plots=not args.no_plots,
+        progress=False if args.no_progress else None,
+    )
+    print_summary(run_replay(options, log=_log))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the bag subcommands to the ``vla-cache`` parser."""
     info = subparsers.add_parser("bag-info", help="list a rosbag2's topics, types and counts")
@@ -122,7 +157,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=_synthetic_bag)
 
-    play = subparsers.add_parser("play", help="publish a rosbag2 on its topics with /clock (like ros2 bag play --clock)")
+    play = subparsers.add_parser(
+        "play", help="publish a rosbag2 on its topics with /clock (like ros2 bag play --clock)")
     play.add_argument("bag", help="rosbag2 directory, .mcap or .db3 file")
     play.add_argument("--rate", type=_positive_float, default=1.0, help="speed factor (default 1.0)")
     play.add_argument("--loop", action="store_true", help="repeat until interrupted")
@@ -141,6 +177,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     record.add_argument("--use-sim-time", action="store_true", help="timestamp with /clock time")
     record.add_argument("--duration", type=_positive_float, help="stop after this many seconds (wall time)")
     record.set_defaults(handler=_record)
+
+    replay = subparsers.add_parser(
+        "replay", help="compare cache modes offline on a bag: speedup vs off, action fidelity, plots")
+    replay.add_argument("bag", help="rosbag2 directory, .mcap or .db3 file")
+    replay.add_argument("--model", required=True,
+                        help="OpenVLA-format checkpoint directory, or 'tiny' for the demo's miniature model")
+    replay.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache",
+                        help="comma-separated cache modes; off is added first if missing (default: %(default)s)")
+    replay.add_argument("--out", type=Path, default=None,
+                        help="output directory for replay.json, steps.csv, plots (default: out/replay/<bag name>)")
+    topics = replay.add_argument_group("topics ('auto': found by type, 'none': not used)")
+    topics.add_argument("--image-topic", type=_topic, default="auto", help="Image or CompressedImage")
+    topics.add_argument("--joint-topic", type=_topic, default="auto", help="JointState")
+    topics.add_argument("--instruction-topic", type=_topic, default="auto", help="std_msgs/String")
+    topics.add_argument("--command-topic", type=_topic, default="auto",
+                        help="recorded commands (Float64MultiArray, Twist[Stamped], JointTrajectory)")
+    replay.add_argument("--instruction", help="task instruction (overrides the bag's instruction topic)")
+    replay.add_argument("--joint-alignment", choices=("interpolate", "previous"), default="interpolate")
+    replay.add_argument("--every", type=int, default=1, help="use every N-th frame")
+    replay.add_argument("--max-frames", type=int, default=None)
+    replay.add_argument("--warmup", type=int, default=1, help="steps left out of timing medians (default 1)")
+    replay.add_argument("--unnorm-key", default=None, help="dataset statistics to un-normalise actions with")
+    replay.add_argument("--device", default="cpu", help="cpu or cuda")
+    replay.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="default: float32 on cpu, bfloat16 on cuda")
+    replay.add_argument("--center-crop", action="store_true", help="LIBERO-style 0.9-area centre crop")
+    replay.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    replay.add_argument("--no-plots", action="store_true")
+    replay.add_argument("--no-progress", action="store_true")
+    replay.set_defaults(handler=_replay)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,16 +105,23 @@ class _ClockPublisher:
         self._publisher = node.create_publisher(Clock, CLOCK_TOPIC, QoSProfile(depth=10)) if hz > 0 else None
         self.next_tick = time.monotonic()
         self.count = 0
+        self._latest_ns = 0
+
+    def restart(self) -> None:
+        """A new pass over the bag: time may jump back to the start once."""
+        self._latest_ns = 0
 
     @property
     def enabled(self) -> bool:
         return self._publisher is not None
 
     def publish(self, bag_time_ns: int) -> None:
+        """Publish ``bag_time_ns``, never going back in time within a pass."""
         if self._publisher is None:
             return
+        self._latest_ns = max(int(bag_time_ns), self._latest_ns)
         message = self._clock_cls()
-        message.clock.sec, message.clock.nanosec = divmod(int(bag_time_ns), 1_000_000_000)
+        message.clock.sec, message.clock.nanosec = divmod(self._latest_ns, 1_000_000_000)
         self._publisher.publish(message)
         self.count += 1
 
@@ -122,11 +129,11 @@ class _ClockPublisher:
         """Sleep until the monotonic ``deadline``, publishing /clock at every tick on the way."""
         while True:
             now = time.monotonic()
+            if now >= deadline:
+                return
             if self.period_s is not None and now >= self.next_tick:
                 self.publish(bag_time_at(now))
                 self.next_tick = max(self.next_tick + self.period_s, now)
-            if now >= deadline:
-                return
             wake = deadline if self.period_s is None else min(deadline, self.next_tick)
             time.sleep(max(0.0, wake - now))
 
@@ -214,10 +221,10 @@ def play_bag(
                 for topic in selected
             }
             clock = _ClockPublisher(node, clock_hz)
-            first_time_ns = next(bag.raw_messages(selected), None)
-            if first_time_ns is None:
+            first_message = next(bag.raw_messages(selected), None)
+            if first_message is None:
                 raise BagError(f"bag {path} has no messages on {', '.join(selected)}")
-            start_ns = first_time_ns.timestamp_ns
+            start_ns = first_message.timestamp_ns
             log(f"playing {len(selected)} topics from {path} at rate {rate:g}" + (" (loop)" if loop else ""))
             try:
                 if wait_for_subscribers_s > 0:
@@ -248,6 +255,7 @@ def _play_pass(
 ) -> None:
     """Publish every message once, paced on the monotonic clock."""
     wall_start = time.monotonic()
+    clock.restart()
 
     def bag_time_at(now: float) -> int:
         return start_ns + int((now - wall_start) * rate * 1e9)

@@ -1,0 +1,136 @@
+"""Offline comparison of cache modes on synthetic bags with the miniature checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_cache_ros.errors import BagError, ConfigurationError
+from vla_cache_ros.replay.compare import ReplayOptions, parse_modes, reuse_mask, run_replay
+from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, synthetic_action, write_synthetic_bag
+from vla_cache_ros.synthetic import SyntheticScene
+
+pytest.importorskip("torch")
+FRAMES = 6
+MODES = "off,fixed:0.0,fixed:0.75,vla_cache"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vla_cache_ros.models.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory: pytest.TempPathFactory):
+    spec = SyntheticBagSpec(num_frames=FRAMES, height=60, width=80, commands=True)
+    return write_synthetic_bag(tmp_path_factory.mktemp("bags") / "with_commands", "mcap", spec)
+
+
+def _options(bag_path: Path, model_dir: Path, **overrides) -> ReplayOptions:
+    fields = dict(bag=bag_path, model=str(model_dir), modes=MODES, unnorm_key="tiny_sim", progress=False)
+    return ReplayOptions(**{**fields, **overrides})
+
+
+def test_replay_is_deterministic_exact_at_ratio_zero_and_writes_outputs(bag, model_dir: Path, tmp_path: Path) -> None:
+    report = run_replay(_options(bag.path, model_dir, out=tmp_path / "out"), log=lambda _: None)
+    again = run_replay(_options(bag.path, model_dir, plots=False), log=lambda _: None)
+
+    # deterministic: the same actions and action tokens, step by step
+    assert [(s.mode, s.frame_index, s.action, s.action_tokens, s.reused_tokens) for s in report.steps] == \
+        [(s.mode, s.frame_index, s.action, s.action_tokens, s.reused_tokens) for s in again.steps]
+
+    summaries = {mode.spec: mode for mode in report.modes}
+    assert list(summaries) == MODES.split(",")
+    assert report.frames == FRAMES and all(m.steps == FRAMES for m in summaries.values())
+    assert report.instruction == "pick up the block"
+
+    exact = summaries["fixed:0.0"]
+    assert exact.token_agreement == 1.0 and exact.identical_action_fraction == 1.0
+    assert exact.vs_off.l2_mean == 0.0 and exact.vs_off.max_abs_error == [0.0] * 7
+    assert exact.mean_actual_ratio == 0.0 and exact.flops_ratio == pytest.approx(1.0)
+
+    off = summaries["off"]
+    assert off.speedup_total == 1.0 and off.vs_off is None and off.mean_actual_ratio == 0.0
+    cached = summaries["fixed:0.75"]
+    assert 0.5 < cached.mean_actual_ratio <= 0.75  # the first, cold step reuses nothing
+    assert cached.flops_ratio < 0.95
+    assert 0.0 <= cached.token_agreement <= 1.0 and len(cached.vs_off.max_abs_error) == 7
+    for mode in summaries.values():
+        assert np.isfinite(mode.speedup_total) and mode.speedup_total > 0
+        assert np.isfinite(mode.speedup_prefill) and mode.speedup_prefill > 0
+        assert set(mode.median_ms) == {"preprocess", "vision", "select", "prefill", "decode", "total"}
+        assert mode.timed_steps == FRAMES - 1
+
+    # against the commands recorded in the bag
+    scene = SyntheticScene(height=60, width=80)
+    recorded = np.array([synthetic_action(scene, i) for i in range(FRAMES)])
+    actions = np.array([s.action for s in report.steps if s.mode == "off"])
+    assert off.vs_recorded.steps == FRAMES
+    assert off.vs_recorded.l2_mean == pytest.approx(np.linalg.norm(actions - recorded, axis=1).mean())
+    assert off.vs_recorded.max_abs_error == pytest.approx(np.abs(actions - recorded).max(axis=0).tolist())
+
+    out = tmp_path / "out"
+    data = json.loads((out / "replay.json").read_text())
+    assert [m["spec"] for m in data["modes"]] == MODES.split(",")
+    assert len(data["steps"]) == FRAMES * 4 and "speedup_definition" in data
+    with (out / "steps.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == FRAMES * 4
+    assert {row["mode"] for row in rows} == set(MODES.split(","))
+    assert float(rows[0]["command_6"]) == recorded[0][6]
+    for name in ("actions.png", "ratio_latency.png", "reuse_overlay.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bag_without_joint_states_or_instruction(model_dir: Path, tmp_path: Path) -> None:
+    spec = SyntheticBagSpec(num_frames=3, height=40, width=40, joint_states=False, instruction=None)
+    info = write_synthetic_bag(tmp_path / "bare", "sqlite3", spec)
+    with pytest.raises(ConfigurationError, match="--instruction"):
+        run_replay(_options(info.path, model_dir, modes="off"))
+    report = run_replay(_options(info.path, model_dir, modes="fixed:0.5", instruction="open the drawer"))
+    assert [m.spec for m in report.modes] == ["off", "fixed:0.5"]  # off added as the baseline
+    assert report.frames == 3 and report.topics["joint_states"] is None
+    assert report.modes[1].vs_recorded is None
+
+
+def test_missing_topic_and_unknown_mode_are_clear_errors(bag, model_dir: Path) -> None:
+    with pytest.raises(BagError) as error:
+        run_replay(_options(bag.path, model_dir, image_topic="/wrist/image_raw"))
+    assert "/camera/image_raw" in str(error.value) and "sensor_msgs/msg/JointState" in str(error.value)
+    with pytest.raises(ConfigurationError, match="learned"):
+        run_replay(_options(bag.path, model_dir, modes="off,learned"))
+
+
+def test_parse_modes() -> None:
+    assert parse_modes("fixed:0.5,off") == [("off", "off", 0.0), ("fixed:0.5", "fixed", 0.5)]
+    assert parse_modes("vla_cache")[0][0] == "off"
+    with pytest.raises(ConfigurationError):
+        parse_modes("off,off")
+    with pytest.raises(ConfigurationError):
+        parse_modes("fixed:half")
+
+
+def test_reuse_mask_maps_patch_ids_to_the_frame() -> None:
+    mask = reuse_mask(256, np.array([0, 255]), 32, 48)
+    assert mask.shape == (32, 48)
+    assert mask[:2, :3].all() and mask[-2:, -3:].all()
+    assert mask.sum() == 2 * 2 * 3
+
+
+def test_replay_command_line(bag, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vla_cache_ros.replay.cli import main
+
+    code = main(["replay", str(bag.path), "--model", str(model_dir), "--modes", "off,fixed:0.5",
+                 "--unnorm-key", "tiny_sim", "--out", str(tmp_path / "cli"), "--no-plots", "--no-progress",
+                 "--max-frames", "3", "--joint-topic", "none"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "fixed:0.5" in printed and "speedup" in printed
+    data = json.loads((tmp_path / "cli" / "replay.json").read_text())
+    assert data["frames"] == 3 and data["topics"]["joint_states"] is None
+    assert not (tmp_path / "cli" / "actions.png").exists()

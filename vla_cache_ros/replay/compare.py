@@ -1,0 +1,508 @@
+"""``vla-cache replay``: cache modes side by side on a recorded bag, offline.
+
+Every mode (``off``, ``fixed:R``, ``vla_cache``, ``learned`` when available) gets its own
+:class:`~vla_cache_ros.policy.CachedVLAPolicy` over one shared model (the same code the node
+runs), and every frame of the bag is fed to all of them in turn, in one streaming pass: memory
+stays bounded by one frame, and background load hits all modes alike.
+
+Reported per mode:
+
+- latency per stage (median over the steps after ``warmup``; the first step after a reset
+  computes every token), speedup against ``off`` as the ratio of median total (and prefill) step
+  times measured in this run, the actual cache ratio and the analytic FLOPs ratio;
+- action fidelity against ``off`` on the same frames: action-token agreement, fraction of steps
+  with identical actions, L2 error (mean, max) and max / mean absolute error per dimension after
+  un-normalisation;
+- the same errors against the commands recorded in the bag, when they are 7-D vectors.
+
+Outputs: ``replay.json`` (settings, summaries, every step), ``steps.csv``, PNG plots (action
+traces per mode, ratio and latency over time, a frame with the reused tokens overlaid), a summary
+table on the terminal and a progress bar while running.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_cache_ros.errors import BagError, ConfigurationError
+from vla_cache_ros.replay.bag_io import AUTO, BagReader, Frame, FrameReader
+
+DEFAULT_MODES = "off,fixed:0.5,fixed:0.75,vla_cache"
+STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
+SPEEDUP_DEFINITION = (
+    "median total (or prefill) step time of 'off' divided by that of the mode, all modes stepped "
+    "in turn on every frame in this run; steps before 'warmup' excluded"
+)
+
+
+@dataclass
+class ReplayOptions:
+    """Settings of one comparison run (the ``replay`` subcommand's options)."""
+
+    bag: Path
+    model: str
+    modes: str = DEFAULT_MODES
+    out: Path | None = None
+    image_topic: str | None = AUTO
+    joint_topic: str | None = AUTO
+    instruction_topic: str | None = AUTO
+    command_topic: str | None = AUTO
+    instruction: str | None = None
+    joint_alignment: str = "interpolate"
+    every: int = 1
+    max_frames: int | None = None
+    warmup: int = 1
+    unnorm_key: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    center_crop: bool = False
+    threads: int | None = None
+    plots: bool = True
+    progress: bool | None = None  # None: only on a terminal
+
+
+@dataclass
+class StepRecord:
+    """One policy step of one mode on one frame."""
+
+    frame_index: int
+    timestamp_s: float
+    mode: str
+    target_ratio: float
+    actual_ratio: float
+    reused_tokens: int
+    times_ms: dict[str, float]
+    flops_ratio: float
+    action: list[float]
+    action_tokens: list[int]
+    command: list[float] | None = None
+
+
+@dataclass
+class ErrorStats:
+    """Differences between two action sequences over the same frames (after un-normalisation)."""
+
+    steps: int
+    l2_mean: float
+    l2_max: float
+    max_abs_error: list[float]
+    mean_abs_error: list[float]
+
+
+@dataclass
+class ModeSummary:
+    """Per-mode results of a replay."""
+
+    spec: str
+    mode: str
+    target_ratio: float
+    steps: int
+    timed_steps: int
+    median_ms: dict[str, float]
+    speedup_total: float
+    speedup_prefill: float
+    mean_actual_ratio: float
+    mean_reused_tokens: float
+    flops_ratio: float
+    token_agreement: float | None
+    identical_action_fraction: float | None
+    vs_off: ErrorStats | None
+    vs_recorded: ErrorStats | None
+
+
+@dataclass
+class ReplayReport:
+    """Everything a replay produced; ``to_json`` is what replay.json holds."""
+
+    bag: str
+    model: str
+    machine: str
+    device: str
+    instruction: str | None
+    topics: dict[str, Any]
+    frames: int
+    warmup: int
+    modes: list[ModeSummary]
+    steps: list[StepRecord] = field(repr=False)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["speedup_definition"] = SPEEDUP_DEFINITION
+        return data
+
+
+def parse_modes(text: str) -> list[tuple[str, str, float]]:
+    """``off,fixed:0.5,vla_cache`` -> [(spec, mode, ratio), ...], ``off`` first (added if absent)."""
+    from vla_cache_ros.cache.bench import parse_mode_spec
+
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise ConfigurationError("--modes is empty")
+    if len(set(specs)) != len(specs):
+        raise ConfigurationError(f"--modes lists a mode twice: {text}")
+    parsed = [(spec, *parse_mode_spec(spec)) for spec in specs]
+    offs = [entry for entry in parsed if entry[1] == "off"]
+    others = [entry for entry in parsed if entry[1] != "off"]
+    return (offs[:1] or [("off", "off", 0.0)]) + others
+
+
+def error_stats(actions: np.ndarray, reference: np.ndarray) -> ErrorStats:
+    """Error statistics of ``actions`` against ``reference`` (both (steps, dims))."""
+    difference = np.asarray(actions, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    l2 = np.linalg.norm(difference, axis=1)
+    return ErrorStats(
+        steps=int(difference.shape[0]),
+        l2_mean=float(l2.mean()),
+        l2_max=float(l2.max()),
+        max_abs_error=np.abs(difference).max(axis=0).tolist(),
+        mean_abs_error=np.abs(difference).mean(axis=0).tolist(),
+    )
+
+
+def summarise(
+    specs: list[tuple[str, str, float]], records: dict[str, list[StepRecord]], warmup: int
+) -> list[ModeSummary]:
+    """Per-mode summaries; ``records[spec]`` are the steps of that mode in frame order."""
+    baseline = records[specs[0][0]]
+
+    def medians(steps: list[StepRecord]) -> dict[str, float]:
+        timed = steps[warmup:] or steps
+        return {stage: statistics.median(step.times_ms[stage] for step in timed) for stage in STAGES}
+
+    base_median = medians(baseline)
+    summaries = []
+    for spec, mode, ratio in specs:
+        steps = records[spec]
+        median = medians(steps)
+        actions = np.array([step.action for step in steps])
+        tokens = np.array([step.action_tokens for step in steps])
+        baseline_tokens = np.array([step.action_tokens for step in baseline])
+        is_baseline = spec == specs[0][0]
+        with_command = [step for step in steps if step.command is not None and len(step.command) == actions.shape[1]]
+        summaries.append(ModeSummary(
+            spec=spec,
+            mode=mode,
+            target_ratio=ratio,
+            steps=len(steps),
+            timed_steps=len(steps[warmup:] or steps),
+            median_ms=median,
+            speedup_total=base_median["total"] / median["total"],
+            speedup_prefill=base_median["prefill"] / median["prefill"],
+            mean_actual_ratio=float(np.mean([step.actual_ratio for step in steps])),
+            mean_reused_tokens=float(np.mean([step.reused_tokens for step in steps])),
+            flops_ratio=float(np.mean([step.flops_ratio for step in steps])),
+            token_agreement=None if is_baseline else float(np.mean(tokens == baseline_tokens)),
+            identical_action_fraction=None if is_baseline else float(np.mean(
+                [np.array_equal(a, b.action) for a, b in zip(actions, baseline)])),
+            vs_off=None if is_baseline else error_stats(actions, np.array([s.action for s in baseline])),
+            vs_recorded=error_stats(
+                np.array([s.action for s in with_command]), np.array([s.command for s in with_command])
+            ) if with_command else None,
+        ))
+    return summaries
+
+
+def _build_policies(options: ReplayOptions, specs: list[tuple[str, str, float]]) -> tuple[dict[str, Any], Path]:
+    """One CachedVLAPolicy per mode, all on one model; also returns the model directory."""
+    import torch
+
+    from vla_cache_ros.policy import CachedVLAPolicy
+
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigurationError("--device cuda requested but no CUDA device is available here")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    dtype_name = options.dtype or ("bfloat16" if options.device.startswith("cuda") else "float32")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    model_path, unnorm_key = _resolve_model(options)
+    first_spec, first_mode, first_ratio = specs[0]
+    first = CachedVLAPolicy.from_pretrained(
+        model_path, mode=first_mode, cache_ratio=first_ratio, unnorm_key=unnorm_key,
+        device=options.device, dtype=dtype, center_crop=options.center_crop)
+    policies = {first_spec: first}
+    for spec, mode, ratio in specs[1:]:
+        policies[spec] = CachedVLAPolicy(first.model, mode=mode, cache_ratio=ratio, unnorm_key=unnorm_key)
+    return policies, model_path
+
+
+def _resolve_model(options: ReplayOptions) -> tuple[Path, str | None]:
+    """``tiny`` is the demo's miniature checkpoint (made once, un-normalised with ``tiny_sim``)."""
+    if options.model == "tiny":
+        from vla_cache_ros.demo import ensure_demo_model
+
+        return ensure_demo_model(), options.unnorm_key or "tiny_sim"
+    return Path(options.model), options.unnorm_key
+
+
+def _step_record(spec: str, frame: Frame, start_ns: int, action: np.ndarray, stats: Any) -> StepRecord:
+    command = frame.command.values.tolist() if frame.command is not None else None
+    return StepRecord(
+        frame_index=frame.index,
+        timestamp_s=(frame.timestamp_ns - start_ns) / 1e9,
+        mode=spec,
+        target_ratio=float(stats.target_ratio),
+        actual_ratio=float(stats.actual_ratio),
+        reused_tokens=int(stats.reused_tokens),
+        times_ms={stage: 1000.0 * float(stats.times_s[stage]) for stage in STAGES},
+        flops_ratio=float(stats.flops / stats.flops_uncached) if stats.flops_uncached else 1.0,
+        action=np.asarray(action, dtype=np.float64).tolist(),
+        action_tokens=np.asarray(stats.action_tokens).astype(int).tolist(),
+        command=command,
+    )
+
+
+@dataclass
+class _Overlay:
+    """The frame shown in the reuse overlay plot and each mode's reused tokens on it."""
+
+    frame_index: int = -1
+    image: np.ndarray | None = None
+    reused: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> ReplayReport:
+    """Run the comparison, write the outputs (if ``options.out``), return the report."""
+    from vla_cache_ros.cache.bench import machine_description
+
+    if options.warmup < 0:
+        raise ConfigurationError("--warmup must be >= 0")
+    specs = parse_modes(options.modes)
+    with BagReader(options.bag) as bag:
+        try:
+            frames = FrameReader(
+                bag, image_topic=options.image_topic, joint_topic=options.joint_topic,
+                instruction_topic=options.instruction_topic, command_topic=options.command_topic,
+                instruction=options.instruction, joint_alignment=options.joint_alignment,
+                every=options.every, max_frames=options.max_frames)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if options.instruction is None and frames.topics.instruction is None:
+            raise ConfigurationError(
+                f"bag {options.bag} has no instruction topic (std_msgs/String); pass --instruction or "
+                f"--instruction-topic. It has:\n{bag.describe_topics()}")
+        policies, model_path = _build_policies(options, specs)
+        log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(specs)} modes "
+            f"({', '.join(spec for spec, _, _ in specs)}) with {model_path}")
+        records: dict[str, list[StepRecord]] = {spec: [] for spec, _, _ in specs}
+        overlay = _Overlay()
+        overlay_step = len(frames) // 2
+        instruction_used: str | None = None
+        start_ns = bag.start_time_ns
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(frames), unit="frame", desc="replay", file=sys.stderr,
+                        disable=(not options.progress) if options.progress is not None else None)
+        try:
+            for step_index, frame in enumerate(frames):
+                instruction = frame.instruction
+                if instruction is None:
+                    raise BagError(
+                        f"frame {frame.index} at t={frame.timestamp_ns} ns comes before any message on "
+                        f"{frames.topics.instruction}; pass --instruction")
+                instruction_used = instruction_used or instruction
+                state = frame.joint_state.position if frame.joint_state is not None else None
+                keep_overlay = step_index <= overlay_step  # the middle frame, or the last one seen
+                for spec, policy in policies.items():
+                    action, stats = policy.step(frame.image, instruction, state=state)
+                    records[spec].append(_step_record(spec, frame, start_ns, action, stats))
+                    if keep_overlay and spec != specs[0][0]:
+                        overlay.reused[spec] = np.asarray(stats.reuse_indices).copy()
+                if keep_overlay:
+                    overlay.frame_index, overlay.image = frame.index, frame.image
+                progress.update(1)
+        finally:
+            progress.close()
+        if not records[specs[0][0]]:
+            raise BagError(f"no camera frames on {frames.topics.image} in bag {options.bag}")
+        topics = asdict(frames.topics)
+    report = ReplayReport(
+        bag=str(options.bag),
+        model=str(model_path),
+        machine=machine_description(options.device),
+        device=options.device,
+        instruction=instruction_used,
+        topics=topics,
+        frames=len(records[specs[0][0]]),
+        warmup=options.warmup,
+        modes=summarise(specs, records, options.warmup),
+        steps=[record for spec, _, _ in specs for record in records[spec]],
+    )
+    if options.out is not None:
+        report.outputs = write_outputs(report, options.out, overlay if options.plots else None,
+                                       num_visual=next(iter(policies.values())).num_visual)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def write_outputs(report: ReplayReport, out: Path, overlay: _Overlay | None, num_visual: int) -> dict[str, str]:
+    """Write replay.json, steps.csv and (with ``overlay``) the PNG plots; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = {"json": str(out / "replay.json"), "csv": str(out / "steps.csv")}
+    _write_csv(report.steps, out / "steps.csv")
+    if overlay is not None:
+        outputs.update(_write_plots(report, out, overlay, num_visual))
+    report.outputs = outputs
+    (out / "replay.json").write_text(json.dumps(report.to_json(), indent=2))
+    return outputs
+
+
+def _write_csv(steps: list[StepRecord], path: Path) -> None:
+    dims = len(steps[0].action) if steps else 0
+    has_command = any(step.command is not None for step in steps)
+    header = ["frame_index", "timestamp_s", "mode", "target_ratio", "actual_ratio", "reused_tokens"]
+    header += [f"{stage}_ms" for stage in STAGES] + ["flops_ratio"]
+    header += [f"action_{i}" for i in range(dims)] + [f"token_{i}" for i in range(dims)]
+    if has_command:
+        header += [f"command_{i}" for i in range(dims)]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for step in steps:
+            row: list[Any] = [step.frame_index, f"{step.timestamp_s:.9f}", step.mode, step.target_ratio,
+                              step.actual_ratio, step.reused_tokens]
+            row += [f"{step.times_ms[stage]:.4f}" for stage in STAGES] + [f"{step.flops_ratio:.6f}"]
+            row += [repr(value) for value in step.action] + step.action_tokens
+            if has_command:
+                valid = step.command is not None and len(step.command) == dims
+                row += [repr(value) for value in step.command] if valid else [""] * dims
+            writer.writerow(row)
+
+
+def _by_mode(steps: list[StepRecord]) -> dict[str, list[StepRecord]]:
+    grouped: dict[str, list[StepRecord]] = {}
+    for step in steps:
+        grouped.setdefault(step.mode, []).append(step)
+    return grouped
+
+
+def _write_plots(report: ReplayReport, out: Path, overlay: _Overlay, num_visual: int) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = _by_mode(report.steps)
+    paths = {}
+
+    dims = len(report.steps[0].action)
+    figure, axes = plt.subplots(dims, 1, figsize=(9, 1.6 * dims + 1), sharex=True, squeeze=False)
+    for spec, steps in grouped.items():
+        times = [step.timestamp_s for step in steps]
+        for dim in range(dims):
+            axes[dim, 0].plot(times, [step.action[dim] for step in steps], label=spec, linewidth=1.2)
+    baseline = next(iter(grouped.values()))
+    recorded = [(s.timestamp_s, s.command) for s in baseline if s.command is not None and len(s.command) == dims]
+    for dim in range(dims):
+        if recorded:
+            axes[dim, 0].plot([t for t, _ in recorded], [c[dim] for _, c in recorded], "k.", markersize=3,
+                              label="recorded" if dim == 0 else None)
+        axes[dim, 0].set_ylabel(f"a[{dim}]")
+    axes[0, 0].legend(loc="upper right", fontsize="small", ncol=min(5, len(grouped) + bool(recorded)))
+    axes[-1, 0].set_xlabel("bag time (s)")
+    figure.suptitle("actions per mode")
+    figure.tight_layout()
+    paths["actions_png"] = str(out / "actions.png")
+    figure.savefig(paths["actions_png"], dpi=100)
+    plt.close(figure)
+
+    figure, (ratio_axis, latency_axis) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for spec, steps in grouped.items():
+        times = [step.timestamp_s for step in steps]
+        ratio_axis.plot(times, [step.actual_ratio for step in steps], label=spec)
+        latency_axis.plot(times, [step.times_ms["total"] for step in steps], label=spec)
+    ratio_axis.set_ylabel("actual cache ratio")
+    ratio_axis.set_ylim(-0.05, 1.05)
+    latency_axis.set_ylabel("step latency (ms)")
+    latency_axis.set_xlabel("bag time (s)")
+    ratio_axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    paths["ratio_latency_png"] = str(out / "ratio_latency.png")
+    figure.savefig(paths["ratio_latency_png"], dpi=100)
+    plt.close(figure)
+
+    if overlay.image is not None and overlay.reused:
+        paths["reuse_overlay_png"] = str(out / "reuse_overlay.png")
+        _plot_overlay(plt, overlay, num_visual, paths["reuse_overlay_png"])
+    return paths
+
+
+def reuse_mask(num_visual: int, reused: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width) bool mask of the image area covered by the reused patches.
+
+    Patch id = row * side + col on the model's square input grid (side = sqrt(num_visual)),
+    which spans the whole frame (without centre crop).
+    """
+    side = math.isqrt(num_visual)
+    grid = np.zeros(side * side, dtype=bool)
+    grid[np.asarray(reused, dtype=np.int64)] = True
+    rows = np.minimum(np.arange(height) * side // height, side - 1)
+    cols = np.minimum(np.arange(width) * side // width, side - 1)
+    return grid.reshape(side, side)[rows][:, cols]
+
+
+def _plot_overlay(plt: Any, overlay: _Overlay, num_visual: int, path: str) -> None:
+    specs = list(overlay.reused)
+    image = overlay.image
+    assert image is not None
+    figure, axes = plt.subplots(1, len(specs), figsize=(3.2 * len(specs), 3.4), squeeze=False)
+    for axis, spec in zip(axes[0], specs):
+        mask = reuse_mask(num_visual, overlay.reused[spec], *image.shape[:2])
+        tinted = image.astype(np.float32)
+        tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([40.0, 110.0, 255.0])
+        axis.imshow(tinted.astype(np.uint8))
+        axis.set_title(f"{spec}: {int(overlay.reused[spec].size)}/{num_visual} reused", fontsize="small")
+        axis.axis("off")
+    figure.suptitle(f"reused visual tokens (blue), frame {overlay.frame_index}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def print_summary(report: ReplayReport, file: Any = None) -> None:
+    """The per-mode summary table (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stdout, width=max(120, min(200, int(os.environ.get("COLUMNS", 160)))))
+    has_recorded = any(mode.vs_recorded is not None for mode in report.modes)
+    table = Table(title=f"replay of {report.bag}: {report.frames} frames, {report.machine}")
+    for column in ("mode", "ratio", "total ms", "prefill ms", "speedup", "prefill speedup", "FLOPs",
+                   "tokens = off", "L2 vs off", "max |err| vs off"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    if has_recorded:
+        table.add_column("L2 vs recorded", justify="right")
+    for mode in report.modes:
+        row = [
+            mode.spec,
+            f"{mode.mean_actual_ratio:.2f}",
+            f"{mode.median_ms['total']:.1f}",
+            f"{mode.median_ms['prefill']:.1f}",
+            f"{mode.speedup_total:.2f}x",
+            f"{mode.speedup_prefill:.2f}x",
+            f"{mode.flops_ratio:.3f}",
+            "-" if mode.token_agreement is None else f"{100 * mode.token_agreement:.1f}%",
+            "-" if mode.vs_off is None else f"{mode.vs_off.l2_mean:.4g}",
+            "-" if mode.vs_off is None else f"{max(mode.vs_off.max_abs_error):.4g}",
+        ]
+        if has_recorded:
+            row.append("-" if mode.vs_recorded is None else f"{mode.vs_recorded.l2_mean:.4g}")
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"speedup: {SPEEDUP_DEFINITION}.")
+    for name, path in report.outputs.items():
+        console.print(f"{name}: {path}")
