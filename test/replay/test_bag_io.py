@@ -88,6 +88,9 @@ def test_topics_counts_and_single_file_open(tmp_path: Path, storage: str) -> Non
         "/vla/action": "std_msgs/msg/Float64MultiArray",
     }
     assert topics["/joint_states"].message_count == len(spec.joint_times_ns()) > 12 * 4
+    with BagReader(info.path) as bag:
+        [instruction_qos] = bag.qos_profiles("/instruction")
+        assert instruction_qos.durability.name == "TRANSIENT_LOCAL" and bag.qos_profiles("/joint_states") == []
     storage_file = next(p for p in info.path.iterdir() if p.suffix in (".mcap", ".db3"))
     with BagReader(storage_file) as bag:
         assert bag.storage == storage

@@ -81,10 +81,11 @@ def source_bag(tmp_path: Path):
     return write_synthetic_bag(tmp_path / "source", "mcap", SyntheticBagSpec(**SPEC))
 
 
-def _subscribe(node: Any, received: dict[str, list], topic: str, cls: type) -> None:
-    from rclpy.qos import QoSProfile
+def _subscribe(node: Any, received: dict[str, list], topic: str, cls: type, latched: bool = False) -> None:
+    from rclpy.qos import DurabilityPolicy, QoSProfile
 
-    node.create_subscription(cls, topic, received[topic].append, QoSProfile(depth=1000))
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL) if latched else QoSProfile(depth=1000)
+    node.create_subscription(cls, topic, received[topic].append, qos)
 
 
 def test_play_publishes_every_message_with_clock(source_bag) -> None:
@@ -95,7 +96,8 @@ def test_play_publishes_every_message_with_clock(source_bag) -> None:
     received: dict[str, list] = defaultdict(list)
     with _ros_node("play_listener") as (node, spin):
         for topic, cls in zip((*TOPICS, "/clock"), (Image, JointState, String, Float64MultiArray, Clock)):
-            _subscribe(node, received, topic, cls)
+            # the instruction is subscribed latched, as the node does: play must offer transient local
+            _subscribe(node, received, topic, cls, latched=topic == "/instruction")
         player = _cli("play", str(source_bag.path), "--wait-for-subscribers", "15", "--delay", "0.3")
         _spin_while_running(spin, player, timeout=40)
         returncode, stderr = _finish(player)
@@ -187,8 +189,9 @@ def test_record_with_sim_time_from_play(source_bag, tmp_path: Path) -> None:
 
 def test_record_wall_time_from_rclpy_publisher(tmp_path: Path) -> None:
     """Messages from a plain rclpy publisher (JointState with empty velocity/effort) are
-    recorded into sqlite3 with wall-clock receive times and read back with rosbags."""
-    from rclpy.qos import QoSProfile
+    recorded into sqlite3 with wall-clock receive times, their offered QoS, and read back."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from rosbags.interfaces import QosDurability
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
 
@@ -198,7 +201,8 @@ def test_record_wall_time_from_rclpy_publisher(tmp_path: Path) -> None:
     try:
         with _ros_node("talker") as (node, spin):
             joints = node.create_publisher(JointState, "/arm/joints", QoSProfile(depth=10))
-            notes = node.create_publisher(String, "/note", QoSProfile(depth=10))
+            notes = node.create_publisher(
+                String, "/note", QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
             deadline = time.monotonic() + 30
             while (joints.get_subscription_count() == 0 or notes.get_subscription_count() == 0) \
                     and time.monotonic() < deadline and recorder.poll() is None:
@@ -222,6 +226,9 @@ def test_record_wall_time_from_rclpy_publisher(tmp_path: Path) -> None:
         assert {n: t.msgtype for n, t in bag.topics.items()} == {
             "/arm/joints": "sensor_msgs/msg/JointState", "/note": "std_msgs/msg/String"}
         decoded = [(raw.topic, raw.timestamp_ns, message) for raw, message in bag.messages()]
+        # the publishers' offered QoS are kept, so a later play latches /note again
+        assert [q.durability for q in bag.qos_profiles("/note")] == [QosDurability.TRANSIENT_LOCAL]
+        assert [q.durability for q in bag.qos_profiles("/arm/joints")] == [QosDurability.VOLATILE]
     positions = [list(m.position) for topic, _, m in decoded if topic == "/arm/joints"]
     assert positions == [[0.1 * i, -0.1 * i] for i in range(5)]
     assert [m.data for topic, _, m in decoded if topic == "/note"] == [f"note {i}" for i in range(5)]

@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rosbags.interfaces import Connection, Qos
+from rosbags.interfaces import (
+    Connection,
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import McapReader
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
@@ -772,6 +780,23 @@ class BagWriter:
         self.add_topic(topic, msgtype)
         self._writer.write(self._connections[topic], int(timestamp_ns), data)
         self.message_count += 1
+
+
+def make_qos(*, reliable: bool = True, transient_local: bool = False, depth: int = 10) -> Qos:
+    """An offered-QoS entry for :meth:`BagWriter.add_topic` (e.g. a latched instruction topic:
+    ``transient_local=True, depth=1``); deadlines and lifespans are left at their defaults."""
+    default_time = QosTime(0, 0)
+    return Qos(
+        history=QosHistory.KEEP_LAST,
+        depth=depth,
+        reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+        durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
+        deadline=default_time,
+        lifespan=default_time,
+        liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=default_time,
+        avoid_ros_namespace_conventions=False,
+    )
 
 
 def canonical_cdr(data: bytes, msgtype: str, typestore: Typestore | None = None) -> bytes:

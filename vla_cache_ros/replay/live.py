@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rosbags.interfaces import QosDurability
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 from vla_cache_ros.errors import BagError, ConfigurationError
-from vla_cache_ros.replay.bag_io import BagReader, BagWriter, canonical_cdr, ros2_typestore
+from vla_cache_ros.replay.bag_io import STRING_TYPE, BagReader, BagWriter, canonical_cdr, ros2_typestore
 
 CLOCK_TOPIC = "/clock"
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
@@ -139,12 +139,19 @@ class _ClockPublisher:
 
 
 def _publisher_qos(bag: BagReader, topic: str) -> Any:
-    """Reliable, keep-last 100; transient-local when the recorded publisher offered it."""
+    """Reliable (reaches reliable and best-effort subscribers alike), keep-last 100.
+
+    Latched (transient local, keep-last 1) when the recorded publisher offered transient local,
+    and for ``std_msgs/String`` topics, which carry instructions and are conventionally latched:
+    a transient-local subscriber (the node's instruction input) never connects to a volatile
+    publisher, while a transient-local publisher serves volatile subscribers too.
+    """
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-    latched = any(p.durability == QosDurability.TRANSIENT_LOCAL for p in bag.qos_profiles(topic))
+    latched = bag.msgtype(topic) == STRING_TYPE or any(
+        p.durability == QosDurability.TRANSIENT_LOCAL for p in bag.qos_profiles(topic))
     return QoSProfile(
-        depth=100,
+        depth=1 if latched else 100,
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
     )
@@ -285,6 +292,29 @@ class RecordResult:
     interrupted: bool = False
 
 
+def _as_bag_qos(profile: Any) -> Qos:
+    """An rclpy QoSProfile (as offered by a publisher) in rosbags' form, for the bag metadata."""
+
+    def member(enum: Any, policy: Any) -> Any:
+        return enum.__members__.get(getattr(policy, "name", ""), enum.UNKNOWN)
+
+    def duration(value: Any) -> QosTime:
+        sec, nsec = divmod(int(getattr(value, "nanoseconds", 0)), 1_000_000_000)
+        return QosTime(min(sec, 2**31 - 1), nsec)
+
+    return Qos(
+        history=member(QosHistory, profile.history),
+        depth=int(profile.depth),
+        reliability=member(QosReliability, profile.reliability),
+        durability=member(QosDurability, profile.durability),
+        deadline=duration(profile.deadline),
+        lifespan=duration(profile.lifespan),
+        liveliness=member(QosLiveliness, profile.liveliness),
+        liveliness_lease_duration=duration(profile.liveliness_lease_duration),
+        avoid_ros_namespace_conventions=bool(profile.avoid_ros_namespace_conventions),
+    )
+
+
 def _subscription_qos(node: Any, topic: str) -> Any:
     """A QoS that matches every current publisher of ``topic`` (as ``ros2 bag record`` adapts)."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -330,7 +360,8 @@ class _Recorder:
             except BagError as error:
                 self.log(f"not recording {topic}: {error}")
                 continue
-            self.writer.add_topic(topic, msgtype)
+            offered = [_as_bag_qos(info.qos_profile) for info in self.node.get_publishers_info_by_topic(topic)]
+            self.writer.add_topic(topic, msgtype, offered)
             self.result.types[topic] = msgtype
             self.subscriptions.append(
                 self.node.create_subscription(
@@ -364,7 +395,8 @@ def record_bag(
     """Record ``topics`` into a new rosbag2 at ``out`` until Ctrl-C / SIGTERM or ``duration_s``.
 
     Each topic is subscribed as soon as a publisher appears, with its advertised type and a QoS
-    compatible with its publishers. Messages are stored as received (minus the stray trailing
+    compatible with its publishers; the publishers' offered QoS go into the bag's metadata (so
+    a later ``play`` latches what was latched). Messages are stored as received (minus the stray trailing
     bytes rclpy can add, see :func:`canonical_cdr`) with the receive time on the node's clock
     as timestamp: wall time, or the /clock time with ``use_sim_time`` (messages arriving before
     the first /clock are dropped and counted). ``duration_s`` is wall time.

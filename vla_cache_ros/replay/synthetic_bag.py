@@ -4,7 +4,8 @@ The bag looks like a short recording on a fixed-camera arm: camera frames from
 :class:`vla_cache_ros.synthetic.SyntheticScene` (static textured background, one moving block)
 as raw ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage``, ``sensor_msgs/JointState`` at a
 higher rate than the camera and offset from it (so frames fall between joint samples), the
-task instruction on a ``std_msgs/String`` topic, and optionally the commands a policy sent
+task instruction on a ``std_msgs/String`` topic (offered QoS: transient local, as a latched
+topic), and optionally the commands a policy sent
 (``std_msgs/Float64MultiArray``, one 7-D action per frame shortly after it). Every value is a
 deterministic function of the spec, so tests can check what a reader returns.
 """
@@ -18,11 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from vla_cache_ros.replay.bag_io import (
+    STRING_TYPE,
     BagWriter,
     compressed_image_message,
     float64_array_message,
     image_message,
     joint_state_message,
+    make_qos,
     string_message,
 )
 from vla_cache_ros.synthetic import SyntheticScene
@@ -152,6 +155,8 @@ def write_synthetic_bag(
     info = SyntheticBagInfo(path=Path(path), storage=storage, spec=spec)
     image_topic = spec.resolved_image_topic
     with BagWriter(path, storage=storage) as writer:
+        if spec.instruction is not None:  # recorded as a latched topic, as a real one would be
+            writer.add_topic(spec.instruction_topic, STRING_TYPE, [make_qos(transient_local=True, depth=1)])
         for time_ns, _, kind, index in _events(spec):
             if kind == "instruction":
                 writer.write(spec.instruction_topic, string_message(spec.instruction or ""), time_ns)
