@@ -58,7 +58,7 @@ def test_full_vla_cache_cli_has_the_bag_subcommands(tmp_path: Path, capsys: pyte
     from vla_cache_ros.cli import build_parser, main as vla_cache_main
 
     help_text = build_parser().format_help()
-    for command in ("play", "record", "bag-info", "synthetic-bag"):
+    for command in ("play", "record", "replay", "bag-info", "synthetic-bag"):
         assert command in help_text
     assert vla_cache_main(["bag-info", str(tmp_path / "missing")]) == 2
     assert "bag not found" in capsys.readouterr().err
