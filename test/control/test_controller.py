@@ -75,7 +75,8 @@ def test_inference_error_then_recovery() -> None:
     controller.on_step_result([0.1] * 6 + [1.0], 1.0, 1.0, 1.1)
     controller.on_step_error("RuntimeError: CUDA out of memory", 1.2)
     out = controller.tick(1.25)
-    assert out.state is WatchdogState.FAULT and out.arm.is_safety
+    assert out.state is WatchdogState.FAULT and out.arm.is_safety and out.entered_fault
+    assert not controller.tick(1.26).entered_fault
     assert out.reason == "RuntimeError: CUDA out of memory"
     # A result on a pre-fault observation is refused.
     assert not controller.on_step_result([0.2] * 6 + [1.0], 1.0, 1.0, 1.3).accepted

@@ -100,3 +100,22 @@ def test_effective_stamp_ignores_zero_and_future_stamps() -> None:
     watchdog.input_received("camera", 3.0, 3.1)
     watchdog.input_received("camera", 2.0, 3.2)  # out-of-order stamp does not rewind
     assert watchdog.input_age("camera", 4.0) == 1.0
+
+
+def test_step_that_took_too_long_is_refused() -> None:
+    watchdog = running_watchdog()
+    watchdog.input_received("camera", 10.5, 10.5)
+    watchdog.step_started(10.5)
+    assert not watchdog.step_succeeded(11.6, 10.5, 10.5)
+    assert watchdog.state is WatchdogState.FAULT
+    assert "overran: took 1.100 s (> max_inference_s 1)" in watchdog.fault_reason
+
+
+def test_success_with_a_stale_required_input_does_not_recover() -> None:
+    watchdog = running_watchdog(("camera", "joint_states"))
+    watchdog.step_failed(10.3, "boom")
+    watchdog.input_received("camera", 11.0, 11.0)  # joint states stopped at 10.0
+    assert not watchdog.step_succeeded(11.05, 11.0, 11.0)
+    assert watchdog.state is WatchdogState.FAULT and watchdog.fault_reason == "boom"
+    watchdog.input_received("joint_states", 11.1, 11.1)
+    assert watchdog.step_succeeded(11.15, 11.0, 11.0)

@@ -115,6 +115,7 @@ class Controller:
         self._command_time: float | None = None
         self._hold: ArmCommand | None = None
         self._gripper_active = False
+        self._announced_fault: float | None = None  # fault_since of the last reported fault
 
     # --------------------------------------------------------------------------- config
     @property
@@ -223,10 +224,11 @@ class Controller:
     def tick(self, now_s: float) -> TickOutput:
         """Decide what to publish at ``now_s``."""
         with self._lock:
-            was_fault = self._watchdog.state is WatchdogState.FAULT
             state = self._watchdog.tick(now_s)
             if state is WatchdogState.FAULT:
-                entered = not was_fault
+                # First tick of this fault, whoever raised it (tick, worker, or outside).
+                entered = self._announced_fault != self._watchdog.fault_since
+                self._announced_fault = self._watchdog.fault_since
                 if self._command is not None or self._hold is None:
                     self._drop_policy_output()
                 gripper = self._gripper.command if self._gripper_active else None

@@ -47,15 +47,19 @@ def build_status(*, state: WatchdogState, reason: str | None, telemetry: Telemet
                  clamp_counts: Mapping[str, int], actuation_enabled: bool,
                  input_ages: Mapping[str, float | None], cache_mode: str,
                  target_ratio: float, last_error: str | None,
+                 recent_warning: str | None = None,
                  extra: Mapping[str, str] | None = None) -> StatusReport:
     """Summarise the node's state for /diagnostics.
 
-    Level: ERROR in FAULT, WARN while waiting for inputs or the first step, OK while running.
+    Level: ERROR in FAULT; WARN while waiting for inputs or the first step, or while running
+    with a ``recent_warning`` (e.g. an input rejected in the last seconds); else OK.
     """
     if state is WatchdogState.FAULT:
         level, message = Level.ERROR, f"FAULT: {reason}"
     elif state is WatchdogState.WAITING:
         level, message = Level.WARN, reason or "waiting"
+    elif recent_warning:
+        level, message = Level.WARN, f"running; {recent_warning}"
     else:
         level, message = Level.OK, "running"
     if not actuation_enabled:

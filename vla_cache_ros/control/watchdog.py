@@ -97,17 +97,25 @@ class Watchdog:
     def step_succeeded(self, now_s: float, obs_stamp_s: float, obs_received_s: float) -> bool:
         """An inference step on the given observation finished; return whether to use it.
 
-        The result is refused when its observation is already older than ``max_obs_age_s``,
-        or when the watchdog is in FAULT and the observation arrived before the fault began.
-        An accepted result moves WAITING or FAULT to RUNNING.
+        The result is refused (and FAULT entered) when the step took longer than
+        ``max_inference_s``, its observation is already older than ``max_obs_age_s``, or a
+        required input is stale; it is also refused while in FAULT if the observation arrived
+        before the fault began. An accepted result moves WAITING or FAULT to RUNNING.
         """
-        self._step_started = None
+        started, self._step_started = self._step_started, None
+        if started is not None and now_s - started > self.config.max_inference_s:
+            self.fault(now_s, self._overrun_reason(now_s - started, "took"))
+            return False
         stamp = effective_stamp(obs_stamp_s, obs_received_s)
         age = now_s - stamp
         if age > self.config.max_obs_age_s:
             self.fault(now_s, f"inference result came from an observation {age:.3f} s old "
                               f"(> max_obs_age_s {self.config.max_obs_age_s:g}); inference is "
                               "too slow for max_obs_age_s or the camera stalled")
+            return False
+        stale = self._stale_input(now_s)
+        if stale is not None:
+            self.fault(now_s, stale)
             return False
         if self.state is WatchdogState.FAULT:
             assert self.fault_since is not None
@@ -135,22 +143,33 @@ class Watchdog:
         self.fault_since = now_s
         return True
 
-    def tick(self, now_s: float) -> WatchdogState:
-        """Check inputs, the running step and the live command at ``now_s``; return the state."""
-        if self.state is not WatchdogState.RUNNING:
-            return self.state
+    def _stale_input(self, now_s: float) -> str | None:
+        """Why a required input is missing or too old (None if all are fresh)."""
         limit = self.config.max_obs_age_s
         for name in self.required_inputs:
             age = self.input_age(name, now_s)
             if age is None or age > limit:
                 shown = "never received" if age is None else f"{age:.3f} s old"
-                self.fault(now_s, f"{name} is stale ({shown}, max_obs_age_s {limit:g})")
-                return self.state
+                return f"{name} is stale ({shown}, max_obs_age_s {limit:g})"
+        return None
+
+    def _overrun_reason(self, seconds: float, verb: str) -> str:
+        return (f"inference step overran: {verb} {seconds:.3f} s "
+                f"(> max_inference_s {self.config.max_inference_s:g})")
+
+    def tick(self, now_s: float) -> WatchdogState:
+        """Check inputs, the running step and the live command at ``now_s``; return the state."""
+        if self.state is not WatchdogState.RUNNING:
+            return self.state
+        limit = self.config.max_obs_age_s
+        stale = self._stale_input(now_s)
+        if stale is not None:
+            self.fault(now_s, stale)
+            return self.state
         if self._step_started is not None:
             running = now_s - self._step_started
             if running > self.config.max_inference_s:
-                self.fault(now_s, f"inference step overran: running {running:.3f} s "
-                                  f"(> max_inference_s {self.config.max_inference_s:g})")
+                self.fault(now_s, self._overrun_reason(running, "running"))
                 return self.state
         if self._command_stamp is not None and now_s - self._command_stamp > limit:
             self.fault(now_s, f"the observation behind the current command is "

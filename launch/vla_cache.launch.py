@@ -1,0 +1,70 @@
+"""Launch ``vla_cache_node`` with a config file, a model, topic remaps and sim time.
+
+    ros2 launch vla_cache_ros vla_cache.launch.py config:=<yaml> model_path:=<dir> \
+        [command_interface:=ee_twist|joint_trajectory|joint_positions] [use_sim_time:=true] \
+        [image_topic:=/camera/image_raw] [twist_topic:=/servo_node/delta_twist_cmds] ...
+
+``model_path`` and ``command_interface`` override the config file only when given. The topic
+defaults are those of the usual ros2_control / MoveIt Servo setup (and of ``sim_arm_node``).
+"""
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "vla_cache_ros"
+
+# (node-side name, launch argument, default topic)
+REMAPS = (
+    ("image", "image_topic", "/camera/image_raw"),
+    ("joint_states", "joint_states_topic", "/joint_states"),
+    ("instruction", "instruction_topic", "/instruction"),
+    ("ee_pose", "ee_pose_topic", "/ee_pose"),
+    ("joint_trajectory", "joint_trajectory_topic", "/arm_controller/joint_trajectory"),
+    ("joint_commands", "joint_commands_topic", "/forward_position_controller/commands"),
+    ("twist_cmd", "twist_topic", "/servo_node/delta_twist_cmds"),
+    ("gripper_command", "gripper_topic", "/gripper_controller/commands"),
+)
+
+
+def _node(context: LaunchContext) -> list[Node]:
+    """Build the node with only the overrides that were given."""
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    overrides: dict[str, object] = {"use_sim_time": value("use_sim_time").lower() == "true"}
+    if value("model_path"):
+        overrides["model_path"] = value("model_path")
+    if value("command_interface"):
+        overrides["command_interface"] = value("command_interface")
+    return [Node(
+        package=PACKAGE, executable="vla_cache_node", name=value("node_name"), output="screen",
+        emulate_tty=True, parameters=[value("config"), overrides],
+        remappings=[(inner, value(argument)) for inner, argument, _ in REMAPS])]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Arguments: config, model_path, command_interface, use_sim_time, node_name, topic remaps."""
+    default_config = os.path.join(get_package_share_directory(PACKAGE), "config",
+                                  "miniature_demo.yaml")
+    arguments = [
+        DeclareLaunchArgument("config", default_value=default_config,
+                              description="parameter YAML (see the package's config/)"),
+        DeclareLaunchArgument("model_path", default_value="",
+                              description="OpenVLA-format checkpoint directory (overrides config)"),
+        DeclareLaunchArgument("command_interface", default_value="",
+                              description="ee_twist | joint_trajectory | joint_positions "
+                                          "(overrides config)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (bag replay, simulation)"),
+        DeclareLaunchArgument("node_name", default_value="vla_cache_node"),
+    ]
+    arguments += [DeclareLaunchArgument(argument, default_value=default,
+                                        description=f"topic for the node's '{inner}'")
+                  for inner, argument, default in REMAPS]
+    return LaunchDescription(arguments + [OpaqueFunction(function=_node)])

@@ -1,0 +1,506 @@
+"""``vla_cache_node``: camera + joint states in, arm commands out, cache ratio tunable live.
+
+A thin ROS 2 layer over :class:`~vla_cache_ros.policy.CachedVLAPolicy` and the ROS-free
+:mod:`vla_cache_ros.control` package: this file converts messages to arrays and ROS times to
+float seconds, declares parameters from :data:`~vla_cache_ros.control.settings.NODE_PARAMETERS`,
+and publishes what :meth:`Controller.tick` decides.
+
+Threads: the executor thread runs subscriptions, parameter services and the timers; one worker
+thread runs inference on the newest camera frame as soon as the previous step is done. The
+control timer (ROS clock, so ``use_sim_time`` works) publishes the latest valid command; the
+diagnostics timer (steady clock, ~1 Hz) publishes /diagnostics even when sim time stops.
+
+Topics (relative names, remap as needed):
+  in:  image (sensor_msgs/Image or CompressedImage, see image_type), joint_states,
+       instruction (std_msgs/String, transient local), ee_pose (geometry_msgs/PoseStamped,
+       used for the workspace box with ee_twist)
+  out: joint_trajectory | joint_commands | twist_cmd (per command_interface), gripper_command
+       (std_msgs/Float64MultiArray) -- only when enable_actuation is true;
+       ~/preview/<same names> (always: what is or would be sent), ~/cache_ratio and
+       ~/inference_latency_ms (std_msgs/Float32, per step), /diagnostics.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float32, Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from vla_cache_ros.control import settings
+from vla_cache_ros.control.actions import ArmCommand, CommandInterface
+from vla_cache_ros.control.controller import CAMERA, EE_POSE, JOINT_STATES, Controller
+from vla_cache_ros.control.diagnostics import build_status, one_line
+from vla_cache_ros.control.observation import LatestObservation
+from vla_cache_ros.control.telemetry import Telemetry
+from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.control.watchdog import WatchdogState
+from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.ros.image_conversion import compressed_image_to_rgb, image_to_rgb
+
+NODE_NAME = "vla_cache_node"
+COMMAND_TOPICS = {
+    CommandInterface.JOINT_TRAJECTORY: ("joint_trajectory", JointTrajectory),
+    CommandInterface.JOINT_POSITIONS: ("joint_commands", Float64MultiArray),
+    CommandInterface.EE_TWIST: ("twist_cmd", TwistStamped),
+}
+GRIPPER_TOPIC = "gripper_command"
+RECENT_ERROR_S = 5.0
+PARAMETER_TYPES = {
+    "bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
+    "string": Parameter.Type.STRING, "double_array": Parameter.Type.DOUBLE_ARRAY,
+    "string_array": Parameter.Type.STRING_ARRAY,
+}
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def stamp_seconds(stamp: Any) -> float:
+    """builtin_interfaces/Time -> float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def descriptor_for(spec: settings.ParameterSpec) -> ParameterDescriptor:
+    """A ParameterDescriptor with description, read-only flag, range and listed choices."""
+    descriptor = ParameterDescriptor(
+        name=spec.name, type=PARAMETER_TYPES[spec.kind].value, description=spec.description,
+        read_only=spec.read_only)
+    if spec.choices:
+        descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.minimum is not None and spec.maximum is not None:
+        if spec.kind == "int":
+            descriptor.integer_range = [IntegerRange(from_value=int(spec.minimum),
+                                                     to_value=int(spec.maximum), step=1)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0)]
+    return descriptor
+
+
+class VlaCacheNode(Node):
+    """The policy runner node. Construction loads the model; raises UserFacingError on bad setup."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self._declare_parameters()
+        values = self._parameter_values()
+        self._controller = Controller(settings.controller_config(values))
+        self._interface = self._controller.config.action.interface
+        self._telemetry = Telemetry(int(values["telemetry_window"]))
+        self._slot = LatestObservation()
+        self._state_lock = threading.Lock()
+        self._instruction = str(values["instruction"]).strip()
+        self._actuation = bool(values["enable_actuation"])
+        self._log_status = bool(values["log_status"])
+        self._send_safety_once = False
+        self._last_error: tuple[str, float] | None = None  # (message, monotonic time)
+        self._logged: dict[str, tuple[str, float]] = {}  # throttle key -> (message, time)
+        self._closing = False
+        self._policy = self._load_policy(values)
+
+        self._create_publishers(values)
+        self._create_subscriptions(values)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        rate = float(values["control_rate_hz"])
+        self._control_timer = self.create_timer(1.0 / rate, self._on_control_tick)
+        self._diagnostics_timer = self.create_timer(
+            1.0, self._on_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._worker = threading.Thread(target=self._inference_loop, name="vla_inference",
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: model {values['model_path']}, mode {self._policy.mode} "
+            f"ratio {self._policy.cache_ratio:g}, interface {self._interface.value}, "
+            f"actuation {'ENABLED' if self._actuation else 'disabled (dry run)'}")
+
+    # ------------------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> None:
+        for spec in settings.NODE_PARAMETERS:
+            descriptor = descriptor_for(spec)
+            if spec.kind.endswith("_array"):
+                # An empty list has no type in rclpy: declare typed and writable, fill in the
+                # default if nothing overrode it, then apply the real (maybe read-only) descriptor.
+                writable = descriptor_for(spec)
+                writable.read_only = False
+                parameter = self.declare_parameter(spec.name, PARAMETER_TYPES[spec.kind],
+                                                   writable)
+                if parameter.value is None:
+                    self.set_parameters([Parameter(spec.name, PARAMETER_TYPES[spec.kind],
+                                                   list(spec.default))])
+                self.set_descriptor(spec.name, descriptor)
+            else:
+                self.declare_parameter(spec.name, spec.default, descriptor)
+
+    def _parameter_values(self) -> dict[str, Any]:
+        values = {}
+        for spec in settings.NODE_PARAMETERS:
+            value = self.get_parameter(spec.name).value
+            values[spec.name] = list(value) if spec.kind.endswith("_array") else value
+        return values
+
+    def _on_set_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
+        changes = {}
+        for parameter in parameters:
+            spec = settings.SPECS.get(parameter.name)
+            if spec is None:
+                continue  # e.g. use_sim_time: rclpy's own parameters
+            value = parameter.value
+            changes[parameter.name] = list(value) if spec.kind.endswith("_array") else value
+        if not changes:
+            return SetParametersResult(successful=True)
+        reason = settings.check_change(self._parameter_values(), changes,
+                                       self._policy.available_modes())
+        if reason is not None:
+            self.get_logger().warning(f"parameter change refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        merged = {**self._parameter_values(), **changes}
+        try:
+            self._controller.update(limits=settings.safety_limits(merged),
+                                    watchdog=settings.watchdog_config(merged),
+                                    action_scale=merged["action_scale"])
+            if "cache_mode" in changes:
+                self._policy.set_mode(changes["cache_mode"])
+            if "cache_ratio" in changes:
+                self._policy.set_cache_ratio(changes["cache_ratio"])
+            if "max_token_age" in changes:
+                self._policy.set_max_token_age(changes["max_token_age"])
+        except UserFacingError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        if "instruction" in changes:
+            self._set_instruction(str(changes["instruction"]), source="parameter")
+        if "enable_actuation" in changes:
+            self._set_actuation(bool(changes["enable_actuation"]))
+        if "log_status" in changes:
+            self._log_status = bool(changes["log_status"])
+        return SetParametersResult(successful=True)
+
+    def _set_actuation(self, enabled: bool) -> None:
+        with self._state_lock:
+            if self._actuation and not enabled:
+                self._send_safety_once = True  # stop what the arm was doing
+            self._actuation = enabled
+        self.get_logger().warning(f"actuation {'ENABLED' if enabled else 'disabled (dry run)'}")
+
+    def _set_instruction(self, text: str, source: str) -> None:
+        text = text.strip()
+        with self._state_lock:
+            changed = text != self._instruction
+            self._instruction = text
+        if changed:
+            self._policy.reset()  # a new task is a new episode
+            self.get_logger().info(f"instruction ({source}): {text!r}")
+
+    # ------------------------------------------------------------------------------ setup
+    def _load_policy(self, values: dict[str, Any]) -> Any:
+        import torch
+
+        from vla_cache_ros.models.action_tokenizer import select_action_stats
+        from vla_cache_ros.policy import CachedVLAPolicy
+
+        model_path = os.path.expanduser(str(values["model_path"]))
+        if not model_path:
+            raise InvalidInputError("parameter model_path is required (an OpenVLA-format "
+                                    "checkpoint directory; `vla-cache make-tiny DIR` makes one)")
+        if not Path(model_path).is_dir():
+            raise InvalidInputError(f"model_path {model_path!r} is not a directory")
+        if int(values["num_threads"]) > 0:
+            torch.set_num_threads(int(values["num_threads"]))
+        unnorm_key = str(values["unnorm_key"]) or None
+        self.get_logger().info(f"loading {model_path} on {values['device']} ...")
+        policy = CachedVLAPolicy.from_pretrained(
+            model_path, mode="off", cache_ratio=float(values["cache_ratio"]),
+            unnorm_key=unnorm_key, device=str(values["device"]),
+            dtype=getattr(torch, str(values["dtype"])), center_crop=bool(values["center_crop"]))
+        select_action_stats(policy.model.config.norm_stats, unnorm_key)  # fail now, not later
+        policy.set_mode(str(values["cache_mode"]))
+        policy.set_max_token_age(int(values["max_token_age"]))
+        return policy
+
+    def _create_publishers(self, values: dict[str, Any]) -> None:
+        topic, message_type = COMMAND_TOPICS[self._interface]
+        self._command_type = message_type
+        self._command_pub = self.create_publisher(message_type, topic, COMMAND_QOS)
+        self._preview_pub = self.create_publisher(message_type, f"~/preview/{topic}", COMMAND_QOS)
+        self._gripper_pub = self._gripper_preview_pub = None
+        if values["publish_gripper"]:
+            self._gripper_pub = self.create_publisher(Float64MultiArray, GRIPPER_TOPIC,
+                                                      COMMAND_QOS)
+            self._gripper_preview_pub = self.create_publisher(
+                Float64MultiArray, f"~/preview/{GRIPPER_TOPIC}", COMMAND_QOS)
+        self._ratio_pub = self.create_publisher(Float32, "~/cache_ratio", 10)
+        self._latency_pub = self.create_publisher(Float32, "~/inference_latency_ms", 10)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._joint_names = list(values["joint_names"])
+        self._twist_frame = str(values["twist_frame_id"])
+
+    def _create_subscriptions(self, values: dict[str, Any]) -> None:
+        if values["image_type"] == "compressed":
+            self.create_subscription(CompressedImage, "image", self._on_compressed_image,
+                                     qos_profile_sensor_data)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
+        self.create_subscription(JointState, "joint_states", self._on_joint_state,
+                                 qos_profile_sensor_data)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        if self._interface is CommandInterface.EE_TWIST:
+            self.create_subscription(PoseStamped, "ee_pose", self._on_ee_pose,
+                                     qos_profile_sensor_data)
+
+    # -------------------------------------------------------------------------- callbacks
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _report(self, key: str, message: str, error: bool = False) -> None:
+        """Record ``message`` as the last error and log it: at once when it is new for ``key``
+        (numbers aside), else at most every 2 s (a bad camera stream must not flood the log)."""
+        now = time.monotonic()
+        shape = re.sub(r"\d+(\.\d+)?", "#", message)  # same message, other numbers
+        with self._state_lock:
+            self._last_error = (message, now)
+            previous = self._logged.get(key)
+            if previous is not None and previous[0] == shape and now - previous[1] < 2.0:
+                return
+            self._logged[key] = (shape, now)
+        (self.get_logger().error if error else self.get_logger().warning)(message)
+
+    def _reject(self, kind: str, error: Exception) -> None:
+        self._telemetry.record_rejected(kind)
+        self._report(kind, f"rejected {kind}: {error}")
+
+    def _on_image(self, msg: Image) -> None:
+        self._store_frame(msg, image_to_rgb)
+
+    def _on_compressed_image(self, msg: CompressedImage) -> None:
+        self._store_frame(msg, compressed_image_to_rgb)
+
+    def _store_frame(self, msg: Any, convert: Any) -> None:
+        now = self._now()
+        try:
+            rgb = convert(msg)
+        except UserFacingError as error:
+            self._reject("image", error)
+            return
+        stamp = stamp_seconds(msg.header.stamp)
+        dropped = self._slot.put(rgb, stamp, now)
+        if dropped:
+            self._telemetry.record_dropped_frames(dropped)
+        self._controller.on_observation(stamp, now)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            self._controller.on_joint_state(msg.name, msg.position,
+                                            stamp_seconds(msg.header.stamp), self._now())
+        except InvalidInputError as error:
+            self._reject("joint_states", error)
+
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        position = msg.pose.position
+        try:
+            self._controller.on_ee_position([position.x, position.y, position.z],
+                                            stamp_seconds(msg.header.stamp), self._now())
+        except InvalidInputError as error:
+            self._reject("ee_pose", error)
+
+    def _on_instruction(self, msg: String) -> None:
+        if not msg.data.strip():
+            self._reject("instruction", InvalidInputError("instruction message is empty; "
+                                                          "keeping the previous instruction"))
+            return
+        self._set_instruction(msg.data, source="topic")
+
+    # -------------------------------------------------------------------------- inference
+    def _inference_loop(self) -> None:
+        """Worker thread: run the policy on each new frame, newest first."""
+        while not self._closing:
+            observation = self._slot.take(timeout_s=0.2)
+            if observation is None:
+                continue
+            with self._state_lock:
+                instruction = self._instruction
+            if not instruction or self._controller.waiting_for():
+                continue  # not ready: frames are dropped, not queued
+            self._controller.on_step_started(self._now())
+            try:
+                action, stats = self._policy.step(observation.image, instruction)
+            except Exception as error:  # noqa: BLE001 - any inference failure is a fault
+                reason = f"inference failed: {type(error).__name__}: {error}"
+                self._controller.on_step_error(reason, self._now())
+                self._report("inference", reason, error=True)
+                continue
+            now = self._now()
+            outcome = self._controller.on_step_result(action, observation.stamp_s,
+                                                      observation.received_s, now)
+            if not outcome.accepted:
+                self._report("step", f"step not used: {outcome.reason}")
+            self._telemetry.record_step(
+                now, stats.times_s, mode=stats.mode, target_ratio=stats.target_ratio,
+                actual_ratio=stats.actual_ratio, reused_tokens=stats.reused_tokens,
+                recomputed_tokens=stats.recomputed_tokens, flops=stats.flops,
+                flops_uncached=stats.flops_uncached)
+            if not self._closing:
+                self._ratio_pub.publish(Float32(data=float(stats.actual_ratio)))
+                self._latency_pub.publish(Float32(data=float(stats.times_s["total"] * 1000.0)))
+
+    # ---------------------------------------------------------------------------- output
+    def _on_control_tick(self) -> None:
+        now = self._now()
+        self._telemetry.record_tick(now)
+        output = self._controller.tick(now)
+        if output.entered_fault:
+            self.get_logger().error(f"FAULT, policy output stopped: {output.reason}")
+        with self._state_lock:
+            actuate = self._actuation
+            stop_once, self._send_safety_once = self._send_safety_once, False
+        if stop_once:
+            self._publish(self._controller.safety_command(), None, actuate=True)
+        self._publish(output.arm, output.gripper, actuate)
+
+    def _publish(self, arm: ArmCommand | None, gripper: float | None, actuate: bool) -> None:
+        if arm is not None:
+            message = self._to_message(arm)
+            self._preview_pub.publish(message)
+            if actuate:
+                self._command_pub.publish(message)
+        if gripper is not None and self._gripper_pub is not None:
+            message = Float64MultiArray(data=[float(gripper)])
+            self._gripper_preview_pub.publish(message)
+            if actuate:
+                self._gripper_pub.publish(message)
+
+    def _to_message(self, command: ArmCommand) -> Any:
+        if command.interface is CommandInterface.EE_TWIST:
+            message = TwistStamped()
+            message.header.stamp = self.get_clock().now().to_msg()
+            message.header.frame_id = self._twist_frame
+            message.twist.linear.x, message.twist.linear.y, message.twist.linear.z = (
+                float(v) for v in command.linear)
+            message.twist.angular.x, message.twist.angular.y, message.twist.angular.z = (
+                float(v) for v in command.angular)
+            return message
+        positions = [float(v) for v in command.joint_positions]
+        if command.interface is CommandInterface.JOINT_POSITIONS:
+            return Float64MultiArray(data=positions)
+        point = JointTrajectoryPoint(
+            positions=positions,
+            time_from_start=Duration(seconds=max(command.duration_s, 0.0)).to_msg())
+        return JointTrajectory(joint_names=list(self._joint_names), points=[point])
+
+    # ------------------------------------------------------------------------ diagnostics
+    def status_report(self) -> Any:
+        """The current :class:`~vla_cache_ros.control.diagnostics.StatusReport`."""
+        now = self._now()
+        output_state = self._controller.state
+        with self._state_lock:
+            instruction, actuate, last_error = self._instruction, self._actuation, self._last_error
+        reason = self._controller.fault_reason
+        waiting = self._controller.waiting_for()
+        if output_state is WatchdogState.WAITING:
+            missing = (["instruction"] if not instruction else []) + waiting
+            reason = (f"waiting for {', '.join(missing)}" if missing
+                      else "waiting for the first inference step")
+        recent = last_error if last_error and time.monotonic() - last_error[1] < RECENT_ERROR_S \
+            else None
+        inputs = [CAMERA, JOINT_STATES] + (
+            [EE_POSE] if EE_POSE in self._controller.config.required_inputs else [])
+        report = build_status(
+            state=output_state, reason=reason, telemetry=self._telemetry.snapshot(),
+            clamp_counts=self._controller.clamp_counts, actuation_enabled=actuate,
+            input_ages={name: self._controller.input_age(name, now) for name in inputs},
+            cache_mode=self._policy.mode, target_ratio=self._policy.cache_ratio,
+            last_error=last_error[0] if last_error else None,
+            recent_warning=recent[0] if recent else None,
+            extra={"instruction": instruction, "command_interface": self._interface.value})
+        return report
+
+    def _on_diagnostics(self) -> None:
+        report = self.status_report()
+        status = DiagnosticStatus(
+            level=bytes([int(report.level)]), name=f"{self.get_name()}: policy",
+            message=report.message, hardware_id=self.get_fully_qualified_name(),
+            values=[KeyValue(key=key, value=value) for key, value in report.values])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+        if self._log_status:
+            self.get_logger().info(one_line(report))
+
+    # --------------------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        """Stop inference, then send the safety command if actuation is enabled."""
+        self._closing = True
+        self._slot.close()
+        self._control_timer.cancel()
+        self._worker.join(timeout=30.0)
+        with self._state_lock:
+            actuate = self._actuation
+        if actuate:
+            command = self._controller.safety_command()
+            self._publish(command, None, actuate=True)
+            if command is not None:
+                self._command_pub.wait_for_all_acked(Duration(seconds=1.0))
+            self.get_logger().info("shutdown: safety command sent")
+
+    @property
+    def worker_alive(self) -> bool:
+        """Whether the inference thread is still running (after :meth:`shutdown`: stuck)."""
+        return self._worker.is_alive()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop like SIGINT (launch escalates SIGINT -> SIGTERM)."""
+    raise KeyboardInterrupt
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``vla_cache_node``; returns the exit code."""
+    rclpy.init(args=list(args) if args is not None else None,
+               signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node: VlaCacheNode | None = None
+    code = 0
+    try:
+        node = VlaCacheNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except UserFacingError as error:
+        print(f"{NODE_NAME}: error: {error}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            try:
+                node.shutdown()
+            except KeyboardInterrupt:
+                pass
+            if not node.worker_alive:
+                node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
