@@ -2,21 +2,23 @@
 """Measure the peak resident memory of ``load_vla`` against the size of the weights it loads.
 
 Writes a large random OpenVLA-format checkpoint (bf16, >= 1 GB by default; a Llama text config
-far bigger than the ``midsize`` preset), then loads it with
-``load_vla(dir, dtype=torch.bfloat16)`` (or ``--dtype float32``) in a fresh Python process and reports
+far bigger than the ``midsize`` preset), then loads it with ``load_vla(dir, dtype=torch.bfloat16)``
+(or ``--dtype float32``) in a fresh Python process and reports
 
     ratio = (peak RSS - RSS just before the load) / bytes of the loaded weights
 
-at three points (when ``load_vla`` returns, after every weight byte has been read once, and
-optionally after one ``predict_action``), from ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak) and ``/proc/self/statm`` (current).
-A loader that materialises the weights once gives a ratio near 1.0; one that builds randomly
-initialised modules and then copies a state dict into them (or keeps every mapped file page
-resident beside the copies) gives ~2.0.
+when the loader returns, after every weight byte has been read once, and optionally after one
+``predict_action``; peak RSS from ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, current RSS
+from ``/proc/self/statm``. A loader that materialises the weights once gives a ratio near 1.0;
+one that initialises the modules and then copies a state dict into them (``--naive``, for
+comparison) gives ~2.0. Results and the machine they came from: docs/memory.md.
 
 Usage::
 
-    .venv/bin/python tools/measure_load_memory.py                 # single-file checkpoint
-    .venv/bin/python tools/measure_load_memory.py --shard-mb 500  # sharded, with an index
+    .venv/bin/python tools/measure_load_memory.py --predict         # single-file checkpoint
+    .venv/bin/python tools/measure_load_memory.py --shard-mb 500    # sharded, with an index
+    .venv/bin/python tools/measure_load_memory.py --dtype float32   # bf16 file -> fp32 weights
+    .venv/bin/python tools/measure_load_memory.py --naive           # the pattern load_vla avoids
 
 The checkpoint is written under /tmp and removed afterwards unless ``--keep`` is given.
 """
@@ -65,7 +67,7 @@ def write_checkpoint(directory: Path, hidden: int, layers: int, intermediate: in
     make_tiny_checkpoint(directory, seed=0, preset=PRESET_NAME, dtype=torch.bfloat16, max_shard_bytes=shard)
 
 
-def measure_load(directory: Path, predict: bool, dtype_name: str) -> dict[str, Any]:
+def measure_load(directory: Path, predict: bool, dtype_name: str, naive: bool) -> dict[str, Any]:
     """Load the checkpoint in this (fresh) process and return the memory figures."""
     import torch
 
@@ -75,7 +77,8 @@ def measure_load(directory: Path, predict: bool, dtype_name: str) -> dict[str, A
     rss_before = _rss_bytes()
     peak_before = _peak_rss_bytes()
     start = time.perf_counter()
-    model = load_vla(directory, dtype=getattr(torch, dtype_name))
+    dtype = getattr(torch, dtype_name)
+    model = naive_load(directory, dtype) if naive else load_vla(directory, dtype=dtype)
     seconds = time.perf_counter() - start
     peak_after = _peak_rss_bytes()
     rss_after = _rss_bytes()
@@ -101,6 +104,28 @@ def measure_load(directory: Path, predict: bool, dtype_name: str) -> dict[str, A
     return figures
 
 
+def naive_load(directory: Path, dtype: "torch.dtype") -> "torch.nn.Module":
+    """The pattern the loader avoids, for comparison: build initialised modules, then copy a state dict in."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vla_cache_ros.models.checkpoint import weight_files
+    from vla_cache_ros.models.config import load_config
+    from vla_cache_ros.models.processor import ImageProcessor
+    from vla_cache_ros.models.vision import checkpoint_key_to_module_key
+    from vla_cache_ros.models.vla import OpenVLA, load_tokenizer
+
+    config = load_config(directory)
+    processor = ImageProcessor.from_checkpoint(directory, config.timm_model_ids, config.image_sizes[0])
+    torch.set_default_dtype(dtype)
+    model = OpenVLA(config, load_tokenizer(directory), processor)
+    state = {}
+    for path in weight_files(directory):
+        state.update({checkpoint_key_to_module_key(k): v for k, v in load_file(str(path)).items()})
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 def _run_child(*args: str) -> str:
     """Run this script in a fresh interpreter (so peak RSS covers only what that step did)."""
     result = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], cwd=REPO_ROOT,
@@ -123,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype load_vla loads into (the file is always bf16)")
     parser.add_argument("--predict", action="store_true",
                         help="also run one predict_action and report the peak after it")
+    parser.add_argument("--naive", action="store_true",
+                        help="measure a naive loader instead (initialised modules + load_state_dict), for comparison")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint afterwards")
     parser.add_argument("--child-write", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-load", action="store_true", help=argparse.SUPPRESS)
@@ -132,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         write_checkpoint(args.dir, args.hidden, args.layers, args.intermediate, args.shard_mb)
         return 0
     if args.child_load:
-        print(json.dumps(measure_load(args.dir, args.predict, args.dtype)))
+        print(json.dumps(measure_load(args.dir, args.predict, args.dtype, args.naive)))
         return 0
 
     if args.dir.exists():
@@ -147,20 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         file_bytes = sum(f.stat().st_size for f in files)
         print(f"wrote {len(files)} safetensors file(s), {file_bytes / 1e9:.3f} GB, "
               f"in {time.perf_counter() - start:.1f} s to {args.dir}")
-        load_args = ["--child-load", "--dir", str(args.dir), "--dtype", args.dtype] + (["--predict"] if args.predict else [])
+        load_args = ["--child-load", "--dir", str(args.dir), "--dtype", args.dtype]
+        load_args += (["--predict"] if args.predict else []) + (["--naive"] if args.naive else [])
         figures = json.loads(_run_child(*load_args).strip().splitlines()[-1])
     finally:
         if not args.keep and args.dir.exists():
             shutil.rmtree(args.dir)
     loaded = figures["loaded_bytes"]
     base = figures["rss_before"]
+    print("loader:                " + ("naive (initialised modules + load_state_dict)" if args.naive else "load_vla"))
     print(f"loaded weights:        {loaded / 1e9:.3f} GB ({', '.join(figures['param_dtypes'])})")
-    print(f"RSS before load_vla:   {figures['rss_before'] / 1e9:.3f} GB "
+    print(f"RSS before loading:    {figures['rss_before'] / 1e9:.3f} GB "
           f"(peak so far {figures['peak_before'] / 1e9:.3f} GB, imports)")
     print(f"peak RSS after load:   {figures['peak_after'] / 1e9:.3f} GB "
           f"(current {figures['rss_after'] / 1e9:.3f} GB), load took {figures['load_seconds']:.1f} s")
     print(f"peak after touching every weight: {figures['peak_touched'] / 1e9:.3f} GB")
-    rows = [("load_vla returned", figures["peak_after"]), ("every weight read", figures["peak_touched"])]
+    rows = [("the loader returned", figures["peak_after"]), ("every weight read", figures["peak_touched"])]
     if "peak_predict" in figures:
         print(f"one predict_action took {figures['predict_seconds']:.1f} s, "
               f"peak after it {figures['peak_predict'] / 1e9:.3f} GB")

@@ -1,8 +1,11 @@
 """Finding and streaming safetensors weights of a local checkpoint directory (never pickles).
 
 Supports a single ``model.safetensors`` or shards listed in ``model.safetensors.index.json``.
-Tensors are read one at a time and assigned straight into modules created on the meta device,
-so loading never holds two full copies of the weights.
+Tensors are read one at a time with ``pread`` (not memory-mapped) and assigned straight into
+modules created on the meta device, so loading never holds two full copies of the weights:
+converting bf16 -> fp32 keeps at most one source tensor beside the converted weights, and the
+loaded model does not depend on the files afterwards (rewriting or truncating a checkpoint
+under a running process cannot corrupt or crash it). See docs/memory.md for the measurement.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vla_cache_ros.errors import CheckpointError
+from vla_cache_ros.models.config import one_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -25,7 +29,7 @@ def weight_files(directory: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{index}: malformed shard index ({error})") from error
+            raise CheckpointError(f"{index}: malformed shard index ({one_line(error)})") from error
         files = sorted({directory / name for name in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -50,14 +54,14 @@ def iter_tensors(files: list[Path], dtype: torch.dtype | None, device: str | tor
     """Yield (name, tensor) for every tensor, one at a time, cast to ``dtype`` on ``device``."""
     for path in files:
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
+            with safe_open(str(path), framework="pt", device="cpu", backend="pread") as handle:
                 for name in handle.keys():
                     tensor = handle.get_tensor(name)
                     if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)
                     yield name, tensor.to(device)
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from error
+            raise CheckpointError(f"{path}: unreadable safetensors file ({one_line(error)})") from error
 
 
 def _resolve(module: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:

@@ -21,6 +21,11 @@ DEFAULT_N_ACTION_BINS = 256
 DEFAULT_PAD_TO_MULTIPLE_OF = 64
 
 
+def one_line(error: object) -> str:
+    """An exception's text on one line (library messages can span several; the CLI prints one)."""
+    return " ".join(str(error).split())
+
+
 @dataclass
 class OpenVLAConfig:
     """The fields of an OpenVLA config.json that loading and inference use."""
@@ -46,8 +51,8 @@ class OpenVLAConfig:
         fields = {k: v for k, v in self.text_config.items() if k not in ("model_type", "torch_dtype", "dtype")}
         try:
             config = LlamaConfig(**fields)
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"config.json: invalid text_config ({error})") from error
+        except Exception as error:  # noqa: BLE001 - transformers also raises its own validation errors
+            raise CheckpointError(f"config.json: invalid text_config ({one_line(error)})") from error
         # SDPA everywhere; the cache engine drives the layer modules itself.
         config._attn_implementation = "sdpa"
         return config
@@ -58,12 +63,24 @@ class OpenVLAConfig:
         return int(self.text_config.get("vocab_size", LlamaConfig().vocab_size))
 
 
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"dict": "object", "list": "list", "str": "string"}.get(k.__name__, k.__name__) for k in kinds)
+
+
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in data:
         raise CheckpointError(f"{where}: missing required field '{key}'")
     value = data[key]
     if not isinstance(value, kind):
-        raise CheckpointError(f"{where}: field '{key}' has type {type(value).__name__}, expected {kind}")
+        raise CheckpointError(f"{where}: field '{key}' has type {type(value).__name__}, expected {_type_names(kind)}")
+    return value
+
+
+def _positive_int(data: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CheckpointError(f"{where}: field '{key}' must be a positive integer, got {value!r}")
     return value
 
 
@@ -99,8 +116,8 @@ def parse_config(data: dict[str, Any], where: str = "config.json") -> OpenVLACon
         image_sizes=list(image_sizes),
         timm_override_act_layers=list(act_layers),
         use_fused_vision_backbone=fused,
-        n_action_bins=int(data.get("n_action_bins", DEFAULT_N_ACTION_BINS)),
-        pad_to_multiple_of=int(data.get("pad_to_multiple_of", DEFAULT_PAD_TO_MULTIPLE_OF)),
+        n_action_bins=_positive_int(data, "n_action_bins", DEFAULT_N_ACTION_BINS, where),
+        pad_to_multiple_of=_positive_int(data, "pad_to_multiple_of", DEFAULT_PAD_TO_MULTIPLE_OF, where),
         norm_stats=dict(norm_stats),
         text_config=dict(text_config),
         timm_model_kwargs=[dict(k) for k in kwargs],

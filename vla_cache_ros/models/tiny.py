@@ -4,8 +4,10 @@
 shrink them), safetensors weights (optionally sharded with an index), tokenizer files built with
 the ``tokenizers`` library, preprocessor_config.json (bf16-rounded DINOv2 constants) and
 norm_stats for two datasets. Presets: ``tiny`` (tests, demo) and ``midsize`` (benchmark: hidden
-1024, 8 layers, 16 heads). Random weights give meaningless but deterministic actions; the lm_head
-rows of the action tokens are scaled up so that greedy decoding lands on action tokens.
+1024, 8 layers, 16 heads). ``single_backbone=True`` writes a DINOv2-only (unfused) variant.
+Random weights give meaningless but deterministic actions; the lm_head rows of the action tokens
+are scaled up so that greedy decoding lands on action tokens, and DINOv2's LayerScale factors
+are drawn at random (timm initialises them to 1e-5, which would make every block a near no-op).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.config import parse_config
 from vla_cache_ros.models.processor import ImageProcessor
 from vla_cache_ros.models.vision import module_key_to_checkpoint_key
@@ -32,6 +35,7 @@ SIGLIP_MEAN = [0.5, 0.5, 0.5]
 SIGLIP_STD = [0.5, 0.5, 0.5]
 VOCAB_SIZE = 32064
 ACTION_LOGIT_GAIN = 4.0
+LAYER_SCALE_RANGE = (0.2, 1.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -62,7 +66,8 @@ def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    # Fuse before Strip: decoders act per token, so stripping first would drop every word's space.
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     corpus = []
     for template in TRAINING_SENTENCES:
         for colour in COLOURS:
@@ -77,23 +82,25 @@ def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def tiny_config(preset: str, pad_token_id: int, norm_stats: dict[str, Any]) -> dict[str, Any]:
-    """config.json contents for a preset."""
+def tiny_config(preset: str, pad_token_id: int, norm_stats: dict[str, Any],
+                single_backbone: bool = False) -> dict[str, Any]:
+    """config.json contents for a preset (fused DINOv2 + SigLIP, or DINOv2 only)."""
     spec = PRESETS[preset]
     text = {"model_type": "llama", "pad_token_id": pad_token_id, "torch_dtype": "bfloat16",
             "vocab_size": VOCAB_SIZE, "max_position_embeddings": 1024}
     text.update(spec["text"])
+    model_ids = [DINOV2_ID] if single_backbone else [DINOV2_ID, SIGLIP_ID]
     return {
         "architectures": ["OpenVLAForActionPrediction"],
         "model_type": "openvla",
-        "arch_specifier": "no-align+fused-gelu-mlp",
+        "arch_specifier": "no-align+gelu-mlp" if single_backbone else "no-align+fused-gelu-mlp",
         "llm_backbone_id": f"{preset}-random-llama",
-        "vision_backbone_id": "dinosiglip-vit-so-224px",
-        "use_fused_vision_backbone": True,
-        "timm_model_ids": [DINOV2_ID, SIGLIP_ID],
-        "timm_override_act_layers": [None, None],
-        "timm_model_kwargs": [dict(spec["vision"]), dict(spec["vision"])],
-        "image_sizes": [224, 224],
+        "vision_backbone_id": "dinov2-vit-l" if single_backbone else "dinosiglip-vit-so-224px",
+        "use_fused_vision_backbone": not single_backbone,
+        "timm_model_ids": model_ids,
+        "timm_override_act_layers": [None] * len(model_ids),
+        "timm_model_kwargs": [dict(spec["vision"]) for _ in model_ids],
+        "image_sizes": [224] * len(model_ids),
         "image_resize_strategy": "resize-naive",
         "n_action_bins": 256,
         "pad_to_multiple_of": 64,
@@ -120,10 +127,22 @@ def example_norm_stats(seed: int) -> dict[str, Any]:
     return {"tiny_sim": entry(0.01), "tiny_alt": entry(0.05)}
 
 
+def remove_weight_files(directory: Path) -> None:
+    """Delete the weights (and shard index) a previous run left in ``directory``.
+
+    Otherwise a stale index would win over a new single file, or stale shards would linger; and
+    unlinking (rather than overwriting in place) leaves any process that still reads the old
+    files with an intact copy.
+    """
+    for stale in [directory / "model.safetensors.index.json", *directory.glob("*.safetensors")]:
+        stale.unlink(missing_ok=True)
+
+
 def save_weights(state: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype,
                  max_shard_bytes: int | None) -> None:
     """Write checkpoint tensors as one safetensors file or as shards with an index."""
     tensors = {module_key_to_checkpoint_key(k): v.detach().to(dtype).contiguous() for k, v in state.items()}
+    remove_weight_files(directory)
     if max_shard_bytes is None:
         save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
         return
@@ -187,34 +206,50 @@ def random_model(preset: str, device: str | torch.device = "cpu", dtype: torch.d
 
 
 def make_tiny_checkpoint(path: str | Path, seed: int = 0, preset: str = "tiny",
-                         dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None) -> Path:
-    """Write a seeded random OpenVLA-format checkpoint to ``path`` and return the directory."""
+                         dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None,
+                         single_backbone: bool = False) -> Path:
+    """Write a seeded random OpenVLA-format checkpoint to ``path`` and return the directory.
+
+    Args:
+        path: output directory (created; weights already there are replaced).
+        seed: seeds the weights and the example norm_stats (same seed -> identical files).
+        preset: key of ``PRESETS``.
+        dtype: dtype of the saved tensors.
+        max_shard_bytes: when given, shard the weights and write ``model.safetensors.index.json``.
+        single_backbone: DINOv2 only (unfused vision, 2-layer projector) instead of DINOv2 + SigLIP.
+    """
     from vla_cache_ros.models.vla import OpenVLA  # local import: vla imports this module's siblings
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigurationError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigurationError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory)
     norm_stats = example_norm_stats(seed)
-    config_dict = tiny_config(preset, int(tokenizer.pad_token_id), norm_stats)
+    config_dict = tiny_config(preset, int(tokenizer.pad_token_id), norm_stats, single_backbone)
+    means = [DINOV2_MEAN_BF16] if single_backbone else [DINOV2_MEAN_BF16, SIGLIP_MEAN]
+    stds = [DINOV2_STD_BF16] if single_backbone else [DINOV2_STD_BF16, SIGLIP_STD]
     (directory / "config.json").write_text(json.dumps(config_dict, indent=2))
     (directory / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "PrismaticImageProcessor",
         "image_resize_strategy": "resize-naive",
-        "input_sizes": [[3, 224, 224], [3, 224, 224]],
-        "interpolations": ["bicubic", "bicubic"],
-        "means": [DINOV2_MEAN_BF16, SIGLIP_MEAN],
-        "stds": [DINOV2_STD_BF16, SIGLIP_STD],
-        "use_fused_vision_backbone": True,
+        "input_sizes": [[3, 224, 224] for _ in means],
+        "interpolations": ["bicubic" for _ in means],
+        "means": means,
+        "stds": stds,
+        "use_fused_vision_backbone": not single_backbone,
     }, indent=2))
     torch.manual_seed(seed)
     config = parse_config(config_dict)
-    processor = ImageProcessor(224, [tuple(DINOV2_MEAN_BF16), tuple(SIGLIP_MEAN)],
-                               [tuple(DINOV2_STD_BF16), tuple(SIGLIP_STD)])
+    processor = ImageProcessor(224, [tuple(m) for m in means], [tuple(s) for s in stds])
     model = OpenVLA(config, tokenizer, processor)
     low, high = model.action_tokenizer.action_token_range
     with torch.no_grad():
         model.language_model.lm_head.weight[low:high + 1] *= ACTION_LOGIT_GAIN
+        for name, parameter in model.vision.named_parameters():
+            if name.endswith((".ls1.gamma", ".ls2.gamma")):
+                parameter.uniform_(*LAYER_SCALE_RANGE)
     save_weights(model.state_dict(), directory, dtype, max_shard_bytes)
     return directory

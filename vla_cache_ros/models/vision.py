@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vla_cache_ros.errors import CheckpointError
+from vla_cache_ros.models.config import one_line
 
 # Checkpoint key prefix per backbone slot, as in OpenVLA's export.
 BACKBONE_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
@@ -29,7 +30,7 @@ def create_backbone(model_id: str, image_size: int, act_layer: str | None,
     try:
         return timm.create_model(model_id, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as error:
-        raise CheckpointError(f"cannot build timm model {model_id!r} with {extra_kwargs}: {error}") from error
+        raise CheckpointError(f"cannot build timm model {model_id!r} with {extra_kwargs}: {one_line(error)}") from error
 
 
 class VisionTower(nn.Module):
@@ -56,8 +57,11 @@ class VisionTower(nn.Module):
 
     @staticmethod
     def _features(backbone: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        # Output of block depth-2 without the final norm, prefix tokens dropped (timm strips them);
+        # stop_early skips the last block, whose output is never used.
         index = len(backbone.blocks) - 2
-        return backbone.get_intermediate_layers(pixels, n={index})[0]
+        return backbone.forward_intermediates(pixels, indices=[index], stop_early=True, norm=False,
+                                              output_fmt="NLC", intermediates_only=True)[0]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3*num_backbones, S, S) -> (B, N, embed_dim) patch features."""

@@ -21,7 +21,7 @@ from transformers.utils import logging as transformers_logging
 from vla_cache_ros.errors import CheckpointError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer, select_action_stats, unnormalize
 from vla_cache_ros.models.checkpoint import assign_tensors, iter_tensors, weight_files
-from vla_cache_ros.models.config import OpenVLAConfig, load_config
+from vla_cache_ros.models.config import OpenVLAConfig, load_config, one_line
 from vla_cache_ros.models.processor import ImageProcessor, PreparedImage, prompt_token_ids
 from vla_cache_ros.models.vision import Projector, VisionTower, checkpoint_key_to_module_key, create_backbone
 
@@ -136,7 +136,7 @@ def load_tokenizer(directory: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{directory}: cannot load tokenizer ({error})") from error
+        raise CheckpointError(f"{directory}: cannot load tokenizer ({one_line(error)})") from error
     finally:
         transformers_logging.set_verbosity(previous)
 
@@ -161,8 +161,12 @@ def load_vla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     files = weight_files(directory)
     tokenizer = load_tokenizer(directory)
     processor = ImageProcessor.from_checkpoint(directory, config.timm_model_ids, config.image_sizes[0], center_crop)
-    with torch.device("meta"):
-        model = OpenVLA(config, tokenizer, processor)
+    try:
+        with torch.device("meta"):
+            model = OpenVLA(config, tokenizer, processor)
+    except (TypeError, ValueError, AttributeError) as error:  # e.g. text_config sizes of the wrong type
+        raise CheckpointError(
+            f"{directory / 'config.json'}: cannot build the model it describes ({one_line(error)})") from error
     assign_tensors(model, iter_tensors(files, dtype, device), checkpoint_key_to_module_key)
     materialize_rotary(model, device)
     leftover = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
