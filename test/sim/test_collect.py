@@ -1,0 +1,109 @@
+"""sim-collect: a readable rosbag2 and dataset per episode, OpenVLA norm stats, resuming."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.interfaces import QosDurability
+
+from vla_cache_ros.cli import main as cli_main
+from vla_cache_ros.replay.bag_io import BagReader
+from vla_cache_ros.sim import topics
+from vla_cache_ros.sim.collect import BAGS_DIR
+from vla_cache_ros.sim.dataset import (
+    STATISTICS_FILE, DatasetError, episode_path, iter_episodes, read_episode, read_norm_stats,
+)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("collect") / "data"
+    assert cli_main(["sim-collect", "--episodes", "3", "--out", str(out), "--seed", "7", "--quiet"]) == 0
+    return out
+
+
+def test_dataset_episodes_hold_aligned_arrays(collected: Path) -> None:
+    records = list(iter_episodes(collected))
+    assert sorted(r.family for r in records) == ["pick", "place", "touch"]
+    for index, record in enumerate(sorted(records, key=lambda r: r.seed)):
+        assert record.seed == 7 + index and record.success
+        steps = len(record)
+        assert steps > 3
+        assert record.images.shape == (steps, 224, 224, 3) and record.images.dtype == np.uint8
+        assert record.actions.shape == (steps, 7) and record.proprio.shape == (steps, 7)
+        assert record.joint_positions.shape == (steps, 5)
+        assert set(np.unique(record.actions[:, 6])) <= {0.0, 1.0}
+        # The image changes as the arm moves.
+        assert np.abs(record.images[-1].astype(int) - record.images[0]).mean() > 0.5
+        # Proprio follows the actions: the summed translation deltas roughly match the motion.
+        moved = record.proprio[-1, :3] - record.proprio[0, :3]
+        np.testing.assert_allclose(record.actions[:-1, :3].sum(0), moved, atol=0.03)
+
+
+def test_norm_stats_have_openvla_structure(collected: Path) -> None:
+    stats = read_norm_stats(collected)
+    assert list(stats) == ["vla_cache_sim"]
+    entry = stats["vla_cache_sim"]
+    for key in ("mean", "std", "max", "min", "q01", "q99"):
+        assert len(entry["action"][key]) == 7 and len(entry["proprio"][key]) == 7
+    assert entry["action"]["mask"] == [True] * 6 + [False]
+    actions = np.concatenate([r.actions for r in iter_episodes(collected, images=False)])
+    np.testing.assert_allclose(entry["action"]["q01"], np.quantile(actions, 0.01, axis=0), atol=1e-6)
+    np.testing.assert_allclose(entry["action"]["q99"], np.quantile(actions, 0.99, axis=0), atol=1e-6)
+    assert entry["num_transitions"] == len(actions) and entry["num_trajectories"] == 3
+
+
+def test_bag_holds_the_episode(collected: Path) -> None:
+    record = read_episode(episode_path(collected, 1))
+    with BagReader(collected / BAGS_DIR / "episode_000001") as bag:
+        counts = {name: summary.message_count for name, summary in bag.topics.items()}
+        assert counts[topics.CAMERA_TOPIC] == len(record)
+        assert counts[topics.ACTION_TOPIC] == counts[topics.TWIST_TOPIC] == counts[topics.GRIPPER_TOPIC] == len(record)
+        assert counts[topics.JOINT_STATES_TOPIC] == counts[topics.EE_POSE_TOPIC] >= 5 * len(record)
+        assert counts[topics.INSTRUCTION_TOPIC] == 1 and counts[topics.EPISODE_STATUS_TOPIC] == 1
+        assert bag.qos_profiles(topics.INSTRUCTION_TOPIC)[0].durability == QosDurability.TRANSIENT_LOCAL
+        (_, instruction), = bag.messages([topics.INSTRUCTION_TOPIC])
+        assert instruction.data == record.instruction
+        images = [m for _, m in bag.messages([topics.CAMERA_TOPIC])]
+        assert images[0].encoding == "rgb8" and (images[0].height, images[0].width) == (224, 224)
+        np.testing.assert_array_equal(np.asarray(images[3].data).reshape(224, 224, 3), record.images[3])
+        actions = np.array([m.data for _, m in bag.messages([topics.ACTION_TOPIC])])
+        np.testing.assert_allclose(actions, record.actions, atol=1e-6)
+        (_, status), = bag.messages([topics.EPISODE_STATUS_TOPIC])
+        assert json.loads(status.data)["success"] is True
+
+
+def test_collection_resumes_and_refuses_other_settings(collected: Path, capsys: pytest.CaptureFixture) -> None:
+    first = episode_path(collected, 0)
+    mtime = first.stat().st_mtime_ns
+    # An interrupted run left a bag for episode 3 but no npz: it must be re-recorded.
+    stale = collected / BAGS_DIR / "episode_000003"
+    stale.mkdir()
+    (stale / "junk").write_text("partial")
+    assert cli_main(["sim-collect", "--episodes", "4", "--out", str(collected), "--seed", "7", "--quiet"]) == 0
+    assert "(1 recorded now)" in capsys.readouterr().out
+    assert first.stat().st_mtime_ns == mtime  # untouched
+    assert read_episode(episode_path(collected, 3), images=False).seed == 10
+    assert not (stale / "junk").exists()
+    with BagReader(stale) as bag:
+        assert bag.topics[topics.CAMERA_TOPIC].message_count > 0
+    assert read_norm_stats(collected)["vla_cache_sim"]["num_trajectories"] == 4
+    assert cli_main(["sim-collect", "--episodes", "4", "--out", str(collected), "--seed", "8", "--quiet"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_without_bags_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "nobags"
+    assert cli_main(["sim-collect", "--episodes", "1", "--out", str(out), "--no-bags", "--quiet",
+                     "--families", "touch"]) == 0
+    assert not (out / BAGS_DIR).exists() and (out / STATISTICS_FILE).exists()
+    assert cli_main(["sim-collect", "--episodes", "0", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "--episodes" in capsys.readouterr().err
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="broken.npz"):
+        read_episode(broken)
+    assert not os.listdir(out / "episodes")[0].startswith(".")

@@ -1,0 +1,80 @@
+"""Success detection per task family, episode timeout, and the scripted expert solving each family."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_cache_ros.sim.env import SimConfig, TabletopSim
+from vla_cache_ros.sim.expert import ScriptedExpert, run_expert_episode
+from vla_cache_ros.sim.tasks import FAMILIES, UnknownTaskError, sample_episode
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_expert_solves_each_family(sim: TabletopSim, family: str) -> None:
+    for seed in (11, 12, 13):
+        expert = ScriptedExpert()
+        steps: list[np.ndarray] = []
+        assert run_expert_episode(sim, seed, family, expert, on_step=steps.append), (family, seed, expert.phase_name)
+        status = sim.status()
+        assert status.done and status.success and not status.timed_out
+        assert 0 < status.success_time_s <= status.elapsed_s
+        assert all(np.abs(a[:3]).max() <= expert.settings.max_step_m + 1e-9 for a in steps)
+        assert {a[6] for a in steps} <= {0.0, 1.0}
+
+
+def test_pick_success_needs_the_object_lifted_in_the_gripper(sim: TabletopSim) -> None:
+    assert run_expert_episode(sim, 20, "pick")
+    target = sim.status().target
+    assert sim.object_position(target)[2] > 0.02 + 0.05
+    assert sim.gripper_touches(target)
+
+
+def test_place_success_means_resting_on_the_square(sim: TabletopSim) -> None:
+    assert run_expert_episode(sim, 21, "place")
+    target = sim.status().target
+    offset = sim.object_position(target) - sim.object_position("green_square")
+    assert np.all(np.abs(offset[:2]) <= 0.05) and sim.object_position(target)[2] < 0.03
+    assert not sim.gripper_touches(target)
+
+
+def test_nothing_succeeds_by_itself_and_episodes_time_out() -> None:
+    with TabletopSim(SimConfig(episode_timeout_s=1.0)) as short:
+        for family in sorted(FAMILIES):
+            short.reset(seed=4, family=family)
+            short.advance(0.5)
+            assert not short.status().done
+            short.advance(0.6)
+            status = short.status()
+            assert status.timed_out and not status.success and status.done
+
+
+def test_the_arm_resting_on_a_cube_counts_as_touching_it(sim: TabletopSim) -> None:
+    task = sim.reset(seed=2, family="touch")
+    assert not sim.gripper_touches(task.target)
+    above = sim.object_position(task.target) + [0.0, 0.0, 0.02 + 0.015 - 0.01]
+    q, converged = sim.ik.solve(sim.joint_positions(), above, sim.ee_rotation())
+    assert converged
+    sim.controller.command_gripper(0.0)
+    sim.controller.command_joint_positions(q)
+    sim.advance(2.0)
+    assert sim.gripper_touches(task.target) and sim.status().success
+
+
+def test_reset_starts_a_fresh_episode(sim: TabletopSim) -> None:
+    assert run_expert_episode(sim, 30, "pick")
+    episode = sim.status().episode
+    task = sim.reset(seed=31, family="place")
+    status = sim.status()
+    assert status.episode == episode + 1 and status.seed == 31 and status.family == "place"
+    assert not status.done and status.elapsed_s == 0.0
+    assert task.instruction == status.instruction
+    np.testing.assert_allclose(sim.joint_positions(), 0.0, atol=2e-3)
+    assert sim.gripper_opening() > 0.95
+    assert sim.object_position(task.target)[2] == pytest.approx(0.02, abs=1e-3)
+
+
+def test_unknown_families_and_targets_are_refused() -> None:
+    with pytest.raises(UnknownTaskError, match="choose from"):
+        sample_episode(0, family="juggle")
+    with pytest.raises(UnknownTaskError, match="red_cube"):
+        sample_episode(0, family="pick", target="green_square")

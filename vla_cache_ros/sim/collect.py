@@ -1,0 +1,202 @@
+"""Expert data collection: episodes -> training dataset (npz) and rosbag2 recordings; resumable.
+
+Episode ``i`` of a collection uses seed ``seed + i`` and task family ``families[i % len]``, so a
+collection is a deterministic function of its settings and can be extended or resumed: an
+episode whose ``.npz`` exists is skipped; a bag without its ``.npz`` (the run stopped between
+the two) is discarded and the episode re-recorded. Settings are kept in ``manifest.json`` and a
+resume with different settings is refused. Norm stats are recomputed at the end over every
+successful episode in the directory.
+
+Timing per step: the observation (image, proprio, joints) is taken, the expert acts, and the
+action is executed over one control period, during which joint states and the end-effector
+pose are recorded at ``joint_state_hz``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.sim.dataset import (
+    ACTION_MASK, EpisodeRecord, compute_norm_stats, episode_files, episode_path, read_episode,
+    write_episode, write_norm_stats,
+)
+from vla_cache_ros.sim.env import SimConfig, TabletopSim
+from vla_cache_ros.sim.expert import ScriptedExpert
+from vla_cache_ros.sim.recording import EpisodeBagRecorder
+from vla_cache_ros.sim.tasks import FAMILIES
+
+MANIFEST_FILE = "manifest.json"
+BAGS_DIR = "bags"
+PARTIAL_DIR = ".partial"
+FORMAT = "vla_cache_sim_dataset/1"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What to collect and where.
+
+    Attributes:
+        out_dir: dataset directory (created; may already hold a partial collection).
+        episodes: total number of episodes the directory should hold.
+        seed: seed of episode 0.
+        families: task families, cycled over episodes.
+        dataset_name: key of the norm stats (OpenVLA's ``unnorm_key``).
+        record_bags: also write one rosbag2 per episode under ``bags/``.
+        joint_state_hz: rate of joint states / EE poses in the bags.
+    """
+
+    out_dir: Path
+    episodes: int
+    seed: int = 0
+    families: tuple[str, ...] = tuple(sorted(FAMILIES))
+    dataset_name: str = "vla_cache_sim"
+    record_bags: bool = True
+    joint_state_hz: float = 50.0
+    sim: SimConfig = field(default_factory=SimConfig)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise UserFacingError(f"--episodes must be at least 1, got {self.episodes}")
+        unknown = [name for name in self.families if name not in FAMILIES]
+        if unknown or not self.families:
+            raise UserFacingError(f"unknown task families {unknown}; choose from {sorted(FAMILIES)}")
+        if self.joint_state_hz * self.sim.control_period_s < 1:
+            raise UserFacingError("joint_state_hz must give at least one joint state per control period")
+
+    def manifest(self) -> dict:
+        """The settings that define the episodes (a resume must not change them)."""
+        return {
+            "format": FORMAT,
+            "dataset_name": self.dataset_name,
+            "seed": self.seed,
+            "families": list(self.families),
+            "control_period_s": self.sim.control_period_s,
+            "episode_timeout_s": self.sim.episode_timeout_s,
+            "action": "dx dy dz (m), droll dpitch dyaw (rad, extrinsic xyz Euler of R_next R_cur^T, "
+                      "base frame), gripper (0 close, 1 open)",
+            "action_mask": list(ACTION_MASK),
+            "proprio": "x y z (m), roll pitch yaw (rad), gripper opening (0..1)",
+        }
+
+
+@dataclass
+class CollectSummary:
+    """Outcome of a collection over the whole directory (resumed episodes included)."""
+
+    episodes: int
+    newly_recorded: int
+    successes_by_family: dict[str, int]
+    episodes_by_family: dict[str, int]
+    stats_path: Path | None
+
+    def success_rate(self, family: str) -> float:
+        total = self.episodes_by_family.get(family, 0)
+        return self.successes_by_family.get(family, 0) / total if total else float("nan")
+
+
+def _check_manifest(out_dir: Path, config: CollectConfig) -> None:
+    path = out_dir / MANIFEST_FILE
+    wanted = config.manifest()
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UserFacingError(f"{path} is not valid JSON ({error}); remove it or use another --out") from None
+        differing = sorted(key for key in wanted if existing.get(key) != wanted[key])
+        if differing:
+            details = ", ".join(f"{key}: {existing.get(key)!r} there, {wanted[key]!r} now" for key in differing)
+            raise UserFacingError(f"{out_dir} holds a collection with other settings ({details}); "
+                                  "resume with the same settings or choose another --out")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: str,
+                   bag: EpisodeBagRecorder | None, joint_state_hz: float) -> EpisodeRecord:
+    """Run one expert episode, recording observations and actions (and the bag, if given)."""
+    task = sim.reset(seed, family)
+    expert.reset(sim)
+    period = sim.config.control_period_s
+    substeps = max(1, int(round(joint_state_hz * period)))
+    images, actions, proprio, joints = [], [], [], []
+    if bag is not None:
+        bag.instruction(sim.time, task.instruction)
+        bag.robot_state(sim)
+    while not sim.status().done:
+        image = sim.render()
+        action = expert.act(sim)
+        images.append(image)
+        actions.append(action)
+        proprio.append(sim.proprio())
+        joints.append(sim.joint_positions())
+        if bag is not None:
+            bag.camera(sim.time, image)
+            bag.action(sim.time, action, period)
+        sim.command_action(action)
+        for _ in range(substeps):
+            sim.advance(period / substeps)
+            if bag is not None:
+                bag.robot_state(sim)
+    status = sim.status()
+    if bag is not None:
+        bag.status(sim.time, status)
+    return EpisodeRecord(
+        images=np.stack(images), actions=np.array(actions, np.float32), proprio=np.array(proprio, np.float32),
+        joint_positions=np.array(joints, np.float32), instruction=task.instruction, family=task.family,
+        target=task.target, seed=seed, success=status.success)
+
+
+def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
+    """Collect (or complete) ``config.episodes`` expert episodes in ``config.out_dir``."""
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserFacingError(f"--out {out_dir} exists and is not a directory")
+    _check_manifest(out_dir, config)
+    bags_dir = out_dir / BAGS_DIR
+    todo = [i for i in range(config.episodes) if not episode_path(out_dir, i).exists()]
+    newly = 0
+    with TabletopSim(config.sim) as sim, tqdm(total=config.episodes, initial=config.episodes - len(todo),
+                                              desc="sim-collect", unit="ep", disable=not progress) as bar:
+        expert = ScriptedExpert()
+        for index in todo:
+            family = config.families[index % len(config.families)]
+            seed = config.seed + index
+            bag = None
+            if config.record_bags:
+                final_bag = bags_dir / f"episode_{index:06d}"
+                # Written under .partial/ first, keeping its final name (rosbag2 names the
+                # storage file after the directory), and moved into place when complete.
+                partial_bag = bags_dir / PARTIAL_DIR / final_bag.name
+                for stale in (final_bag, partial_bag):  # leftovers of an interrupted run
+                    if stale.exists():
+                        shutil.rmtree(stale)
+                partial_bag.parent.mkdir(parents=True, exist_ok=True)
+                with EpisodeBagRecorder(partial_bag) as bag:
+                    record = record_episode(sim, expert, seed, family, bag, config.joint_state_hz)
+                partial_bag.rename(final_bag)
+            else:
+                record = record_episode(sim, expert, seed, family, None, config.joint_state_hz)
+            write_episode(episode_path(out_dir, index), record)
+            newly += 1
+            bar.update(1)
+            bar.set_postfix(family=family, success=record.success)
+    partial_dir = bags_dir / PARTIAL_DIR
+    if partial_dir.is_dir() and not any(partial_dir.iterdir()):
+        partial_dir.rmdir()
+    counts: Counter[str] = Counter()
+    successes: Counter[str] = Counter()
+    for path in episode_files(out_dir):
+        record = read_episode(path, images=False)
+        counts[record.family] += 1
+        successes[record.family] += int(record.success)
+    stats_path = write_norm_stats(out_dir, compute_norm_stats(out_dir, config.dataset_name)) \
+        if sum(successes.values()) else None
+    return CollectSummary(sum(counts.values()), newly, dict(successes), dict(counts), stats_path)

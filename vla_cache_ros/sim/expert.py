@@ -1,0 +1,241 @@
+"""A scripted expert that solves every task family from the simulator's privileged state.
+
+The expert plans a short sequence of end-effector goals per family (hover above the object,
+descend, close, lift; carry, lower, release; or press onto the object) and servos towards the
+current goal with the same 7-D delta actions a policy emits: each step it commands the
+translation and rotation that remain, clipped to a maximum step, and the arm executes them
+through differential IK (:meth:`TabletopSim.apply_action`). Goals follow the objects as they
+move, and a grasp that slips is retried from the hover phase.
+
+Grasp yaw: cubes are symmetric under quarter turns, so the gripper aligns its fingers with the
+cube's faces using the equivalent yaw closest to its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from vla_cache_ros.sim.env import ACTION_DIM, TabletopSim
+from vla_cache_ros.sim.geometry import (
+    clip_norm, euler_from_matrix, rot_z, rotvec_from_matrix, rotvec_to_euler, wrap_angle,
+)
+from vla_cache_ros.sim.scene import OBJECTS_BY_NAME
+from vla_cache_ros.sim.tasks import PAD_NAME
+
+GRIPPER_OPEN = 1.0
+GRIPPER_CLOSED = 0.0
+HOVER_CLEARANCE_M = 0.09
+CARRY_HEIGHT_M = 0.13
+GRASP_TCP_OFFSET_M = 0.004  # tcp slightly above the cube centre: fingertips clear the table
+TOUCH_PRESS_M = 0.01  # aim this far into the object so that contact is certain
+
+Goal = tuple[np.ndarray, float]  # tcp position, yaw
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    max_step_m: float = 0.025
+    max_rotation_step_rad: float = 0.25
+    gain: float = 0.8
+    tolerance_m: float = 0.008
+    yaw_tolerance_rad: float = 0.06
+
+
+@dataclass
+class Phase:
+    """One stage of a plan: servo to ``goal`` with the gripper at ``gripper``.
+
+    The phase is complete once the goal was reached (``tolerance_m``; None = never, the
+    episode ends on success) and ``hold_steps`` further steps have passed, or after
+    ``max_steps`` steps in all.
+    """
+
+    name: str
+    goal: Callable[[TabletopSim], Goal]
+    gripper: float
+    tolerance_m: float | None = None
+    hold_steps: int = 0
+    max_steps: int = 60
+    needs_grasp: bool = False  # the object must stay in the gripper, else the plan restarts
+
+
+def cube_grasp_yaw(sim: TabletopSim, name: str, current_yaw: float) -> float:
+    """Gripper yaw aligning the fingers with the object's faces, closest to ``current_yaw``."""
+    if OBJECTS_BY_NAME[name].shape != "box":
+        return current_yaw
+    rotation = sim.object_rotation(name)
+    object_yaw = np.arctan2(rotation[1, 0], rotation[0, 0])
+    quarter = np.pi / 2
+    return float(current_yaw + (wrap_angle(object_yaw - current_yaw + quarter / 2) % quarter) - quarter / 2)
+
+
+class ScriptedExpert:
+    """Closed-loop scripted policy: ``reset(sim)`` after each ``sim.reset``, then ``act(sim)``."""
+
+    def __init__(self, settings: ExpertSettings = ExpertSettings()) -> None:
+        self.settings = settings
+        self._phases: list[Phase] = []
+        self._index = 0
+        self._steps_in_phase = 0
+        self._held = 0
+        self._reached = False
+        self.retries = 0
+
+    @property
+    def phase_name(self) -> str:
+        return self._phases[self._index].name if self._phases else ""
+
+    def reset(self, sim: TabletopSim) -> None:
+        task = sim.status()
+        self._phases = self._plan(sim, task.family, task.target)
+        self._index = 0
+        self._steps_in_phase = self._held = 0
+        self._reached = False
+        self.retries = 0
+
+    # ---------------------------------------------------------------- plans
+    def _plan(self, sim: TabletopSim, family: str, target: str) -> list[Phase]:
+        tol = self.settings.tolerance_m
+        rest = OBJECTS_BY_NAME[target].rest_height
+        yaw_at_start = float(euler_from_matrix(sim.ee_rotation())[2])
+        grasp_yaw = {"value": cube_grasp_yaw(sim, target, yaw_at_start)}
+
+        def above(name: str, height: float) -> Callable[[TabletopSim], Goal]:
+            def goal(s: TabletopSim) -> Goal:
+                position = s.object_position(name)
+                return np.array([position[0], position[1], height]), grasp_yaw["value"]
+            return goal
+
+        def hover(s: TabletopSim) -> Goal:
+            grasp_yaw["value"] = cube_grasp_yaw(s, target, float(euler_from_matrix(s.ee_rotation())[2]))
+            position = s.object_position(target)
+            return position + [0.0, 0.0, HOVER_CLEARANCE_M], grasp_yaw["value"]
+
+        def at_object(s: TabletopSim) -> Goal:
+            return s.object_position(target) + [0.0, 0.0, GRASP_TCP_OFFSET_M], grasp_yaw["value"]
+
+        def stay(s: TabletopSim) -> Goal:
+            return s.ee_position(), grasp_yaw["value"]
+
+        def raised(height: float) -> Callable[[TabletopSim], Goal]:
+            def goal(s: TabletopSim) -> Goal:
+                position = s.ee_position()
+                return np.array([position[0], position[1], height]), grasp_yaw["value"]
+            return goal
+
+        def onto_pad(s: TabletopSim) -> Goal:
+            pad = s.object_position(PAD_NAME)
+            lift = s.object_position(target)[2] - rest  # how far the held object is above rest
+            tcp = s.ee_position()
+            return np.array([pad[0], pad[1], tcp[2] - lift + 0.006]), grasp_yaw["value"]
+
+        def press(s: TabletopSim) -> Goal:
+            position = s.object_position(target)
+            top = position[2] + OBJECTS_BY_NAME[target].half_size
+            return np.array([position[0], position[1], top + 0.015 - TOUCH_PRESS_M]), grasp_yaw["value"]
+
+        if family == "touch":
+            return [
+                Phase("hover", hover, GRIPPER_CLOSED, tol),
+                Phase("press", press, GRIPPER_CLOSED, None, max_steps=10**6),
+            ]
+        grasp = [
+            Phase("hover", hover, GRIPPER_OPEN, tol),
+            Phase("descend", at_object, GRIPPER_OPEN, 0.006),
+            Phase("close", stay, GRIPPER_CLOSED, 0.05, hold_steps=4),
+        ]
+        if family == "pick":
+            return grasp + [Phase("lift", raised(CARRY_HEIGHT_M), GRIPPER_CLOSED, None,
+                                  max_steps=10**6, needs_grasp=True)]
+        if family == "place":
+            return grasp + [
+                Phase("lift", raised(CARRY_HEIGHT_M), GRIPPER_CLOSED, 0.02, needs_grasp=True),
+                Phase("carry", above(PAD_NAME, CARRY_HEIGHT_M), GRIPPER_CLOSED, tol, needs_grasp=True),
+                Phase("lower", onto_pad, GRIPPER_CLOSED, 0.006, needs_grasp=True),
+                Phase("release", stay, GRIPPER_OPEN, 0.05, hold_steps=3),
+                Phase("retreat", raised(CARRY_HEIGHT_M), GRIPPER_OPEN, None, max_steps=10**6),
+            ]
+        raise ValueError(f"the expert has no plan for task family {family!r}")
+
+    # ---------------------------------------------------------------- acting
+    def _advance_phase(self, sim: TabletopSim) -> Phase:
+        phase = self._phases[self._index]
+        if phase.needs_grasp and not sim.gripper_touches(sim.status().target):
+            self.retries += 1  # the object slipped: start over from the hover phase
+            self._index, self._steps_in_phase, self._held, self._reached = 0, 0, 0, False
+            return self._phases[0]
+        done = self._steps_in_phase >= phase.max_steps or (self._reached and self._held >= phase.hold_steps)
+        if done and self._index + 1 < len(self._phases):
+            self._index += 1
+            self._steps_in_phase, self._held, self._reached = 0, 0, False
+        return self._phases[self._index]
+
+    def act(self, sim: TabletopSim) -> np.ndarray:
+        """The next 7-D action (dx, dy, dz, roll, pitch, yaw, gripper) for the current state."""
+        phase = self._advance_phase(sim)
+        goal_position, goal_yaw = phase.goal(sim)
+        position, rotation = sim.ee_position(), sim.ee_rotation()
+        error = goal_position - position
+        rotation_error = rotvec_from_matrix(rot_z(goal_yaw) @ rotation.T)
+        if phase.tolerance_m is not None and not self._reached:
+            self._reached = (np.linalg.norm(error) < phase.tolerance_m
+                             and abs(rotation_error[2]) < self.settings.yaw_tolerance_rad)
+        elif self._reached:
+            self._held += 1
+        self._steps_in_phase += 1
+        s = self.settings
+        action = np.empty(ACTION_DIM)
+        action[:3] = clip_norm(s.gain * error, s.max_step_m)
+        action[3:6] = rotvec_to_euler(clip_norm(s.gain * rotation_error, s.max_rotation_step_rad))
+        action[6] = phase.gripper
+        return action
+
+
+def run_expert_episode(sim: TabletopSim, seed: int, family: str | None = None,
+                       expert: ScriptedExpert | None = None,
+                       on_step: Callable[[np.ndarray], None] | None = None) -> bool:
+    """Reset ``sim`` to ``seed`` and let the expert act until the episode ends; returns success.
+
+    ``on_step(action)`` is called before each action is applied (to record observations).
+    """
+    expert = expert or ScriptedExpert()
+    sim.reset(seed, family)
+    expert.reset(sim)
+    while not sim.status().done:
+        action = expert.act(sim)
+        if on_step is not None:
+            on_step(action)
+        sim.apply_action(action)
+    return sim.status().success
+
+
+def measure_success(seeds: range, families: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Expert successes per family over ``seeds``: {family: (successes, episodes)}."""
+    results: dict[str, tuple[int, int]] = {}
+    with TabletopSim() as sim:
+        for family in families:
+            successes = sum(run_expert_episode(sim, seed, family) for seed in seeds)
+            results[family] = (successes, len(seeds))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vla_cache_ros.sim.expert --seeds 50``: measure the expert per family."""
+    import argparse
+
+    from vla_cache_ros.sim.tasks import FAMILIES
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--seeds", type=int, default=50, help="episodes per family (seeds 0..N-1)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    results = measure_success(range(args.first_seed, args.first_seed + args.seeds), tuple(sorted(FAMILIES)))
+    for family, (successes, episodes) in results.items():
+        print(f"{family:6s} {successes}/{episodes} = {100.0 * successes / episodes:.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
