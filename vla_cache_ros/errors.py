@@ -16,3 +16,8 @@ class BagError(UserFacingError):
 
 class ConfigurationError(UserFacingError):
     """An option, parameter or configuration value is out of range or inconsistent."""
+
+
+def one_line(error: object) -> str:
+    """An exception's text on one line (library messages can span several; the CLI prints one)."""
+    return " ".join(str(error).split())

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vla_cache_ros.errors import CheckpointError
-from vla_cache_ros.models.config import one_line
+from vla_cache_ros.errors import one_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

@@ -14,16 +14,11 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from vla_cache_ros.errors import CheckpointError
+from vla_cache_ros.errors import CheckpointError, one_line
 
 # The action-token convention: the last 256 ids of the un-padded vocabulary are action bins.
 DEFAULT_N_ACTION_BINS = 256
 DEFAULT_PAD_TO_MULTIPLE_OF = 64
-
-
-def one_line(error: object) -> str:
-    """An exception's text on one line (library messages can span several; the CLI prints one)."""
-    return " ".join(str(error).split())
 
 
 @dataclass
