@@ -33,7 +33,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported inside the measured subprocess only
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESET_NAME = "memtest"

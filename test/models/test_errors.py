@@ -219,8 +219,8 @@ def test_cli_predict_prints_tokens_and_action(tiny_dir: Path, capsys: pytest.Cap
 
 def test_cli_missing_image_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["predict", str(tiny_dir), "--image", str(tmp_path / "nope.png")]) == 2
-    assert capsys.readouterr().err.splitlines() == [f"vla-cache predict: error: image file {tmp_path / 'nope.png'} "
-                                                   "does not exist"]
+    expected = f"vla-cache predict: error: image file {tmp_path / 'nope.png'} does not exist"
+    assert capsys.readouterr().err.splitlines() == [expected]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

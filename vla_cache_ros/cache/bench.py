@@ -143,7 +143,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         m = mode["median_s"]
         lines.append(
             f"| {mode['spec']} | {mode['mean_reused']:.0f} | " + " | ".join(f"{1000 * m[s]:.1f}" for s in STAGES)
-            + f" | {mode['speedup_total']:.2f}x | {mode['speedup_prefill']:.2f}x | {mode['implied_prefill_speedup']:.2f}x"
+            + f" | {mode['speedup_total']:.2f}x | {mode['speedup_prefill']:.2f}x"
+            f" | {mode['implied_prefill_speedup']:.2f}x"
             f" | {100 * mode['fraction_of_implied']:.0f}% | {mode['flops_ratio']:.3f}"
             f" | {100 * mode['action_token_agreement']:.0f}% |")
     return "\n".join(lines)

@@ -63,7 +63,8 @@ class VisionDims:
         total = 0
         for dim, mlp_hidden, blocks, tokens, patch_px in self.backbones:
             total += 2 * self.num_patches * (3 * patch_px * patch_px) * dim
-            per_block = tokens * (2 * dim * 3 * dim + 2 * dim * dim + 2 * 2 * dim * mlp_hidden) + 4 * tokens * tokens * dim
+            dense = tokens * (2 * dim * 3 * dim + 2 * dim * dim + 2 * 2 * dim * mlp_hidden)
+            per_block = dense + 4 * tokens * tokens * dim
             total += blocks * per_block
         total += sum(2 * self.num_patches * fan_in * fan_out for fan_in, fan_out in self.projector_layers)
         return total

@@ -171,4 +171,3 @@ class SafetyGuard:
             self._count("joint_delta", bool(np.any(clipped_targets != targets)))
             targets = clipped_targets
         return targets
-
