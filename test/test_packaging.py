@@ -48,3 +48,15 @@ def test_colcon_build_installs_executables_launch_and_config(tmp_path):
         assert installed == expected
     site = next((install / "lib").glob("python3*/site-packages"))
     assert (site / "vla_cache_ros" / "policy.py").is_file()
+
+
+def test_bootstrap_second_run_reinstalls_nothing():
+    """The README's commands call tools/bootstrap.sh every time; once set up it must be a no-op."""
+    if not (ROOT / ".venv" / ".bootstrap-stamp").is_file():
+        pytest.skip("this environment was not set up by tools/bootstrap.sh (no .venv/.bootstrap-stamp)")
+    stamp_before = (ROOT / ".venv" / ".bootstrap-stamp").stat().st_mtime
+    result = subprocess.run(["bash", str(ROOT / "tools" / "bootstrap.sh")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "setting up" not in result.stderr and result.stdout == ""
+    assert (ROOT / ".venv" / ".bootstrap-stamp").stat().st_mtime == stamp_before
