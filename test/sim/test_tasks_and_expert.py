@@ -78,3 +78,18 @@ def test_unknown_families_and_targets_are_refused() -> None:
         sample_episode(0, family="juggle")
     with pytest.raises(UnknownTaskError, match="red_cube"):
         sample_episode(0, family="pick", target="green_square")
+
+
+def test_expert_acts_the_same_on_a_serialised_snapshot(sim: TabletopSim) -> None:
+    from vla_cache_ros.sim.snapshot import SceneSnapshot
+
+    sim.reset(seed=3, family="place")
+    live, remote = ScriptedExpert(), ScriptedExpert()
+    live.reset(sim)
+    remote.reset(SceneSnapshot.from_json(SceneSnapshot.capture(sim).to_json()))
+    while not sim.status().done:
+        snapshot = SceneSnapshot.from_json(SceneSnapshot.capture(sim).to_json())
+        action = remote.act(snapshot)
+        np.testing.assert_allclose(action, live.act(sim))
+        sim.apply_action(action)
+    assert sim.status().success and remote.phase_name == live.phase_name

@@ -8,7 +8,8 @@ everything with the simulated time, so nodes with ``use_sim_time`` follow it.
 Publishes (names in :mod:`vla_cache_ros.sim.topics`): ``/camera/image_raw`` (rgb8, at
 ``camera_rate_hz``), ``/joint_states`` and ``/ee_pose`` (every tick), ``/instruction``
 (transient local), ``/sim/episode_status`` (JSON in a String, on change and at 2 Hz) and
-``/sim/success`` (Bool, transient local).
+``/sim/success`` (Bool, transient local); with ``publish_privileged_state`` also object poses
+and contacts on ``/sim/privileged_state`` (JSON, at the camera rate; for the scripted expert).
 
 Accepts: ``/arm_controller/joint_trajectory`` (JointTrajectory), ``/forward_position_controller/
 commands`` (Float64MultiArray, one position per arm joint), ``/servo_node/delta_twist_cmds``
@@ -46,6 +47,7 @@ from vla_cache_ros.sim.env import SimConfig, TabletopSim
 from vla_cache_ros.sim.recording import PUBLISHED_JOINTS
 from vla_cache_ros.sim.runtime import Pacer, SimRuntime, TickOutput, twist_in_tool_frame
 from vla_cache_ros.sim.scene import BASE_FRAME
+from vla_cache_ros.sim.snapshot import SceneSnapshot
 from vla_cache_ros.sim.tasks import FAMILIES
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -76,6 +78,9 @@ class SimArmNode(Node):
             floating_point_range=_range(50.0, 500.0)))
         self.declare_parameter("publish_clock", False, ParameterDescriptor(
             description="publish /clock and stamp messages with simulated time", read_only=True))
+        self.declare_parameter("publish_privileged_state", False, ParameterDescriptor(
+            description="publish object poses and contacts (for driving the scripted expert "
+                        "over ROS; a policy must not use them)", read_only=True))
         self.declare_parameter("episode_timeout_s", 30.0, ParameterDescriptor(
             description="an episode without success ends after this long", read_only=True,
             floating_point_range=_range(1.0, 3600.0)))
@@ -104,6 +109,8 @@ class SimArmNode(Node):
         self._status_pub = self.create_publisher(String, topics.EPISODE_STATUS_TOPIC, COMMANDS)
         self._success_pub = self.create_publisher(Bool, topics.EPISODE_SUCCESS_TOPIC, LATCHED)
         self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self._publish_clock else None
+        self._privileged_pub = self.create_publisher(String, topics.PRIVILEGED_STATE_TOPIC, COMMANDS) \
+            if p("publish_privileged_state").value else None
         self.create_subscription(JointTrajectory, topics.JOINT_TRAJECTORY_TOPIC, self._on_trajectory, COMMANDS)
         self.create_subscription(Float64MultiArray, topics.JOINT_POSITIONS_TOPIC, self._on_joint_positions, COMMANDS)
         self.create_subscription(TwistStamped, topics.TWIST_TOPIC, self._on_twist, COMMANDS)
@@ -215,7 +222,11 @@ class SimArmNode(Node):
                 velocities = list(self._sim.joint_velocities()) + [self._sim.finger_velocity()] * 2
                 ee_position, ee_quat = self._sim.ee_pose()
                 clock_s = self._runtime.clock_s
+                snapshot = SceneSnapshot.capture(self._sim) \
+                    if self._privileged_pub is not None and output.image is not None else None
             try:
+                if snapshot is not None:
+                    self._privileged_pub.publish(String(data=snapshot.to_json()))
                 self._publish_tick(output, stamp, positions, velocities, ee_position, ee_quat, clock_s)
             except RCLError:
                 if self.context.ok():

@@ -1,10 +1,11 @@
-"""``vla-cache sim-collect``: record scripted-expert episodes as a dataset and as rosbag2."""
+"""Simulator subcommands: ``sim-collect`` (expert data) and ``sim-eval`` (closed-loop evaluation)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from vla_cache_ros.sim.collect import CollectConfig, collect
+from vla_cache_ros.sim.evaluate import DEFAULT_EVAL_SEED, EvalConfig, markdown_table, parse_modes
 from vla_cache_ros.sim.tasks import FAMILIES
 
 
@@ -33,6 +34,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_sim_collect)
 
+    parser = subparsers.add_parser(
+        "sim-eval", help="closed-loop success per cache mode: vla_cache_node driving sim_arm_node over ROS 2",
+        description="Start sim_arm_node and, per mode, vla_cache_node (actuation on, EE twists), run the "
+                    "same episodes for every mode and report success per task family with 95%% "
+                    "confidence intervals, episode length, inference latency and rate, actual cache "
+                    "ratio (results.json, results.md, PNG plots). The mode 'expert' runs the scripted "
+                    "expert through the same topics as a sanity row.")
+    parser.add_argument("--model", type=Path, help="OpenVLA-format checkpoint directory (not needed for 'expert')")
+    parser.add_argument("--modes", default="off,fixed:0.5,vla_cache",
+                        help="comma-separated modes: off, fixed:R, vla_cache[:R], learned[:R], expert "
+                             "(default off,fixed:0.5,vla_cache)")
+    parser.add_argument("--episodes", type=int, required=True, help="episodes per mode")
+    parser.add_argument("--out", type=Path, default=Path("sim_eval"), help="report directory (default sim_eval/)")
+    parser.add_argument("--families", type=_families, default=tuple(sorted(FAMILIES)),
+                        help="comma-separated task families, cycled over episodes")
+    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED,
+                        help=f"seed of episode 0 (default {DEFAULT_EVAL_SEED}, away from sim-collect's seeds)")
+    parser.add_argument("--episode-timeout", type=float, default=30.0, help="simulated seconds per episode")
+    parser.add_argument("--unnorm-key", default="", help="norm-stats key of the model (empty: its only one)")
+    parser.add_argument("--device", default="cpu", help="torch device of the policy node")
+    parser.add_argument("--num-threads", type=int, default=0, help="torch CPU threads of the node (0: default)")
+    parser.add_argument("--action-period", type=float, default=0.1,
+                        help="seconds one action spans (sim-collect data: 0.1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_sim_eval)
+
 
 def _sim_collect(args: argparse.Namespace) -> int:
     config = CollectConfig(out_dir=args.out, episodes=args.episodes, seed=args.seed, families=args.families,
@@ -44,4 +71,21 @@ def _sim_collect(args: argparse.Namespace) -> int:
               f"/{summary.episodes_by_family[family]}")
     if summary.stats_path is not None:
         print(f"norm stats: {summary.stats_path}")
+    return 0
+
+
+def _sim_eval(args: argparse.Namespace) -> int:
+    from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner  # rclpy only when evaluating
+    from vla_cache_ros.sim.evaluate import run_evaluation, write_reports
+
+    config = EvalConfig(
+        modes=parse_modes(args.modes), episodes=args.episodes, out_dir=args.out, model_path=args.model,
+        families=args.families, seed=args.seed, episode_timeout_s=args.episode_timeout,
+        unnorm_key=args.unnorm_key, device=args.device, num_threads=args.num_threads,
+        action_period_s=args.action_period)
+    with RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:
+        results, summary = run_evaluation(config, runner, progress=not args.quiet)
+    paths = write_reports(config, results, summary)
+    print(markdown_table(summary, config.families), end="")
+    print("wrote " + ", ".join(str(path) for path in paths))
     return 0

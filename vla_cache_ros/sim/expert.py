@@ -13,11 +13,11 @@ cube's faces using the equivalent yaw closest to its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
-from vla_cache_ros.sim.env import ACTION_DIM, TabletopSim
+from vla_cache_ros.sim.env import ACTION_DIM, EpisodeStatus, TabletopSim
 from vla_cache_ros.sim.geometry import (
     clip_norm, euler_from_matrix, rot_z, rotvec_from_matrix, rotvec_to_euler, wrap_angle,
 )
@@ -32,6 +32,22 @@ GRASP_TCP_OFFSET_M = 0.004  # tcp slightly above the cube centre: fingertips cle
 TOUCH_PRESS_M = 0.01  # aim this far into the object so that contact is certain
 
 Goal = tuple[np.ndarray, float]  # tcp position, yaw
+
+
+class ExpertScene(Protocol):
+    """What the expert reads: a live :class:`TabletopSim` or a remote ``SceneSnapshot``."""
+
+    def status(self) -> EpisodeStatus: ...
+
+    def ee_position(self) -> np.ndarray: ...
+
+    def ee_rotation(self) -> np.ndarray: ...
+
+    def object_position(self, name: str) -> np.ndarray: ...
+
+    def object_rotation(self, name: str) -> np.ndarray: ...
+
+    def gripper_touches(self, name: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,7 @@ class Phase:
     """
 
     name: str
-    goal: Callable[[TabletopSim], Goal]
+    goal: Callable[[ExpertScene], Goal]
     gripper: float
     tolerance_m: float | None = None
     hold_steps: int = 0
@@ -61,7 +77,7 @@ class Phase:
     needs_grasp: bool = False  # the object must stay in the gripper, else the plan restarts
 
 
-def cube_grasp_yaw(sim: TabletopSim, name: str, current_yaw: float) -> float:
+def cube_grasp_yaw(sim: ExpertScene, name: str, current_yaw: float) -> float:
     """Gripper yaw aligning the fingers with the object's faces, closest to ``current_yaw``."""
     if OBJECTS_BY_NAME[name].shape != "box":
         return current_yaw
@@ -87,7 +103,7 @@ class ScriptedExpert:
     def phase_name(self) -> str:
         return self._phases[self._index].name if self._phases else ""
 
-    def reset(self, sim: TabletopSim) -> None:
+    def reset(self, sim: ExpertScene) -> None:
         task = sim.status()
         self._phases = self._plan(sim, task.family, task.target)
         self._index = 0
@@ -96,42 +112,42 @@ class ScriptedExpert:
         self.retries = 0
 
     # ---------------------------------------------------------------- plans
-    def _plan(self, sim: TabletopSim, family: str, target: str) -> list[Phase]:
+    def _plan(self, sim: ExpertScene, family: str, target: str) -> list[Phase]:
         tol = self.settings.tolerance_m
         rest = OBJECTS_BY_NAME[target].rest_height
         yaw_at_start = float(euler_from_matrix(sim.ee_rotation())[2])
         grasp_yaw = {"value": cube_grasp_yaw(sim, target, yaw_at_start)}
 
-        def above(name: str, height: float) -> Callable[[TabletopSim], Goal]:
-            def goal(s: TabletopSim) -> Goal:
+        def above(name: str, height: float) -> Callable[[ExpertScene], Goal]:
+            def goal(s: ExpertScene) -> Goal:
                 position = s.object_position(name)
                 return np.array([position[0], position[1], height]), grasp_yaw["value"]
             return goal
 
-        def hover(s: TabletopSim) -> Goal:
+        def hover(s: ExpertScene) -> Goal:
             grasp_yaw["value"] = cube_grasp_yaw(s, target, float(euler_from_matrix(s.ee_rotation())[2]))
             position = s.object_position(target)
             return position + [0.0, 0.0, HOVER_CLEARANCE_M], grasp_yaw["value"]
 
-        def at_object(s: TabletopSim) -> Goal:
+        def at_object(s: ExpertScene) -> Goal:
             return s.object_position(target) + [0.0, 0.0, GRASP_TCP_OFFSET_M], grasp_yaw["value"]
 
-        def stay(s: TabletopSim) -> Goal:
+        def stay(s: ExpertScene) -> Goal:
             return s.ee_position(), grasp_yaw["value"]
 
-        def raised(height: float) -> Callable[[TabletopSim], Goal]:
-            def goal(s: TabletopSim) -> Goal:
+        def raised(height: float) -> Callable[[ExpertScene], Goal]:
+            def goal(s: ExpertScene) -> Goal:
                 position = s.ee_position()
                 return np.array([position[0], position[1], height]), grasp_yaw["value"]
             return goal
 
-        def onto_pad(s: TabletopSim) -> Goal:
+        def onto_pad(s: ExpertScene) -> Goal:
             pad = s.object_position(PAD_NAME)
             lift = s.object_position(target)[2] - rest  # how far the held object is above rest
             tcp = s.ee_position()
             return np.array([pad[0], pad[1], tcp[2] - lift + 0.006]), grasp_yaw["value"]
 
-        def press(s: TabletopSim) -> Goal:
+        def press(s: ExpertScene) -> Goal:
             position = s.object_position(target)
             top = position[2] + OBJECTS_BY_NAME[target].half_size
             return np.array([position[0], position[1], top + 0.015 - TOUCH_PRESS_M]), grasp_yaw["value"]
@@ -160,7 +176,7 @@ class ScriptedExpert:
         raise ValueError(f"the expert has no plan for task family {family!r}")
 
     # ---------------------------------------------------------------- acting
-    def _advance_phase(self, sim: TabletopSim) -> Phase:
+    def _advance_phase(self, sim: ExpertScene) -> Phase:
         phase = self._phases[self._index]
         if phase.needs_grasp and not sim.gripper_touches(sim.status().target):
             self.retries += 1  # the object slipped: start over from the hover phase
@@ -172,7 +188,7 @@ class ScriptedExpert:
             self._steps_in_phase, self._held, self._reached = 0, 0, False
         return self._phases[self._index]
 
-    def act(self, sim: TabletopSim) -> np.ndarray:
+    def act(self, sim: ExpertScene) -> np.ndarray:
         """The next 7-D action (dx, dy, dz, roll, pitch, yaw, gripper) for the current state."""
         phase = self._advance_phase(sim)
         goal_position, goal_yaw = phase.goal(sim)

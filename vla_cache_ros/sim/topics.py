@@ -13,6 +13,7 @@ EE_POSE_TOPIC = "/ee_pose"  # geometry_msgs/PoseStamped of the tcp in base_link
 INSTRUCTION_TOPIC = "/instruction"  # std_msgs/String, transient local
 EPISODE_STATUS_TOPIC = "/sim/episode_status"  # std_msgs/String holding a JSON object
 EPISODE_SUCCESS_TOPIC = "/sim/success"  # std_msgs/Bool, transient local: latched success flag
+PRIVILEGED_STATE_TOPIC = "/sim/privileged_state"  # std_msgs/String JSON (SceneSnapshot), opt-in
 RESET_SERVICE = "/sim/reset"  # std_srvs/Trigger: new episode with the next seed
 
 JOINT_TRAJECTORY_TOPIC = "/arm_controller/joint_trajectory"  # trajectory_msgs/JointTrajectory
