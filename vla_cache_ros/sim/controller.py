@@ -175,4 +175,3 @@ class ArmController:
     def commanded_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """End-effector position and rotation matrix at the current joint targets."""
         return self.ik.forward(self.q_target)
-

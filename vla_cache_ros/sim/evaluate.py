@@ -273,7 +273,8 @@ def write_reports(config: EvalConfig, results: list[EpisodeResult], summary: dic
     return [json_path, markdown_path, *write_plots(summary, config.families, out_dir)]
 
 
-def run_evaluation(config: EvalConfig, runner: EpisodeRunner, progress: bool = True) -> tuple[list[EpisodeResult], dict]:
+def run_evaluation(config: EvalConfig, runner: EpisodeRunner,
+                   progress: bool = True) -> tuple[list[EpisodeResult], dict]:
     """Run every mode's episodes through ``runner``; returns (results, summary)."""
     plan = config.episode_plan()
     results: list[EpisodeResult] = []
