@@ -264,6 +264,7 @@ class TabletopSim:
     def render(self) -> np.ndarray:
         """The third-person camera image: (224, 224, 3) uint8 RGB."""
         if self._renderer is None:
+            _load_triton_before_gl()
             try:
                 self._renderer = mujoco.Renderer(self.model, IMAGE_SIZE, IMAGE_SIZE)
             except Exception as error:  # GL errors come in many types
@@ -288,3 +289,16 @@ class TabletopSim:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _load_triton_before_gl() -> None:
+    """Import triton (if installed) before the first GL context exists.
+
+    Seen here: once Mesa's EGL has rendered in a process, a later ``import triton`` (which timm
+    and transformers trigger) segfaults; imported first, both work. Rendering and model
+    loading in one process (a notebook, a test) is therefore only safe with this order.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
