@@ -10,6 +10,7 @@ from vla_cache_ros.control.actions import (ActionConfig, ActionMapper, ActionSem
                                            CommandInterface)
 from vla_cache_ros.control.safety import SafetyGuard, SafetyLimits
 from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.geometry import matrix_from_rotvec, rot_x, rot_y, rot_z
 
 
 def test_ee_delta_to_twist_divides_by_period() -> None:
@@ -20,6 +21,16 @@ def test_ee_delta_to_twist_divides_by_period() -> None:
     np.testing.assert_allclose(mapped.arm.angular, [0.0, 0.0, 0.5])
     assert mapped.arm.duration_s == 0.2 and mapped.gripper == pytest.approx(0.8)
     assert not mapper.needs_joint_states
+
+
+def test_euler_rotation_delta_becomes_the_equivalent_angular_velocity() -> None:
+    """A combined roll/pitch/yaw delta (extrinsic, OpenVLA convention) -> rotvec(R) / period."""
+    roll, pitch, yaw = 0.2, -0.15, 0.25
+    mapped = ActionMapper(ActionConfig(period_s=0.1), SafetyGuard()).map([0, 0, 0, roll, pitch, yaw, 1.0])
+    rotation = rot_z(yaw) @ rot_y(pitch) @ rot_x(roll)
+    rotated_by_velocity = matrix_from_rotvec(np.asarray(mapped.arm.angular) * 0.1)
+    np.testing.assert_allclose(rotated_by_velocity, rotation, atol=1e-12)
+    assert not np.allclose(mapped.arm.angular, np.array([roll, pitch, yaw]) / 0.1, atol=1e-3)
 
 
 def test_scale_applies_before_guard() -> None:

@@ -14,7 +14,8 @@ joint_absolute one target per joint                  joint_trajectory, joint_pos
 
 EE deltas to joint targets would need the arm's inverse kinematics, which this package does not
 have; MoveIt Servo (``ee_twist``) does that on the robot. The rotation part of an EE delta is
-treated as a small rotation vector, so dividing by the period gives the angular velocity.
+OpenVLA's (Bridge's) extrinsic roll/pitch/yaw delta; it is converted to the equivalent rotation
+vector, which divided by the period gives the angular velocity.
 Every action is multiplied by a per-dimension scale first, then passed through the
 :class:`~vla_cache_ros.control.safety.SafetyGuard`.
 """
@@ -28,6 +29,7 @@ import numpy as np
 
 from vla_cache_ros.control.safety import SafetyGuard
 from vla_cache_ros.control.validation import InvalidInputError, finite_vector, positive_scalar
+from vla_cache_ros.geometry import euler_to_rotvec
 
 
 class ActionSemantics(str, Enum):
@@ -181,7 +183,8 @@ class ActionMapper:
         if config.semantics is ActionSemantics.EE_DELTA:
             delta = self.guard.limit_ee_delta(arm, ee_position)
             command = ArmCommand(config.interface, linear=delta[:3] / config.period_s,
-                                 angular=delta[3:] / config.period_s, duration_s=config.period_s)
+                                 angular=euler_to_rotvec(delta[3:]) / config.period_s,
+                                 duration_s=config.period_s)
             return MappedAction(command, gripper)
         if measured_joints is None:
             raise InvalidInputError("no joint state received yet; joint actions need one")

@@ -35,7 +35,7 @@ from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim import topics
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
 from vla_cache_ros.sim.expert import ScriptedExpert
-from vla_cache_ros.sim.geometry import euler_to_rotvec
+from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.sim.scene import BASE_FRAME
 from vla_cache_ros.sim.snapshot import SceneSnapshot
 

@@ -12,7 +12,7 @@ An episode file holds, for T steps (observation k, then the action taken after i
 ``seed`` and ``success``. Files load with ``allow_pickle=False``.
 
 Actions follow OpenVLA's convention: (dx, dy, dz) in metres, (droll, dpitch, dyaw) as Euler
-angles of the rotation delta (see :mod:`vla_cache_ros.sim.geometry`), gripper 0 = close,
+angles of the rotation delta (see :mod:`vla_cache_ros.geometry`), gripper 0 = close,
 1 = open; the gripper dimension is not normalised (``mask`` false). Proprio is the end-effector
 pose (x, y, z, roll, pitch, yaw) and the measured gripper opening.
 """

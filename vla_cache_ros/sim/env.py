@@ -6,7 +6,7 @@ time (``sim.time``, seconds since the episode's reset); nothing here reads a wal
 - ``reset(seed, family)`` lays out a new episode; ``advance(seconds)`` runs physics with the
   controllers updating at ``controller_period_s``; commands go through ``sim.controller``.
 - ``apply_action(a)`` executes one 7-D OpenVLA-style end-effector delta action over one
-  ``control_period_s`` (see :mod:`vla_cache_ros.sim.geometry` for the rotation convention).
+  ``control_period_s`` (see :mod:`vla_cache_ros.geometry` for the rotation convention).
 - ``render()`` gives the 224x224 RGB third-person camera image.
 - ``status()`` reports the episode: success is latched when first detected; the episode
   times out after ``episode_timeout_s`` without success.
@@ -20,7 +20,7 @@ import numpy as np
 
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim.controller import ArmController, ControllerSettings, SimCommandError
-from vla_cache_ros.sim.geometry import euler_from_matrix, euler_to_rotvec, quat_from_matrix
+from vla_cache_ros.geometry import euler_from_matrix, euler_to_rotvec, quat_from_matrix
 from vla_cache_ros.sim.ik import DifferentialIK
 from vla_cache_ros.sim.scene import (
     ARM_JOINTS, CAMERA_NAME, GRIPPER_ACTUATOR, GRIPPER_BODIES, GRIPPER_JOINT, GRIPPER_MAX_OPENING_M,

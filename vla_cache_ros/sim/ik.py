@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from vla_cache_ros.sim.geometry import rotvec_from_matrix
+from vla_cache_ros.geometry import rotvec_from_matrix
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from vla_cache_ros.replay.bag_io import (
 )
 from vla_cache_ros.sim import topics
 from vla_cache_ros.sim.env import EpisodeStatus, TabletopSim
-from vla_cache_ros.sim.geometry import euler_to_rotvec
+from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.sim.scene import ARM_JOINTS, BASE_FRAME
 
 FINGER_JOINTS = ("finger_left", "finger_right")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_cache_ros.sim import geometry as g
+from vla_cache_ros import geometry as g
 
 
 @pytest.mark.parametrize("euler", [(0.1, -0.2, 0.3), (0.0, 0.0, 2.5), (-1.0, 1.2, -3.0), (0.0, 0.0, 0.0)])

@@ -1,4 +1,4 @@
-"""Rotation conventions shared by the simulator, the expert and the dataset (numpy only).
+"""Rotation conventions shared by the simulator, the dataset and the action mapping (numpy only).
 
 Conventions (the OpenVLA / Bridge convention for end-effector deltas):
 - quaternions are (w, x, y, z), as in MuJoCo and geometry_msgs order-mapped by the ROS layer;
