@@ -1,53 +1,157 @@
-"""``vla-cache demo``: the embedded end-to-end run behind the README's first command.
+"""``vla-cache demo``: the README's first command, the whole loop on a laptop CPU.
 
-Makes (once) the seeded miniature checkpoint, loads it without remote code, and runs the cached
-policy over a generated frame sequence (static textured scene, one moving block) in every cache
-mode, printing one line per step: mode, reused tokens, per-stage latency and the action. It ends
-with a per-mode summary (median latency, speedup against ``off`` in this run, FLOPs ratio, and
-whether actions matched ``off``).
+Live (default): makes (once) the seeded miniature checkpoint, then starts as separate processes,
+on a private ROS 2 domain with localhost-only discovery,
+
+- the robot: the MuJoCo arm (``sim_arm_node``) when it imports and renders here, else
+  :mod:`vla_cache_ros.ros.synthetic_camera` (generated frames, joint states, EE pose);
+- ``vla_cache_node`` with ``config/miniature_demo.yaml`` (actuation on for the simulated arm,
+  dry run against the synthetic camera);
+- a bag recorder (``vla-cache record``), unless ``--no-record``;
+
+and monitors the node's ``/diagnostics`` from this process, printing one line per second:
+state, mode, target/actual cache ratio, latency p50, inference and control rate. With
+``--sweep`` it changes ``cache_mode`` / ``cache_ratio`` every few seconds through
+``/vla_cache_node/set_parameters``, as rqt_reconfigure does. After ``--duration`` seconds of
+live loop (or Ctrl-C) it stops the children (SIGINT, wait, kill) and prints the command that
+replays the recorded bag offline. A child that dies early ends the demo with a one-line error.
+
+Offline (``--offline``): loads the policy in this process and runs it over the same generated
+frames in every cache mode, printing per-step lines and a per-mode summary (median latency,
+speedup against the first mode in this run, FLOPs ratio, whether actions matched).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
-import numpy as np
-import torch
-
-from vla_cache_ros.models.tiny import make_tiny_checkpoint
-from vla_cache_ros.policy import CachedVLAPolicy
-from vla_cache_ros.synthetic import SyntheticScene
+from vla_cache_ros.errors import ConfigurationError, UserFacingError
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("VLA_CACHE_HOME", Path.home() / ".cache" / "vla_cache_ros")) / "tiny-seed0"
 DEMO_INSTRUCTION = "pick up the red cube"
+PACKAGE = "vla_cache_ros"
+CONFIG_NAME = "miniature_demo.yaml"
+NODE_NAME = "vla_cache_node"
+
+# The node's relative topic names -> the simulated arm's (and a usual ros2_control / MoveIt
+# Servo arm's) topics; the launch file's defaults. joint_states, instruction and ee_pose
+# resolve to /joint_states, /instruction and /ee_pose without a remap.
+NODE_REMAPS = (
+    ("image", "/camera/image_raw"),
+    ("twist_cmd", "/servo_node/delta_twist_cmds"),
+    ("gripper_command", "/gripper_controller/commands"),
+)
+RECORDED_TOPICS = (
+    "/camera/image_raw", "/joint_states", "/ee_pose", "/instruction",
+    f"/{NODE_NAME}/preview/twist_cmd", f"/{NODE_NAME}/preview/gripper_command",
+    f"/{NODE_NAME}/cache_ratio", f"/{NODE_NAME}/inference_latency_ms", "/diagnostics",
+)
+# (cache_mode, cache_ratio) applied in turn by --sweep.
+SWEEP = (("fixed", 0.25), ("fixed", 0.75), ("vla_cache", 1.0), ("off", 0.0), ("fixed", 0.5))
+SIM_PROBE = """\
+import vla_cache_ros.ros.sim_node
+from vla_cache_ros.sim.env import TabletopSim
+with TabletopSim() as sim:
+    sim.reset(0)
+    sim.render()
+"""
+BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".yaml")
+STOP_TIMEOUT_S = 20.0
+STALE_STATUS_S = 3.0
+SWEEP_MARGIN_S = 2.0
 
 
 def ensure_demo_model(directory: Path = DEFAULT_MODEL_DIR) -> Path:
     """Write the miniature checkpoint if ``directory`` has none yet."""
     if not (directory / "config.json").is_file():
+        from vla_cache_ros.models.tiny import make_tiny_checkpoint
+
         make_tiny_checkpoint(directory, seed=0)
     return directory
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
-    parser = subparsers.add_parser("demo", help="run the cached policy on a miniature model and generated frames")
+    parser = subparsers.add_parser(
+        "demo", help="run the whole loop: robot (MuJoCo arm or synthetic camera) -> vla_cache_node, "
+                     "live status; --offline: the cached policy over generated frames")
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: miniature, made once)")
-    parser.add_argument("--steps", type=int, default=8, help="frames per mode (default 8)")
-    parser.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache", help="comma-separated modes")
     parser.add_argument("--unnorm-key", default="tiny_sim", help="dataset statistics to un-normalise with")
+    live = parser.add_argument_group("live loop (default)")
+    live.add_argument("--duration", type=_positive_float, default=30.0,
+                      help="seconds of live loop once the node reports (default 30)")
+    live.add_argument("--source", choices=("auto", "sim", "synthetic"), default="auto",
+                      help="robot: MuJoCo sim_arm_node, synthetic camera, or auto (sim when it renders here)")
+    live.add_argument("--sweep", action="store_true",
+                      help="change cache_mode / cache_ratio live via set_parameters, as rqt does")
+    live.add_argument("--sweep-period", type=_positive_float, default=5.0, metavar="SECONDS",
+                      help="seconds between --sweep changes (default 5)")
+    live.add_argument("--record", type=Path, default=Path("out/demo_bag"), metavar="DIR",
+                      help="record the run into this rosbag2 directory (default out/demo_bag; "
+                           "a previous bag there is replaced)")
+    live.add_argument("--no-record", dest="record", action="store_const", const=None, help="do not record a bag")
+    live.add_argument("--threads", type=int, default=None, metavar="N",
+                      help="the node's torch threads (default: the config's, 1 on a machine with <= 2 cores, "
+                           "where the robot and the recorder need the other)")
+    live.add_argument("--log-dir", type=Path, default=Path("out/demo_logs"),
+                      help="where the child processes' output goes (default out/demo_logs)")
+    live.add_argument("--startup-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
+                      help="give up when the node has not reported after this long (default 120)")
+    offline = parser.add_argument_group("offline (--offline)")
+    offline.add_argument("--offline", action="store_true",
+                         help="no ROS: run the policy in this process over generated frames, per mode")
+    offline.add_argument("--steps", type=int, default=8, help="frames per mode (default 8)")
+    offline.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache", help="comma-separated modes")
     parser.set_defaults(handler=run_demo)
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    """``vla-cache demo``: the live loop, or the offline per-mode run with ``--offline``."""
+    if args.offline:
+        return run_offline(args)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the demo like Ctrl-C
+    try:
+        return run_live(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------ offline
 def parse_mode(spec: str) -> tuple[str, float]:
     """``fixed:0.5`` -> ("fixed", 0.5); ``vla_cache`` -> ("vla_cache", 1.0)."""
     name, _, ratio = spec.strip().partition(":")
     return name, float(ratio) if ratio else 1.0
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_offline(args: argparse.Namespace) -> int:
     """Run every mode over the same frames and print per-step lines and a summary."""
+    import numpy as np
+    import torch
+
+    from vla_cache_ros.policy import CachedVLAPolicy
+    from vla_cache_ros.synthetic import SyntheticScene
+
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     model_dir = args.model or ensure_demo_model()
     policy = CachedVLAPolicy.from_pretrained(model_dir, mode="off", unnorm_key=args.unnorm_key)
@@ -55,7 +159,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"model: {model_dir}  ({policy.num_visual} visual tokens, "
           f"{policy.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
     summary = []
-    reference_actions: list[np.ndarray] | None = None
+    reference_actions: list[Any] | None = None
     for spec in args.modes.split(","):
         mode, ratio = parse_mode(spec)
         policy.set_mode(mode)
@@ -78,4 +182,422 @@ def run_demo(args: argparse.Namespace) -> int:
     print("\nmode          median step ms  speedup vs first  FLOPs ratio  actions equal to first")
     for spec, median, flops_ratio, agree in summary:
         print(f"{spec:<13} {1000 * median:14.1f}  {base / median:16.2f}  {flops_ratio:11.3f}  {agree:>8.0%}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ live: setup
+class DemoError(UserFacingError):
+    """The live demo cannot go on (a child died, the node never reported, ...)."""
+
+
+def prepare_ros_environment() -> dict[str, str]:
+    """Private domain (unless ROS_DOMAIN_ID is set), localhost-only discovery, large-data DDS.
+
+    Set in this process (its monitor joins the same domain) and returned for the children.
+    """
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    return dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def find_config(name: str = CONFIG_NAME) -> Path:
+    """The package's config file: ament index (colcon install), pip's share/, or the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / name)
+        except (PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH (nothing sourced)
+            pass
+    except ImportError:
+        pass
+    candidates += [Path(sys.prefix) / "share" / PACKAGE / "config" / name,
+                   Path(__file__).resolve().parents[1] / "config" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigurationError(f"cannot find config/{name}; looked in: {', '.join(map(str, candidates))}")
+
+
+def start_sim_probe(env: dict[str, str]) -> subprocess.Popen:
+    """Check in a child process that the MuJoCo arm imports and renders (runs while we go on)."""
+    return subprocess.Popen([sys.executable, "-c", SIM_PROBE], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def sim_probe_result(probe: subprocess.Popen, timeout_s: float = 60.0) -> str | None:
+    """None when the probe rendered a frame, else why not (one line)."""
+    try:
+        _, stderr = probe.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        return f"rendering a frame took over {timeout_s:.0f} s"
+    if probe.returncode == 0:
+        return None
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {probe.returncode}"
+
+
+def prepare_bag_directory(directory: Path) -> None:
+    """Make room for a new bag: replace a previous bag, refuse to touch anything else."""
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        return
+    entries = list(directory.iterdir()) if directory.is_dir() else [directory]
+    if not directory.is_dir() or not all(e.is_file() and e.name.endswith(BAG_FILE_SUFFIXES) for e in entries):
+        raise ConfigurationError(f"{directory} exists and is not a rosbag2 directory; choose another --record DIR")
+    shutil.rmtree(directory)
+
+
+# ----------------------------------------------------------------------------- live: children
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM if the demo process dies without cleanup."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _log_summary(path: Path) -> str:
+    """The most telling line of a child's log: its last error line, else its last line."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no output)"
+    errors = [line for line in lines if "error" in line.lower() or "exception" in line.lower()]
+    line = (errors or lines or ["(no output)"])[-1]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@dataclass
+class Child:
+    """One child process of the demo, its output going to a log file."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    reported: bool = False  # its early exit was already reported
+
+    def exited(self) -> int | None:
+        """The exit code, or None while it runs."""
+        return self.process.poll()
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s``; whether it has exited."""
+        try:
+            self.process.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def problem_at_exit(self) -> str | None:
+        """Why this child's exit was not clean (exit code, traceback), or None."""
+        code = self.process.returncode
+        if code != 0:
+            return f"{self.name} exited with code {code}: {_log_summary(self.log_path)} (log: {self.log_path})"
+        if "Traceback (most recent call last)" in self.log_path.read_text(errors="replace"):
+            return f"{self.name} printed a traceback: {_log_summary(self.log_path)} (log: {self.log_path})"
+        return None
+
+
+@dataclass
+class Children:
+    """The demo's child processes: started in order, stopped in reverse order."""
+
+    log_dir: Path
+    env: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, arguments: Sequence[str]) -> Child:
+        """Start ``python ARGUMENTS`` in its own session (Ctrl-C reaches only the demo)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([sys.executable, *arguments], stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def check_running(self) -> None:
+        """Raise DemoError naming the first child that has exited."""
+        for child in self.children:
+            code = child.exited()
+            if code is not None:
+                child.reported = True
+                raise DemoError(f"{child.name} exited early (code {code}): {_log_summary(child.log_path)} "
+                                f"(log: {child.log_path})")
+
+    def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+        """SIGINT each child (last started first), wait, kill if needed; returns the problems.
+
+        A second Ctrl-C while waiting kills the remaining children at once.
+        """
+        problems: list[str] = []
+        pending = list(reversed(self.children))
+        try:
+            while pending:
+                child = pending[0]
+                child.signal(signal.SIGINT)
+                if not child.wait(timeout_s):
+                    child.kill()
+                    problems.append(f"{child.name} did not stop within {timeout_s:.0f} s of SIGINT; killed "
+                                    f"(log: {child.log_path})")
+                elif not child.reported and (problem := child.problem_at_exit()) is not None:
+                    problems.append(problem)
+                pending.pop(0)
+        except KeyboardInterrupt:
+            for child in pending:
+                child.kill()
+            problems.append("interrupted again while stopping: killed " + ", ".join(c.name for c in pending))
+        return problems
+
+
+# ------------------------------------------------------------------------------ live: monitor
+@dataclass
+class LiveOptions:
+    """What the monitor loop needs to know."""
+
+    duration_s: float
+    startup_timeout_s: float
+    sweep_period_s: float | None  # None: no sweep
+
+
+class Monitor:
+    """The demo's ROS side: /diagnostics in, one line per second out, parameter sweeps."""
+
+    def __init__(self, node: Any, target: str = NODE_NAME) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rcl_interfaces.srv import SetParameters
+
+        self.node = node
+        self.target = target
+        self.latest: Any = None  # the target's last DiagnosticStatus
+        self.latest_at: float | None = None  # monotonic arrival time
+        self.instruction: str | None = None
+        self.pending: Any = None  # the future of the last sweep request
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._client = node.create_client(SetParameters, f"/{target}/set_parameters")
+        self._sweep_index = 0
+
+    def _on_diagnostics(self, message: Any) -> None:
+        for status in message.status:
+            if status.name.startswith(f"{self.target}:"):
+                self.latest, self.latest_at = status, time.monotonic()
+                instruction = next((kv.value for kv in status.values if kv.key == "instruction"), None)
+                if instruction and instruction != self.instruction:
+                    self.instruction = instruction
+                    print(f"instruction: {instruction!r}", flush=True)
+
+    def status_line(self) -> str:
+        """The latest status as a one-liner (the node's own ``one_line`` wording)."""
+        from vla_cache_ros.control.diagnostics import Level, StatusReport, one_line
+
+        if self.latest is None:
+            return f"waiting for {self.target} (loading the model) ..."
+        age = time.monotonic() - self.latest_at
+        if age > STALE_STATUS_S:
+            return f"[STALE] no diagnostics from {self.target} for {age:.0f} s"
+        level = self.latest.level
+        level = level[0] if isinstance(level, (bytes, bytearray)) else int(level)
+        report = StatusReport(Level(min(level, Level.STALE)), self.latest.message,
+                              [(kv.key, kv.value) for kv in self.latest.values])
+        return one_line(report)
+
+    def sweep_step(self) -> None:
+        """Send the next (cache_mode, cache_ratio) of :data:`SWEEP` through set_parameters."""
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        mode, ratio = SWEEP[self._sweep_index % len(SWEEP)]
+        self._sweep_index += 1
+        wanted = f"cache_mode={mode} cache_ratio={ratio:g}"
+        if not self._client.service_is_ready():
+            print(f"sweep: {self._client.srv_name} not available yet; skipped {wanted}", flush=True)
+            return
+        request = SetParameters.Request(parameters=[
+            Parameter(name="cache_mode", value=ParameterValue(
+                type=ParameterType.PARAMETER_STRING, string_value=mode)),
+            Parameter(name="cache_ratio", value=ParameterValue(
+                type=ParameterType.PARAMETER_DOUBLE, double_value=float(ratio))),
+        ])
+
+        def on_reply(future: Any) -> None:
+            results = future.result().results if future.result() is not None else []
+            refused = [r.reason for r in results if not r.successful]
+            verdict = "refused: " + "; ".join(refused) if refused or not results else "accepted"
+            print(f"sweep: {wanted} -> {verdict}", flush=True)
+
+        print(f"sweep: set {wanted} via {self._client.srv_name}", flush=True)
+        self.pending = self._client.call_async(request)
+        self.pending.add_done_callback(on_reply)
+
+
+def monitor_loop(node: Any, children: Children, options: LiveOptions) -> None:
+    """Spin the monitor, print one status line per second, sweep; return after the duration.
+
+    Raises DemoError when a child exits early or the node never reports.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    monitor = Monitor(node)
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    start = time.monotonic()
+    live_since: float | None = None
+    next_line = start + 1.0
+    next_sweep: float | None = None
+    try:
+        while True:
+            executor.spin_once(timeout_sec=0.1)
+            children.check_running()
+            now = time.monotonic()
+            if live_since is None and monitor.latest is not None:
+                live_since = now
+                if options.sweep_period_s is not None:
+                    next_sweep = now + options.sweep_period_s
+            if live_since is None and now - start > options.startup_timeout_s:
+                raise DemoError(f"{NODE_NAME} sent no diagnostics within {options.startup_timeout_s:.0f} s "
+                                f"(see {children.log_dir})")
+            if now >= next_line:
+                print(f"[{now - start:5.1f}s] {monitor.status_line()}", flush=True)
+                next_line = max(next_line + 1.0, now + 0.5)  # late: skip, never burst
+            end = None if live_since is None else live_since + options.duration_s
+            if next_sweep is not None and now >= next_sweep:
+                if end - now > SWEEP_MARGIN_S:  # no change in flight when the node stops
+                    monitor.sweep_step()
+                next_sweep += options.sweep_period_s
+            if end is not None and now >= end:
+                while monitor.pending is not None and not monitor.pending.done() \
+                        and time.monotonic() < end + SWEEP_MARGIN_S:
+                    executor.spin_once(timeout_sec=0.1)
+                return
+    finally:
+        executor.remove_node(node)
+        executor.shutdown()
+
+
+# --------------------------------------------------------------------------------- live: run
+def robot_command(source: str, probe: subprocess.Popen | None) -> tuple[str, list[str], bool]:
+    """(child name, python arguments, actuation) of the robot for ``--source`` (``probe``: the
+    running :func:`start_sim_probe` unless the source is ``synthetic``)."""
+    if probe is not None:
+        why_not = sim_probe_result(probe)
+        if why_not is None:
+            return "sim_arm_node", ["-m", "vla_cache_ros.ros.sim_node", "--ros-args",
+                                    "-p", "auto_reset:=true"], True
+        if source == "sim":
+            raise DemoError(f"the MuJoCo arm is not available here: {why_not}")
+        print(f"MuJoCo arm not available ({why_not}); using the synthetic camera instead", flush=True)
+    return "synthetic_camera", ["-m", "vla_cache_ros.ros.synthetic_camera", "--ros-args",
+                                "-p", f"instruction:={DEMO_INSTRUCTION}"], False
+
+
+def node_threads(requested: int | None) -> int | None:
+    """Torch threads for the node: ``requested``, else 1 on <= 2 cores, else None (the config's).
+
+    With two cores shared with the robot and the recorder, a second intra-op thread makes
+    steps wait for a descheduled thread: latency jumps tenfold.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ConfigurationError(f"--threads must be >= 1, got {requested}")
+        return requested
+    return 1 if (os.cpu_count() or 1) <= 2 else None
+
+
+def node_command(config: Path, model: Path, unnorm_key: str, actuation: bool,
+                 threads: int | None = None) -> list[str]:
+    """Python arguments that start ``vla_cache_node`` on the demo config."""
+    arguments = ["-m", "vla_cache_ros.ros.node", "--ros-args", "--params-file", str(config),
+                 "-p", f"model_path:={model}", "-p", f"unnorm_key:={unnorm_key}",
+                 "-p", f"enable_actuation:={'true' if actuation else 'false'}"]
+    if threads is not None:
+        arguments += ["-p", f"num_threads:={threads}"]
+    for inner, outer in NODE_REMAPS:
+        arguments += ["-r", f"{inner}:={outer}"]
+    return arguments
+
+
+def recorder_command(directory: Path) -> list[str]:
+    """Python arguments of the bag recorder (the bag tools alone, without the model stack)."""
+    return ["-m", "vla_cache_ros.replay.cli", "record", str(directory), "--topics", *RECORDED_TOPICS]
+
+
+def describe_bag(directory: Path) -> str:
+    """'N messages, M camera frames' of a recorded bag (BagError when unreadable)."""
+    from vla_cache_ros.replay.bag_io import BagReader
+
+    with BagReader(directory) as bag:
+        frames = bag.topics["/camera/image_raw"].message_count if "/camera/image_raw" in bag.topics else 0
+        return f"{bag.message_count} messages, {frames} camera frames, {bag.duration_ns / 1e9:.1f} s"
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """Start robot, node and recorder; monitor; stop everything; print the replay command."""
+    if args.model is not None and not args.model.expanduser().is_dir():
+        raise ConfigurationError(f"--model {args.model} is not a directory")
+    threads = node_threads(args.threads)
+    env = prepare_ros_environment()
+    config = find_config()
+    if args.record is not None:
+        prepare_bag_directory(args.record)
+    children = Children(args.log_dir, env)
+    probe: subprocess.Popen | None = None
+    failure: DemoError | None = None
+    try:
+        probe = start_sim_probe(env) if args.source != "synthetic" else None  # runs while the model is made
+        model = args.model.expanduser().resolve() if args.model is not None else ensure_demo_model()
+        print(f"vla-cache demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
+              f"(discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE'].lower()}); child logs in {args.log_dir}/")
+        print(f"model {model}; config {config}"
+              f"{'' if threads is None else f'; {threads} torch thread(s)'}", flush=True)
+        name, arguments, actuation = robot_command(args.source, probe)
+        print(f"robot: {name} ({'actuation enabled' if actuation else 'node in dry run'}); "
+              f"recording: {args.record if args.record is not None else 'off'}"
+              f"{'; sweeping cache settings every %gs' % args.sweep_period if args.sweep else ''}", flush=True)
+        children.start(name, arguments)
+        if args.record is not None:
+            children.start("recorder", recorder_command(args.record))
+        children.start(NODE_NAME, node_command(config, model, args.unnorm_key, actuation, threads))
+        from vla_cache_ros.replay.live import _ros_session  # SIGTERM -> KeyboardInterrupt, own context
+
+        with _ros_session("vla_cache_demo_monitor") as node:
+            monitor_loop(node, children, LiveOptions(args.duration, args.startup_timeout,
+                                                     args.sweep_period if args.sweep else None))
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    except DemoError as error:
+        failure = error
+    finally:
+        if probe is not None and probe.poll() is None:
+            probe.kill()
+            probe.wait()
+        if children.children:
+            print("stopping ...", flush=True)
+        problems = children.stop_all()
+    for problem in problems:
+        print(f"vla-cache demo: {'while stopping: ' if failure else 'error: '}{problem}", file=sys.stderr)
+    if failure is not None:
+        raise failure
+    if problems:
+        return 1
+    if args.record is not None and (args.record / "metadata.yaml").is_file():
+        print(f"recorded {args.record}: {describe_bag(args.record)}")
+        model_option = "tiny" if args.model is None else f"{args.model} --unnorm-key {args.unnorm_key}"
+        print("replay it offline (cache modes side by side: speedup, action fidelity, plots):")
+        print(f"  vla-cache replay {args.record} --model {model_option}", flush=True)
     return 0

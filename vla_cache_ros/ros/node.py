@@ -486,6 +486,11 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except SystemError as error:
+        # Ctrl-C landed while rclpy's C++ code was running Python (e.g. converting a service
+        # response): pybind11 re-raises it as a SystemError caused by the KeyboardInterrupt.
+        if not isinstance(error.__cause__, KeyboardInterrupt):
+            raise
     except UserFacingError as error:
         print(f"{NODE_NAME}: error: {error}", file=sys.stderr)
         code = 2

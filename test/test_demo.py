@@ -1,0 +1,121 @@
+"""``vla-cache demo`` from the command line, as the README runs it (each in its own process).
+
+- live (default robot: the MuJoCo arm where it renders, else the synthetic camera), with a
+  parameter sweep and a recorded bag that ``vla-cache replay --model tiny`` then reads;
+- the synthetic camera stopped with Ctrl-C; a child that dies early; ``--offline``.
+
+The miniature checkpoint goes to a per-session VLA_CACHE_HOME (a copy of the session's one).
+No timing is asserted: on a loaded machine the node may even report a fault.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("vla_cache_ros.ros.node")
+
+# One status line per second, in the node's `one_line` wording behind the elapsed time.
+STATUS_LINE = re.compile(r"^\[\s*[\d.]+s\] \[(OK|WARN|ERROR)\] \S+ mode=(off|fixed|vla_cache|learned) "
+                         r"ratio=[\d.]+/(n/a|[\d.]+) latency_p50=(n/a|[\d.]+)ms "
+                         r"inference=(n/a|[\d.]+)Hz control=(n/a|[\d.]+)Hz", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> dict[str, str]:
+    """The environment of the demo processes: VLA_CACHE_HOME holds the miniature checkpoint."""
+    home = tmp_path_factory.mktemp("vla_cache_home")
+    shutil.copytree(tiny_checkpoint, home / "tiny-seed0")
+    return dict(os.environ, VLA_CACHE_HOME=str(home), PYTHONUNBUFFERED="1")
+
+
+def vla_cache(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180.0) -> subprocess.CompletedProcess:
+    """Run ``vla-cache ARGS`` to completion (output captured as text)."""
+    return subprocess.run([sys.executable, "-m", "vla_cache_ros.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_live_demo_sweeps_records_and_the_bag_replays(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    bag = tmp_path / "demo_bag"
+    demo = vla_cache("demo", "--duration", "12", "--sweep", "--sweep-period", "4", "--record", str(bag),
+                     "--log-dir", str(tmp_path / "logs"), env=demo_env, cwd=tmp_path)
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert len(STATUS_LINE.findall(demo.stdout)) >= 3, output
+    assert re.search(r"^robot: (sim_arm_node|synthetic_camera) ", demo.stdout, re.MULTILINE), output
+    assert re.search(r"^sweep: cache_mode=fixed cache_ratio=0.25 -> accepted$", demo.stdout, re.MULTILINE), output
+    assert "mode=fixed ratio=0.250/" in demo.stdout, output  # the change shows in the status lines
+    for name in ("vla_cache_node", "recorder"):
+        assert (tmp_path / "logs" / f"{name}.log").is_file()
+
+    replay_command = f"vla-cache replay {bag} --model tiny"
+    assert replay_command in demo.stdout.splitlines()[-1], output
+    replay = vla_cache(*replay_command.split()[1:], "--max-frames", "3", "--modes", "off,fixed:0.5",
+                       "--no-plots", "--no-progress", "--out", str(tmp_path / "replay"), env=demo_env, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert (tmp_path / "replay" / "replay.json").is_file()
+    assert "fixed:0.5" in replay.stdout
+
+
+def _read_lines(stream: object, lines: list[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        lines.append(line)
+
+
+def test_synthetic_camera_stopped_with_ctrl_c(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vla_cache_ros.cli", "demo", "--source", "synthetic", "--duration", "120",
+         "--no-record"], env=demo_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120.0
+        while len(STATUS_LINE.findall("".join(lines))) < 2 and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(STATUS_LINE.findall("".join(lines))) >= 2, "".join(lines)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert process.returncode == 0, output
+    assert "robot: synthetic_camera (node in dry run)" in output
+    assert "instruction: 'pick up the red cube'" in output
+    assert "interrupted" in output and "Traceback" not in output, output
+    logs = tmp_path / "out" / "demo_logs"
+    assert "Traceback" not in (logs / "vla_cache_node.log").read_text() + (logs / "synthetic_camera.log").read_text()
+
+
+def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    demo = vla_cache("demo", "--source", "synthetic", "--model", str(not_a_model), "--no-record",
+                     env=demo_env, cwd=tmp_path)
+    assert demo.returncode != 0
+    errors = [line for line in demo.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, demo.stderr
+    assert errors[0].startswith("vla-cache demo: error: vla_cache_node exited early"), demo.stderr
+    assert "no config.json" in errors[0] and "Traceback" not in demo.stdout + demo.stderr
+
+
+def test_offline_demo(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    demo = vla_cache("demo", "--offline", "--steps", "2", "--modes", "off,fixed:0.5", env=demo_env, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert demo.stdout.count("[   fixed:0.5] step") == 2
+    summary = demo.stdout.split("actions equal to first")[1].split()
+    assert summary[0] == "off" and "fixed:0.5" in summary
