@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.engine import KVReuseEngine, VisualKV
+from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV
 from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
 from vla_cache_ros.cache.selectors import SelectionContext, Selector, make_selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
@@ -90,7 +90,7 @@ class CachedVLAPolicy:
         self._max_token_age = self._check_age(max_token_age)
         self._reset_requested = False
         self._tokens = TokenStates(self.num_visual)
-        self._visual_kv: VisualKV | None = None
+        self._prompt_kv: PromptKV | None = None
         self._previous_attention: np.ndarray | None = None
         self._input_shape: tuple[int, ...] | None = None
         self._sync: Callable[[], None] = (torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None))
@@ -171,7 +171,7 @@ class CachedVLAPolicy:
             self._reset_requested = False
         if reset:
             self._tokens.reset()
-            self._visual_kv = None
+            self._prompt_kv = None
             self._previous_attention = None
             self._input_shape = image_shape
         return mode, ratio, max_age, reset
@@ -200,7 +200,7 @@ class CachedVLAPolicy:
 
         patches = extract_patches(prepared.model_input_rgb, self.num_visual)
         eligible = np.zeros(self.num_visual, dtype=bool)
-        if self._tokens.valid and self._visual_kv is not None:
+        if self._tokens.valid and self._prompt_kv is not None:
             eligible = self._tokens.ages < max_age
         context = SelectionContext(
             frame=prepared.model_input_rgb, patches=patches, similarity=self._tokens.similarity(patches),
@@ -213,8 +213,9 @@ class CachedVLAPolicy:
         mark = time.perf_counter()
 
         embeddings = self.model.assemble_embeddings(visual, prompt_ids)
-        prefill = self.engine.prefill(embeddings, self.num_visual, torch.from_numpy(reuse),
-                                      self._visual_kv, relevance_layer)
+        cached, self._prompt_kv = self._prompt_kv, None  # updated in place: dropped if prefill fails
+        prefill = self.engine.prefill(embeddings, self.num_visual, torch.from_numpy(reuse), cached,
+                                      relevance_layer)
         self._sync()
         times["prefill"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -224,7 +225,7 @@ class CachedVLAPolicy:
         times["decode"] = time.perf_counter() - mark
 
         action = self.model.decode_action(decoded.tokens.numpy(), self.unnorm_key)
-        self._visual_kv = self.engine.visual_slice(prefill, self.num_visual)
+        self._prompt_kv = prefill.prompt_kv
         self._tokens.commit(patches, reuse)
         self._previous_attention = None if prefill.relevance is None else prefill.relevance.float().cpu().numpy()
         times["total"] = time.perf_counter() - start

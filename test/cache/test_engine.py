@@ -194,3 +194,36 @@ def test_reuse_without_cache_is_refused(tiny_model, scene):
                                                 tiny_model.prompt_ids(INSTRUCTION))
     with pytest.raises(ConfigurationError, match="without a compatible visual K/V cache"):
         engine.prefill(embeddings, tiny_model.num_visual_tokens, reuse=torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("halves_equal", [True, False])
+def test_rotary_matches_transformers(halves_equal):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from vla_cache_ros.cache.engine import RotaryTables, apply_rotary
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 9, 16, generator=generator)
+    freqs = torch.randn(1, 9, 8, generator=generator)
+    angles = torch.cat([freqs, freqs], dim=-1) if halves_equal else torch.randn(1, 9, 16, generator=generator)
+    tables = RotaryTables.from_rotary(angles.cos(), angles.sin())
+    assert tables.halves_equal is halves_equal
+    expected, _ = apply_rotary_pos_emb(x, x, angles.cos(), angles.sin())
+    torch.testing.assert_close(apply_rotary(x, tables), expected, rtol=0, atol=1e-6)
+
+
+def test_failed_prefill_drops_the_cache(tiny_model, scene):
+    """The cache is updated in place, so a step that fails must not leave it behind."""
+    policy = CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=1.0, unnorm_key="tiny_sim")
+    policy.step(scene.frame(0), INSTRUCTION)
+    original = policy.engine.prefill
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("simulated failure inside the decoder")
+
+    policy.engine.prefill = failing
+    with pytest.raises(RuntimeError):
+        policy.step(scene.frame(0), INSTRUCTION)
+    policy.engine.prefill = original
+    _, stats = policy.step(scene.frame(0), INSTRUCTION)
+    assert stats.reused_tokens == 0  # nothing reused from a possibly half-written cache

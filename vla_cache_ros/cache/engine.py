@@ -10,7 +10,7 @@ transformers cache API. Optionally one layer's text->vision attention is compute
 (for the VLA-Cache relevance rule) without forcing eager attention elsewhere.
 
 Because visual tokens precede the text and attention is causal, visual K/V never depend on the
-instruction; only the visual slice is kept between steps.
+instruction; the prompt-length cache is kept between steps and only its visual part is reused.
 """
 from __future__ import annotations
 
@@ -31,21 +31,55 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply rotary position embedding; cos/sin are (1, T, d), x is (1, heads, T, d)."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+@dataclass
+class RotaryTables:
+    """cos/sin for a set of positions, shaped (1, 1, T, head_dim) to broadcast over heads.
+
+    Llama-family tables repeat their frequencies in both halves (``cat(freqs, freqs)``); then
+    ``halves_equal`` is set and the rotation is computed half by half, without materialising
+    ``rotate_half(x)``. Other tables take the general formula.
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    halves_equal: bool
+
+    @classmethod
+    def from_rotary(cls, cos: torch.Tensor, sin: torch.Tensor) -> "RotaryTables":
+        """Wrap the (1, T, d) tables a rotary embedding module returns."""
+        half = cos.shape[-1] // 2
+        equal = torch.equal(cos[..., :half], cos[..., half:]) and torch.equal(sin[..., :half], sin[..., half:])
+        return cls(cos.unsqueeze(1), sin.unsqueeze(1), equal)
+
+
+def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
+    """Apply rotary position embedding to x of shape (1, heads, T, head_dim)."""
+    if not tables.halves_equal:
+        return x * tables.cos + rotate_half(x) * tables.sin
+    half = x.shape[-1] // 2
+    cos, sin = tables.cos[..., :half], tables.sin[..., :half]
+    low, high = x[..., :half], x[..., half:]
+    out = torch.empty_like(x)
+    torch.sub(low * cos, high * sin, out=out[..., :half])
+    torch.add(high * cos, low * sin, out=out[..., half:])
+    return out
 
 
 @dataclass
-class VisualKV:
-    """Per-layer keys/values of the visual positions, post-RoPE: each (1, kv_heads, N, head_dim)."""
+class PromptKV:
+    """The prompt-length cache kept between steps: per layer (1, kv_heads, L, head_dim), post-RoPE.
+
+    Only its visual positions (1..N) are ever reused; the next prefill writes its computed
+    positions into these buffers in place when the sequence length is unchanged.
+    """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    num_visual: int
 
     @property
-    def num_tokens(self) -> int:
-        """Visual tokens stored."""
+    def length(self) -> int:
+        """Sequence length L the buffers hold."""
         return int(self.keys[0].shape[2])
 
 
@@ -56,9 +90,15 @@ class PrefillResult:
     last_logits: torch.Tensor  # (vocab,) float32 logits at the last prompt position
     keys: list[torch.Tensor]  # per layer (1, kv_heads, L, head_dim)
     values: list[torch.Tensor]
+    num_visual: int
     computed_positions: torch.Tensor  # (|C|,) int64 sequence positions computed this step
     token_layer_computations: int  # sum over layers of tokens whose hidden state was computed
     relevance: torch.Tensor | None  # (N,) text->vision attention at the requested layer, or None
+
+    @property
+    def prompt_kv(self) -> PromptKV:
+        """The cache to keep for the next step (decode entries are never part of it)."""
+        return PromptKV(self.keys, self.values, self.num_visual)
 
 
 @dataclass
@@ -95,17 +135,17 @@ class KVReuseEngine:
         """Decoder depth."""
         return len(self.layers)
 
-    def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decoder.rotary_emb(hidden, positions.unsqueeze(0))
+    def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> RotaryTables:
+        return RotaryTables.from_rotary(*self.decoder.rotary_emb(hidden, positions.unsqueeze(0)))
 
-    def _qkv(self, layer: nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    def _qkv(self, layer: nn.Module, normed: torch.Tensor, rotary: RotaryTables
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         attention = layer.self_attn
         shape = (*normed.shape[:-1], -1, attention.head_dim)
         query = attention.q_proj(normed).view(shape).transpose(1, 2)
         key = attention.k_proj(normed).view(shape).transpose(1, 2)
         value = attention.v_proj(normed).view(shape).transpose(1, 2)
-        return apply_rotary(query, cos, sin), apply_rotary(key, cos, sin), value
+        return apply_rotary(query, rotary), apply_rotary(key, rotary), value
 
     def _finish_layer(self, layer: nn.Module, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         attended = attended.transpose(1, 2).reshape(*hidden.shape[:-1], -1)
@@ -126,7 +166,7 @@ class KVReuseEngine:
 
     @torch.no_grad()
     def prefill(self, embeddings: torch.Tensor, num_visual: int, reuse: torch.Tensor | None = None,
-                cached: VisualKV | None = None, relevance_layer: int | None = None) -> PrefillResult:
+                cached: PromptKV | None = None, relevance_layer: int | None = None) -> PrefillResult:
         """Prefill ``embeddings`` (1, L, hidden), reusing visual K/V at indices ``reuse`` (0..N-1).
 
         Args:
@@ -134,7 +174,9 @@ class KVReuseEngine:
             num_visual: N, the number of visual positions (1..N).
             reuse: visual token indices whose K/V come from ``cached`` (sorted or not); None/empty
                 computes everything.
-            cached: the previous step's visual K/V (required when ``reuse`` is non-empty).
+            cached: the previous step's prompt cache (required when ``reuse`` is non-empty). When
+                its length equals this sequence's, its buffers are updated in place and
+                returned; the caller must drop it if this call raises.
             relevance_layer: layer at which to compute text->vision attention, or None.
         """
         device = embeddings.device
@@ -144,7 +186,7 @@ class KVReuseEngine:
         reuse_idx = (reuse.to(device=device, dtype=torch.long).unique(sorted=True)
                      if reuse is not None and reuse.numel() > 0 else torch.empty(0, dtype=torch.long, device=device))
         if reuse_idx.numel() > 0:
-            if cached is None or cached.num_tokens != num_visual or len(cached.keys) != self.num_layers:
+            if cached is None or cached.num_visual != num_visual or len(cached.keys) != self.num_layers:
                 raise ConfigurationError("reuse requested without a compatible visual K/V cache")
             if int(reuse_idx.min()) < 0 or int(reuse_idx.max()) >= num_visual:
                 raise ConfigurationError(f"reuse indices must lie in [0, {num_visual})")
@@ -156,24 +198,15 @@ class KVReuseEngine:
         text_rows = torch.nonzero(computed >= VISUAL_START + num_visual).squeeze(1)
 
         hidden = embeddings[:, computed]
-        cos, sin = self._rotary(hidden, computed)
-        keys_out: list[torch.Tensor] = []
-        values_out: list[torch.Tensor] = []
+        rotary = self._rotary(hidden, computed)
+        keys_out, values_out = self._destination_buffers(cached, length, reuse_idx, embeddings)
         relevance = None
         work = 0
-        reused_positions = VISUAL_START + reuse_idx
         for index, layer in enumerate(self.layers):
             work += hidden.shape[1]
-            query, key, value = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
-            if reuse_idx.numel() > 0:
-                full_key = key.new_empty((1, key.shape[1], length, key.shape[3]))
-                full_value = value.new_empty((1, value.shape[1], length, value.shape[3]))
-                full_key[:, :, computed] = key
-                full_value[:, :, computed] = value
-                full_key[:, :, reused_positions] = cached.keys[index][:, :, reuse_idx].to(key.dtype)
-                full_value[:, :, reused_positions] = cached.values[index][:, :, reuse_idx].to(value.dtype)
-            else:
-                full_key, full_value = key, value
+            query, key, value = self._qkv(layer, layer.input_layernorm(hidden), rotary)
+            full_key = keys_out[index].index_copy_(2, computed, key)
+            full_value = values_out[index].index_copy_(2, computed, value)
             scaling = layer.self_attn.scaling
             attended = F.scaled_dot_product_attention(
                 query, full_key, full_value, attn_mask=mask, scale=scaling,
@@ -181,12 +214,28 @@ class KVReuseEngine:
             if relevance_layer is not None and index == relevance_layer:
                 relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)
             hidden = self._finish_layer(layer, hidden, attended)
-            keys_out.append(full_key)
-            values_out.append(full_value)
         last = self.decoder.norm(hidden[:, -1:])
         logits = self.language_model.lm_head(last)[0, -1].float()
         self.counters.prefill_token_layers += work
-        return PrefillResult(logits, keys_out, values_out, computed, work, relevance)
+        return PrefillResult(logits, keys_out, values_out, num_visual, computed, work, relevance)
+
+    def _destination_buffers(self, cached: PromptKV | None, length: int, reuse_idx: torch.Tensor,
+                             embeddings: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """K/V buffers of this prefill: the cache itself when lengths match, else fresh ones
+        holding the reused visual entries (the instruction, hence the prompt length, changed)."""
+        if cached is not None and cached.length == length:
+            return cached.keys, cached.values
+        attention = self.layers[0].self_attn
+        kv_heads = self.config.num_key_value_heads or self.config.num_attention_heads
+        shape = (1, kv_heads, length, attention.head_dim)
+        keys = [embeddings.new_empty(shape) for _ in self.layers]
+        values = [embeddings.new_empty(shape) for _ in self.layers]
+        if reuse_idx.numel() > 0:
+            positions = VISUAL_START + reuse_idx
+            for index in range(self.num_layers):
+                keys[index][:, :, positions] = cached.keys[index][:, :, positions].to(keys[index].dtype)
+                values[index][:, :, positions] = cached.values[index][:, :, positions].to(values[index].dtype)
+        return keys, values
 
     @torch.no_grad()
     def decode(self, prefill: PrefillResult, steps: int) -> DecodeResult:
@@ -210,10 +259,10 @@ class KVReuseEngine:
                 break
             hidden = embed(torch.tensor([[token]], device=device))
             positions = torch.tensor([position], device=device)
-            cos, sin = self._rotary(hidden, positions)
+            rotary = self._rotary(hidden, positions)
             for index, layer in enumerate(self.layers):
                 work += 1
-                query, key, value = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+                query, key, value = self._qkv(layer, layer.input_layernorm(hidden), rotary)
                 keys[index] = torch.cat([keys[index], key], dim=2)
                 values[index] = torch.cat([values[index], value], dim=2)
                 attended = F.scaled_dot_product_attention(
@@ -225,9 +274,3 @@ class KVReuseEngine:
             position += 1
         self.counters.decode_token_layers += work
         return DecodeResult(torch.tensor(tokens, dtype=torch.long), torch.stack(all_logits), work)
-
-    @staticmethod
-    def visual_slice(prefill: PrefillResult, num_visual: int) -> VisualKV:
-        """The visual positions' K/V of a prefill, kept as the cache for the next step."""
-        span = slice(VISUAL_START, VISUAL_START + num_visual)
-        return VisualKV([k[:, :, span].clone() for k in prefill.keys], [v[:, :, span].clone() for v in prefill.values])
