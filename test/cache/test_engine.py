@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -157,6 +158,7 @@ def test_settings_validation_and_thread_safety(tiny_model, scene):
             except BaseException as error:  # pragma: no cover - reported below
                 errors.append(error)
             i += 1
+            time.sleep(0.0005)  # a parameter callback rate, not a GIL-starving spin
 
     thread = threading.Thread(target=tuner)
     thread.start()
