@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sim-eval", help="closed-loop success per cache mode: vla_cache_node driving sim_arm_node over ROS 2",
         description="Start sim_arm_node and, per mode, vla_cache_node (actuation on, EE twists), run the "
-                    "same episodes for every mode and report success per task family with 95%% "
+                    "same episodes for every mode and report success per task family with 95% "
                     "confidence intervals, episode length, inference latency and rate, actual cache "
                     "ratio (results.json, results.md, PNG plots). The mode 'expert' runs the scripted "
                     "expert through the same topics as a sanity row.")
