@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``vla-cache``; returns the process exit code."""
-    parser = build_parser()
+    return run_command(build_parser(), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand's handler; user errors print one line (exit
+    2), Ctrl-C exits 130."""
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vla_cache_ros.errors import ConfigurationError, UserFacingError
+from vla_cache_ros.errors import ConfigurationError
 
 
 def _positive_float(text: str) -> float:
@@ -210,19 +210,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one bag subcommand; user errors print as one line (exit 2), Ctrl-C exits 130."""
+    """Run one bag subcommand without importing the model stack (fast start)."""
+    from vla_cache_ros.cli import run_command
+
     parser = argparse.ArgumentParser(prog="vla-cache", description="rosbag2 tools of vla-cache")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except UserFacingError as error:
-        print(f"vla-cache {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"vla-cache {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(parser, argv)
 
 
 if __name__ == "__main__":

@@ -244,11 +244,24 @@ def play_bag(
                         break
             except KeyboardInterrupt:
                 result.interrupted = True
+            if not result.interrupted:
+                _flush(publishers.values())
             result.clock_messages = clock.count
     total = sum(result.published.values())
     log(f"published {total} messages" + (f" and {result.clock_messages} /clock" if clock_hz > 0 else "")
         + (" (interrupted)" if result.interrupted else ""))
     return result
+
+
+def _flush(publishers: Any, timeout_s: float = 2.0) -> None:
+    """Wait until reliable subscribers acknowledged what was sent, so that exiting right after
+    the last message does not lose it (best-effort publishers return at once)."""
+    from rclpy.duration import Duration
+
+    deadline = time.monotonic() + timeout_s
+    for publisher in publishers:
+        remaining = max(deadline - time.monotonic(), 0.0)
+        publisher.wait_for_all_acked(Duration(nanoseconds=int(remaining * 1e9)))
 
 
 def _play_pass(

@@ -23,26 +23,22 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -57,6 +53,7 @@ from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogState
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.ros.image_conversion import compressed_image_to_rgb, image_to_rgb
+from vla_cache_ros.ros.process import run_node
 
 NODE_NAME = "vla_cache_node"
 COMMAND_TOPICS = {
@@ -467,44 +464,9 @@ class VlaCacheNode(Node):
         return self._worker.is_alive()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handler: stop like SIGINT (launch escalates SIGINT -> SIGTERM)."""
-    raise KeyboardInterrupt
-
-
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``vla_cache_node``; returns the exit code."""
-    rclpy.init(args=list(args) if args is not None else None,
-               signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
-    node: VlaCacheNode | None = None
-    code = 0
-    try:
-        node = VlaCacheNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except SystemError as error:
-        # Ctrl-C landed while rclpy's C++ code was running Python (e.g. converting a service
-        # response): pybind11 re-raises it as a SystemError caused by the KeyboardInterrupt.
-        if not isinstance(error.__cause__, KeyboardInterrupt):
-            raise
-    except UserFacingError as error:
-        print(f"{NODE_NAME}: error: {error}", file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            try:
-                node.shutdown()
-            except KeyboardInterrupt:
-                pass
-            if not node.worker_alive:
-                node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    return run_node(VlaCacheNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

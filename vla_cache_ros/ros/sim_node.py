@@ -21,15 +21,14 @@ episode with seed ``seed`` (then increments the parameter) and family ``task_fam
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from typing import Any
 
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -41,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.ros.image_conversion import fill_message, rgb_to_image_fields
+from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.sim import topics
 from vla_cache_ros.sim.controller import ControllerSettings, SimCommandError
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
@@ -270,21 +270,10 @@ class SimArmNode(Node):
             self._thread.join(timeout=5.0)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``sim_arm_node``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimArmNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``sim_arm_node``; returns the exit code."""
+    return run_node(SimArmNode, "sim_arm_node", args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,20 +14,17 @@ Used by ``vla-cache demo`` when the simulator is unavailable.
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from typing import Any, Sequence
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from vla_cache_ros.ros.image_conversion import fill_message, rgb_to_image_fields
+from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.synthetic import SyntheticScene
 
 NODE_NAME = "synthetic_camera"
@@ -97,31 +94,9 @@ class SyntheticCameraNode(Node):
         self._pose_pub.publish(pose)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handler: stop like SIGINT."""
-    raise KeyboardInterrupt
-
-
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point: spin until Ctrl-C / SIGTERM; returns the exit code."""
-    rclpy.init(args=list(args) if args is not None else None,
-               signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
-    node: SyntheticCameraNode | None = None
-    code = 0
-    try:
-        node = SyntheticCameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as error:
-        print(f"{NODE_NAME}: error: {error}", file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(SyntheticCameraNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""Process entry points for this package's ROS 2 nodes: init, spin, clean stop, exit code.
+
+Every executable (``vla_cache_node``, ``sim_arm_node``, the demo's synthetic camera) stops the
+same way on Ctrl-C and SIGTERM (launch escalates SIGINT to SIGTERM): no traceback, the node's own
+``shutdown()`` (safety command, worker join) runs first, then the node is destroyed and rclpy shut
+down. A configuration error the user can fix prints one line and exits with code 2.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any, Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+from vla_cache_ros.errors import UserFacingError
+
+
+SIGNAL_POLL_S = 0.1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop like SIGINT."""
+    raise KeyboardInterrupt
+
+
+def _stop(node: Node) -> None:
+    shutdown = getattr(node, "shutdown", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except KeyboardInterrupt:
+            pass
+    if not getattr(node, "worker_alive", False):  # a stuck worker still uses the node: leave it
+        node.destroy_node()
+
+
+def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None = None) -> int:
+    """Create the node with ``factory`` and spin it until Ctrl-C / SIGTERM; returns the exit code."""
+    rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node: Node | None = None
+    code = 0
+    try:
+        node = factory()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            # Bounded waits: Python's own SIGINT/SIGTERM handling (rclpy's is off, so the node can
+            # still publish its safety command) only runs when control returns to the interpreter.
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SystemError as error:
+        # Ctrl-C landed while rclpy's C++ code was running Python (e.g. converting a service
+        # response): pybind11 re-raises it as a SystemError caused by the KeyboardInterrupt.
+        if not isinstance(error.__cause__, KeyboardInterrupt):
+            raise
+    except (UserFacingError, ValueError) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            _stop(node)
+        rclpy.try_shutdown()
+    return code
