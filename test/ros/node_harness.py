@@ -9,7 +9,6 @@ rqt_reconfigure does.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
+from vla_cache_ros.subprocesses import interrupt
 from vla_cache_ros.ros.image_conversion import (fill_message, rgb_to_compressed_fields,
                                                 rgb_to_image_fields)
 from vla_cache_ros.synthetic import SyntheticScene
@@ -82,13 +82,7 @@ class NodeProcess:
 
     def stop(self, timeout_s: float = 30.0) -> tuple[int, str]:
         """SIGINT, wait, return (exit code, output); kills it if it does not stop."""
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        interrupt(self.process, timeout_s)
         return self.process.returncode, self.log()
 
 

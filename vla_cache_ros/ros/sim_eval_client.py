@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from vla_cache_ros.subprocesses import interrupt
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim import topics
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
@@ -67,13 +67,7 @@ class _Process:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        interrupt(self.process, timeout_s)
 
 
 class _Harness:
