@@ -599,5 +599,18 @@ def run_live(args: argparse.Namespace) -> int:
         print(f"recorded {args.record}: {describe_bag(args.record)}")
         model_option = "tiny" if args.model is None else f"{args.model} --unnorm-key {args.unnorm_key}"
         print("replay it offline (cache modes side by side: speedup, action fidelity, plots):")
-        print(f"  vla-cache replay {args.record} --model {model_option}", flush=True)
+        print(f"  {vla_cache_command()} replay {args.record} --model {model_option}", flush=True)
     return 0
+
+
+def vla_cache_command() -> str:
+    """How the user can call ``vla-cache``: the bare name when it is on PATH, else the venv path."""
+    if shutil.which("vla-cache"):
+        return "vla-cache"
+    candidate = Path(sys.executable).parent / "vla-cache"
+    if candidate.exists():
+        try:
+            return str(candidate.relative_to(Path.cwd()))
+        except ValueError:
+            return str(candidate)
+    return "vla-cache"
