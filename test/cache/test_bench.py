@@ -1,0 +1,52 @@
+"""The benchmark command runs end to end and reports consistent fields (timings are not asserted)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vla_cache_ros.cache.bench import bench_model, markdown_table, parse_mode_spec, run_bench
+from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.models.tiny import random_model
+
+
+def test_bench_model_on_an_in_memory_random_model():
+    """The path the GPU benchmark takes (random model built in memory), here on the CPU."""
+    torch.set_num_threads(1)
+    model = random_model("tiny", device="cpu", dtype=torch.float32)
+    report = bench_model(model, "tiny in memory", ["off", "fixed:0.5", "vla_cache"], steps=2, warmup=0,
+                         unnorm_key="tiny_sim")
+    modes = {mode["spec"]: mode for mode in report["modes"]}
+    assert list(modes) == ["off", "fixed:0.5", "vla_cache"]
+    assert modes["off"]["mean_reused"] == 0 and modes["off"]["speedup_total"] == 1.0
+    assert modes["fixed:0.5"]["mean_reused"] == 128
+    assert modes["fixed:0.5"]["prefill_flops_ratio"] < 1.0 < modes["fixed:0.5"]["implied_prefill_speedup"]
+    assert modes["fixed:0.5"]["fraction_of_implied"] == pytest.approx(
+        modes["fixed:0.5"]["speedup_prefill"] / modes["fixed:0.5"]["implied_prefill_speedup"])
+    for mode in modes.values():
+        assert set(mode["median_s"]) == {"preprocess", "vision", "select", "prefill", "decode", "total"}
+        assert all(value > 0 for value in mode["median_s"].values())
+    table = markdown_table(report)
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 3  # header + one row per mode
+
+
+def test_run_bench_writes_json_and_markdown(tmp_path):
+    reports = run_bench(["tiny"], "off,fixed:0.75", steps=1, warmup=0, device="cpu", dtype_name="float32",
+                        threads=1, out_dir=tmp_path, unnorm_key="tiny_sim")
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved[0]["modes"][1]["spec"] == "fixed:0.75" and saved[0]["modes"][1]["mean_reused"] == 192
+    assert "fixed:0.75" in (tmp_path / "bench.md").read_text()
+    assert reports[0]["machine"]
+
+
+def test_bench_option_errors(tmp_path):
+    assert parse_mode_spec("fixed:0.25") == ("fixed", 0.25)
+    assert parse_mode_spec("vla_cache") == ("vla_cache", 1.0)
+    with pytest.raises(ConfigurationError, match="ratio must be a number"):
+        parse_mode_spec("fixed:half")
+    with pytest.raises(ConfigurationError, match="first mode must be 'off'"):
+        run_bench(["tiny"], "fixed:0.5", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="no CUDA device"):
+            run_bench(["tiny"], "off", 1, 0, "cuda", "bfloat16", None, tmp_path, "tiny_sim")
