@@ -32,14 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    unavailable = []
     for module_name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # area not present in this build
-            raise
+            # An area whose optional dependency is missing (e.g. mujoco on a GPU box that only
+            # benchmarks) drops out of the command list instead of breaking every command.
+            missing = error.name or "?"
+            if missing.startswith("vla_cache_ros") and missing != module_name:
+                raise  # a broken import inside the package is a bug, not a missing dependency
+            area = module_name.removeprefix("vla_cache_ros.").removesuffix(".cli")
+            unavailable.append(f"{area} (needs {missing})")
+            continue
         module.register(subparsers)
+    if unavailable:
+        parser.epilog = "unavailable here: " + ", ".join(unavailable)
     return parser
 
 

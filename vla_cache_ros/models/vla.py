@@ -8,6 +8,7 @@ argmax steps over the full vocabulary, decoded and un-normalised.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ from vla_cache_ros.models.processor import ImageProcessor, PreparedImage, prompt
 from vla_cache_ros.models.vision import Projector, VisionTower, checkpoint_key_to_module_key, create_backbone
 
 ACTION_DIM = 7
+# transformers renamed the KV-cache argument ``past_key_values`` -> ``cache`` (5.24; the old name is
+# removed in 5.40). The reference path speaks whichever the installed version has; the cache
+# engine never uses it (it drives the layer modules directly).
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a transformers forward returned, under either attribute name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 @dataclass
@@ -105,7 +116,7 @@ class OpenVLA(nn.Module):
         prepared = self.preprocess(image)
         embeddings = self.assemble_embeddings(self.encode_image(prepared.pixel_values), self.prompt_ids(instruction))
         output = self.language_model(inputs_embeds=embeddings, use_cache=True)
-        cache = output.cache
+        cache = returned_cache(output)
         step_logits = output.logits[:, -1, :]
         tokens, logits = [], []
         position = embeddings.shape[1]
@@ -116,9 +127,9 @@ class OpenVLA(nn.Module):
             if step == ACTION_DIM - 1:
                 break
             output = self.language_model(
-                input_ids=torch.tensor([[token]], device=self.device), cache=cache, use_cache=True,
+                input_ids=torch.tensor([[token]], device=self.device), use_cache=True, **{CACHE_KWARG: cache},
                 position_ids=torch.tensor([[position]], device=self.device))
-            cache = output.cache
+            cache = returned_cache(output)
             step_logits = output.logits[:, -1, :]
             position += 1
         return ActionPrediction(torch.tensor(tokens), torch.stack(logits))
