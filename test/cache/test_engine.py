@@ -102,6 +102,7 @@ def test_stats_count_real_computations(tiny_model, scene):
     """(c) Token-layer computations performed (hooked) equal StepStats; reused rows skip the MLP."""
     policy = CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=0.5, unnorm_key="tiny_sim")
     layers = tiny_model.llama_config.num_hidden_layers
+    reported = 0
     for index in range(4):
         counts, handles = _count_computed_rows(tiny_model)
         try:
@@ -112,6 +113,9 @@ def test_stats_count_real_computations(tiny_model, scene):
         decode_rows = layers * 6  # 6 single-token decode forwards after the prefill
         prefill_rows = counts[0] - decode_rows
         assert prefill_rows == stats.token_layer_computations
+        reported += stats.token_layer_computations
+        assert policy.engine.counters.prefill_token_layers == reported
+        assert policy.engine.counters.decode_token_layers == decode_rows * (index + 1)
         assert counts[1] - decode_rows == stats.token_layer_computations
         sequence_length = stats.token_layer_computations // layers + stats.reused_tokens
         assert stats.token_layer_computations == layers * (sequence_length - stats.reused_tokens)

@@ -14,7 +14,7 @@ instruction; the prompt-length cache is kept between steps and only its visual p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +116,6 @@ class EngineCounters:
 
     prefill_token_layers: int = 0
     decode_token_layers: int = 0
-    steps: int = 0
-    per_step: list[int] = field(default_factory=list)
 
 
 class KVReuseEngine:
