@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from vla_cache_ros.cache.modes import parse_mode_spec
 from vla_cache_ros.errors import ConfigurationError, UserFacingError
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("VLA_CACHE_HOME", Path.home() / ".cache" / "vla_cache_ros")) / "tiny-seed0"
@@ -138,12 +139,6 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ offline
-def parse_mode(spec: str) -> tuple[str, float]:
-    """``fixed:0.5`` -> ("fixed", 0.5); ``vla_cache`` -> ("vla_cache", 1.0)."""
-    name, _, ratio = spec.strip().partition(":")
-    return name, float(ratio) if ratio else 1.0
-
-
 def run_offline(args: argparse.Namespace) -> int:
     """Run every mode over the same frames and print per-step lines and a summary."""
     import numpy as np
@@ -161,7 +156,7 @@ def run_offline(args: argparse.Namespace) -> int:
     summary = []
     reference_actions: list[Any] | None = None
     for spec in args.modes.split(","):
-        mode, ratio = parse_mode(spec)
+        mode, ratio = parse_mode_spec(spec)
         policy.set_mode(mode)
         policy.set_cache_ratio(ratio)
         policy.reset()

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vla_cache_ros.cache.bench import bench_model, markdown_table, parse_mode_spec, run_bench
+from vla_cache_ros.cache.bench import bench_model, markdown_table, run_bench
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.tiny import random_model
 
@@ -41,10 +41,6 @@ def test_run_bench_writes_json_and_markdown(tmp_path):
 
 
 def test_bench_option_errors(tmp_path):
-    assert parse_mode_spec("fixed:0.25") == ("fixed", 0.25)
-    assert parse_mode_spec("vla_cache") == ("vla_cache", 1.0)
-    with pytest.raises(ConfigurationError, match="ratio must be a number"):
-        parse_mode_spec("fixed:half")
     with pytest.raises(ConfigurationError, match="first mode must be 'off'"):
         run_bench(["tiny"], "fixed:0.5", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim")
     if not torch.cuda.is_available():

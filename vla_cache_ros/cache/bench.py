@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vla_cache_ros.cache.engine import KVReuseEngine
+from vla_cache_ros.cache.modes import parse_mode_spec
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.tiny import make_tiny_checkpoint, random_model
 from vla_cache_ros.models.vla import OpenVLA, load_vla
@@ -52,16 +53,6 @@ class ModeResult:
     prefill_isolated_s: float = 0.0
     speedup_prefill_isolated: float = 1.0
     fraction_of_implied_isolated: float = 1.0
-
-
-def parse_mode_spec(spec: str) -> tuple[str, float]:
-    """``fixed:0.5`` -> ("fixed", 0.5); a bare mode runs at ratio 1.0 (``vla_cache``: no cap)."""
-    name, _, ratio = spec.strip().partition(":")
-    try:
-        value = float(ratio) if ratio else (0.0 if name == "off" else 1.0)
-    except ValueError as error:
-        raise ConfigurationError(f"bad mode spec {spec!r}: ratio must be a number") from error
-    return name, value
 
 
 def machine_description(device: str) -> str:

@@ -144,7 +144,7 @@ class ReplayReport:
 
 def parse_modes(text: str) -> list[tuple[str, str, float]]:
     """``off,fixed:0.5,vla_cache`` -> [(spec, mode, ratio), ...], ``off`` first (added if absent)."""
-    from vla_cache_ros.cache.bench import parse_mode_spec
+    from vla_cache_ros.cache.modes import parse_mode_spec
 
     specs = [part.strip() for part in text.split(",") if part.strip()]
     if not specs:
