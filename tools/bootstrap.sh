@@ -24,7 +24,10 @@ fingerprint() {
 
 ensure_system_libs() {
   # Mesa EGL + OSMesa for MuJoCo offscreen rendering; only when missing.
-  if ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libOSMesa.so'; then
+  # (captured first: with pipefail, `ldconfig -p | grep -q` can fail on SIGPIPE when grep exits early)
+  local libs
+  libs="$(ldconfig -p 2>/dev/null || true)"
+  if [[ "$libs" == *libEGL.so.1* && "$libs" == *libOSMesa.so* ]]; then
     return 0
   fi
   if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null; then
