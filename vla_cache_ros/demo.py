@@ -30,13 +30,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from vla_cache_ros.cache.modes import parse_mode_spec
 from vla_cache_ros.errors import ConfigurationError, UserFacingError
+from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("VLA_CACHE_HOME", Path.home() / ".cache" / "vla_cache_ros")) / "tiny-seed0"
 DEMO_INSTRUCTION = "pick up the red cube"
@@ -58,7 +58,6 @@ RECORDED_TOPICS = (
     f"/{NODE_NAME}/cache_ratio", f"/{NODE_NAME}/inference_latency_ms", "/diagnostics",
 )
 # (cache_mode, cache_ratio) applied in turn by --sweep.
-SWEEP = (("fixed", 0.25), ("fixed", 0.75), ("vla_cache", 1.0), ("off", 0.0), ("fixed", 0.5))
 SIM_PROBE = """\
 import vla_cache_ros.ros.sim_node
 from vla_cache_ros.sim.env import TabletopSim
@@ -68,8 +67,6 @@ with TabletopSim() as sim:
 """
 BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".yaml")
 STOP_TIMEOUT_S = 20.0
-STALE_STATUS_S = 3.0
-SWEEP_MARGIN_S = 2.0
 
 
 def ensure_demo_model(directory: Path = DEFAULT_MODEL_DIR) -> Path:
@@ -127,15 +124,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """``vla-cache demo``: the live loop, or the offline per-mode run with ``--offline``."""
     if args.offline:
         return run_offline(args)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the demo like Ctrl-C
-    try:
+    with sigterm_as_keyboard_interrupt():  # SIGTERM stops the demo like Ctrl-C
         return run_live(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 # ------------------------------------------------------------------------------------ offline
@@ -280,18 +270,6 @@ class Child:
         """The exit code, or None while it runs."""
         return self.process.poll()
 
-    def signal(self, signum: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s``; whether it has exited."""
-        try:
-            self.process.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -346,9 +324,7 @@ class Children:
         try:
             while pending:
                 child = pending[0]
-                child.signal(signal.SIGINT)
-                if not child.wait(timeout_s):
-                    child.kill()
+                if not interrupt(child.process, timeout_s):
                     problems.append(f"{child.name} did not stop within {timeout_s:.0f} s of SIGINT; killed "
                                     f"(log: {child.log_path})")
                 elif not child.reported and (problem := child.problem_at_exit()) is not None:
@@ -359,130 +335,6 @@ class Children:
                 child.kill()
             problems.append("interrupted again while stopping: killed " + ", ".join(c.name for c in pending))
         return problems
-
-
-# ------------------------------------------------------------------------------ live: monitor
-@dataclass
-class LiveOptions:
-    """What the monitor loop needs to know."""
-
-    duration_s: float
-    startup_timeout_s: float
-    sweep_period_s: float | None  # None: no sweep
-
-
-class Monitor:
-    """The demo's ROS side: /diagnostics in, one line per second out, parameter sweeps."""
-
-    def __init__(self, node: Any, target: str = NODE_NAME) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rcl_interfaces.srv import SetParameters
-
-        self.node = node
-        self.target = target
-        self.latest: Any = None  # the target's last DiagnosticStatus
-        self.latest_at: float | None = None  # monotonic arrival time
-        self.instruction: str | None = None
-        self.pending: Any = None  # the future of the last sweep request
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self._client = node.create_client(SetParameters, f"/{target}/set_parameters")
-        self._sweep_index = 0
-
-    def _on_diagnostics(self, message: Any) -> None:
-        for status in message.status:
-            if status.name.startswith(f"{self.target}:"):
-                self.latest, self.latest_at = status, time.monotonic()
-                instruction = next((kv.value for kv in status.values if kv.key == "instruction"), None)
-                if instruction and instruction != self.instruction:
-                    self.instruction = instruction
-                    print(f"instruction: {instruction!r}", flush=True)
-
-    def status_line(self) -> str:
-        """The latest status as a one-liner (the node's own ``one_line`` wording)."""
-        from vla_cache_ros.control.diagnostics import Level, StatusReport, one_line
-
-        if self.latest is None:
-            return f"waiting for {self.target} (loading the model) ..."
-        age = time.monotonic() - self.latest_at
-        if age > STALE_STATUS_S:
-            return f"[STALE] no diagnostics from {self.target} for {age:.0f} s"
-        level = self.latest.level
-        level = level[0] if isinstance(level, (bytes, bytearray)) else int(level)
-        report = StatusReport(Level(min(level, Level.STALE)), self.latest.message,
-                              [(kv.key, kv.value) for kv in self.latest.values])
-        return one_line(report)
-
-    def sweep_step(self) -> None:
-        """Send the next (cache_mode, cache_ratio) of :data:`SWEEP` through set_parameters."""
-        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-        from rcl_interfaces.srv import SetParameters
-
-        mode, ratio = SWEEP[self._sweep_index % len(SWEEP)]
-        self._sweep_index += 1
-        wanted = f"cache_mode={mode} cache_ratio={ratio:g}"
-        if not self._client.service_is_ready():
-            print(f"sweep: {self._client.srv_name} not available yet; skipped {wanted}", flush=True)
-            return
-        request = SetParameters.Request(parameters=[
-            Parameter(name="cache_mode", value=ParameterValue(
-                type=ParameterType.PARAMETER_STRING, string_value=mode)),
-            Parameter(name="cache_ratio", value=ParameterValue(
-                type=ParameterType.PARAMETER_DOUBLE, double_value=float(ratio))),
-        ])
-
-        def on_reply(future: Any) -> None:
-            results = future.result().results if future.result() is not None else []
-            refused = [r.reason for r in results if not r.successful]
-            verdict = "refused: " + "; ".join(refused) if refused or not results else "accepted"
-            print(f"sweep: {wanted} -> {verdict}", flush=True)
-
-        print(f"sweep: set {wanted} via {self._client.srv_name}", flush=True)
-        self.pending = self._client.call_async(request)
-        self.pending.add_done_callback(on_reply)
-
-
-def monitor_loop(node: Any, children: Children, options: LiveOptions) -> None:
-    """Spin the monitor, print one status line per second, sweep; return after the duration.
-
-    Raises DemoError when a child exits early or the node never reports.
-    """
-    from rclpy.executors import SingleThreadedExecutor
-
-    monitor = Monitor(node)
-    executor = SingleThreadedExecutor(context=node.context)
-    executor.add_node(node)
-    start = time.monotonic()
-    live_since: float | None = None
-    next_line = start + 1.0
-    next_sweep: float | None = None
-    try:
-        while True:
-            executor.spin_once(timeout_sec=0.1)
-            children.check_running()
-            now = time.monotonic()
-            if live_since is None and monitor.latest is not None:
-                live_since = now
-                if options.sweep_period_s is not None:
-                    next_sweep = now + options.sweep_period_s
-            if live_since is None and now - start > options.startup_timeout_s:
-                raise DemoError(f"{NODE_NAME} sent no diagnostics within {options.startup_timeout_s:.0f} s "
-                                f"(see {children.log_dir})")
-            if now >= next_line:
-                print(f"[{now - start:5.1f}s] {monitor.status_line()}", flush=True)
-                next_line = max(next_line + 1.0, now + 0.5)  # late: skip, never burst
-            end = None if live_since is None else live_since + options.duration_s
-            if next_sweep is not None and now >= next_sweep:
-                if end - now > SWEEP_MARGIN_S:  # no change in flight when the node stops
-                    monitor.sweep_step()
-                next_sweep += options.sweep_period_s
-            if end is not None and now >= end:
-                while monitor.pending is not None and not monitor.pending.done() \
-                        and time.monotonic() < end + SWEEP_MARGIN_S:
-                    executor.spin_once(timeout_sec=0.1)
-                return
-    finally:
-        executor.remove_node(node)
-        executor.shutdown()
 
 
 # --------------------------------------------------------------------------------- live: run
@@ -568,9 +420,10 @@ def run_live(args: argparse.Namespace) -> int:
         if args.record is not None:
             children.start("recorder", recorder_command(args.record))
         children.start(NODE_NAME, node_command(config, model, args.unnorm_key, actuation, threads))
-        from vla_cache_ros.replay.live import _ros_session  # SIGTERM -> KeyboardInterrupt, own context
+        from vla_cache_ros.ros.demo_monitor import LiveOptions, monitor_loop
+        from vla_cache_ros.ros.process import ros_session  # SIGTERM -> KeyboardInterrupt, own context
 
-        with _ros_session("vla_cache_demo_monitor") as node:
+        with ros_session("vla_cache_demo_monitor") as node:
             monitor_loop(node, children, LiveOptions(args.duration, args.startup_timeout,
                                                      args.sweep_period if args.sweep else None))
     except KeyboardInterrupt:

@@ -71,7 +71,7 @@ def _synthetic_bag(args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from vla_cache_ros.replay.live import play_bag
+    from vla_cache_ros.ros.bag_live import play_bag
 
     play_bag(
         args.bag,
@@ -87,7 +87,7 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from vla_cache_ros.replay.live import record_bag
+    from vla_cache_ros.ros.bag_live import record_bag
 
     record_bag(
         args.out,

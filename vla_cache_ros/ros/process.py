@@ -7,24 +7,21 @@ down. A configuration error the user can fix prints one line and exits with code
 """
 from __future__ import annotations
 
-import signal
 import sys
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
 from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.subprocesses import sigterm_as_keyboard_interrupt
 
 
 SIGNAL_POLL_S = 0.1
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handler: stop like SIGINT."""
-    raise KeyboardInterrupt
 
 
 def _stop(node: Node) -> None:
@@ -41,7 +38,11 @@ def _stop(node: Node) -> None:
 def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None = None) -> int:
     """Create the node with ``factory`` and spin it until Ctrl-C / SIGTERM; returns the exit code."""
     rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
+    with sigterm_as_keyboard_interrupt():
+        return _spin_until_stopped(factory, name)
+
+
+def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
     node: Node | None = None
     code = 0
     try:
@@ -67,3 +68,25 @@ def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None 
             _stop(node)
         rclpy.try_shutdown()
     return code
+
+
+@contextmanager
+def ros_session(node_name: str, use_sim_time: bool = False) -> Iterator[Node]:
+    """A node in its own rclpy context for a tool (bag play/record, the demo's monitor), torn
+    down however the block ends.
+
+    rclpy's own SIGINT handler is not installed: Ctrl-C raises KeyboardInterrupt in the main
+    thread, and SIGTERM is turned into the same, so callers have one clean shutdown path.
+    """
+    with sigterm_as_keyboard_interrupt():
+        context = rclpy.Context()
+        rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+        node = None
+        try:
+            node = Node(node_name, context=context,
+                        parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)])
+            yield node
+        finally:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown(context=context)

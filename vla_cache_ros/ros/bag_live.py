@@ -8,17 +8,14 @@
   the node's clock (sim time from ``/clock`` with ``use_sim_time``).
 
 Both stop cleanly on Ctrl-C or SIGTERM: the recorder finalises its bag, the player closes the
-bag and the node. rclpy and the message packages are imported inside the functions, so
-``vla_cache_ros.replay`` imports without ROS.
+bag and the node. The ROS-free bag reading and writing they build on is ``replay.bag_io``.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 
 from vla_cache_ros.errors import BagError, ConfigurationError
 from vla_cache_ros.replay.bag_io import STRING_TYPE, BagReader, BagWriter, canonical_cdr, ros2_typestore
+from vla_cache_ros.ros.process import ros_session
 
 CLOCK_TOPIC = "/clock"
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
@@ -43,39 +41,6 @@ def message_class(msgtype: str) -> type:
         return getattr(importlib.import_module(f"{package}.msg"), name)
     except (ImportError, AttributeError):
         raise BagError(f"message type {msgtype} is not installed in this Python environment") from None
-
-
-@contextlib.contextmanager
-def _ros_session(node_name: str, use_sim_time: bool = False) -> Iterator[Any]:
-    """An rclpy context and node, torn down however the block ends.
-
-    rclpy's own SIGINT handler is not installed: Ctrl-C raises KeyboardInterrupt in the main
-    thread, and SIGTERM is turned into the same, so callers have one clean shutdown path.
-    """
-    import rclpy
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from rclpy.signals import SignalHandlerOptions
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-    context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = Node(
-            node_name,
-            context=context,
-            parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)],
-        )
-        yield node
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +187,7 @@ def play_bag(
     result = PlayResult()
     with BagReader(path) as bag:
         selected = _select_play_topics(bag, topics, clock_hz > 0, log)
-        with _ros_session(node_name) as node:
+        with ros_session(node_name) as node:
             publishers = {
                 topic: node.create_publisher(message_class(bag.msgtype(topic)), topic, _publisher_qos(bag, topic))
                 for topic in selected
@@ -421,7 +386,7 @@ def record_bag(
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     result = RecordResult(path=Path(out))
-    with BagWriter(out, storage=storage) as writer, _ros_session(node_name, use_sim_time) as node:
+    with BagWriter(out, storage=storage) as writer, ros_session(node_name, use_sim_time) as node:
         recorder = _Recorder(node, writer, topics, result, log)
         executor = SingleThreadedExecutor(context=node.context)
         executor.add_node(node)
