@@ -93,6 +93,7 @@ class CachedVLAPolicy:
         self._prompt_kv: PromptKV | None = None
         self._previous_attention: np.ndarray | None = None
         self._input_shape: tuple[int, ...] | None = None
+        self._prompt_memo: tuple[str, torch.Tensor] | None = None
         self._sync: Callable[[], None] = (torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None))
 
     @classmethod
@@ -176,6 +177,12 @@ class CachedVLAPolicy:
             self._input_shape = image_shape
         return mode, ratio, max_age, reset
 
+    def _prompt_ids(self, instruction: str) -> torch.Tensor:
+        """Token ids of the prompt, tokenised once per instruction (it rarely changes)."""
+        if self._prompt_memo is None or self._prompt_memo[0] != instruction:
+            self._prompt_memo = (instruction, self.model.prompt_ids(instruction))
+        return self._prompt_memo[1]
+
     @torch.no_grad()
     def step(self, image: np.ndarray, instruction: str, state: np.ndarray | None = None
              ) -> tuple[np.ndarray, StepStats]:
@@ -189,7 +196,7 @@ class CachedVLAPolicy:
         selector = self._selectors[mode]
 
         prepared = self.model.preprocess(image)
-        prompt_ids = self.model.prompt_ids(instruction)
+        prompt_ids = self._prompt_ids(instruction)
         mark = time.perf_counter()
         times["preprocess"] = mark - start
 

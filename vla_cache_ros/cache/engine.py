@@ -23,6 +23,7 @@ from torch import nn
 from vla_cache_ros.errors import ConfigurationError
 
 VISUAL_START = 1  # visual tokens follow BOS
+DECODE_ROOM = 8  # spare cache positions after the prompt for decoding (OpenVLA decodes 7 tokens)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -67,20 +68,37 @@ def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
 
 @dataclass
 class PromptKV:
-    """The prompt-length cache kept between steps: per layer (1, kv_heads, L, head_dim), post-RoPE.
+    """The prompt-length cache kept between steps: per layer (1, kv_heads, capacity, head_dim)
+    storage, post-RoPE, of which positions ``0..length-1`` hold the prompt.
 
     Only its visual positions (1..N) are ever reused; the next prefill writes its computed
-    positions into these buffers in place when the sequence length is unchanged.
+    positions into the same storage in place when the sequence length is unchanged. The spare
+    positions after the prompt take the decode steps' K/V, so decoding appends without copying.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     num_visual: int
+    length: int
 
     @property
-    def length(self) -> int:
-        """Sequence length L the buffers hold."""
+    def capacity(self) -> int:
+        """Positions the storage can hold."""
         return int(self.keys[0].shape[2])
+
+    def prompt(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of one layer's prompt keys and values, (1, kv_heads, length, head_dim)."""
+        return self.keys[layer][:, :, :self.length], self.values[layer][:, :, :self.length]
+
+    def reserve(self, capacity: int) -> None:
+        """Grow the storage (one copy) when it holds fewer than ``capacity`` positions."""
+        if capacity <= self.capacity:
+            return
+        for store in (self.keys, self.values):
+            for index, tensor in enumerate(store):
+                grown = tensor.new_empty((*tensor.shape[:2], capacity, tensor.shape[3]))
+                grown[:, :, :self.length] = tensor[:, :, :self.length]
+                store[index] = grown
 
 
 @dataclass
@@ -88,17 +106,10 @@ class PrefillResult:
     """What one prefill produced."""
 
     last_logits: torch.Tensor  # (vocab,) float32 logits at the last prompt position
-    keys: list[torch.Tensor]  # per layer (1, kv_heads, L, head_dim)
-    values: list[torch.Tensor]
-    num_visual: int
+    prompt_kv: PromptKV  # this step's K/V, kept as the cache for the next step
     computed_positions: torch.Tensor  # (|C|,) int64 sequence positions computed this step
     token_layer_computations: int  # sum over layers of tokens whose hidden state was computed
     relevance: torch.Tensor | None  # (N,) text->vision attention at the requested layer, or None
-
-    @property
-    def prompt_kv(self) -> PromptKV:
-        """The cache to keep for the next step (decode entries are never part of it)."""
-        return PromptKV(self.keys, self.values, self.num_visual)
 
 
 @dataclass
@@ -197,14 +208,15 @@ class KVReuseEngine:
 
         hidden = embeddings[:, computed]
         rotary = self._rotary(hidden, computed)
-        keys_out, values_out = self._destination_buffers(cached, length, reuse_idx, embeddings)
+        kv = self._destination(cached, length, num_visual, reuse_idx, embeddings)
         relevance = None
         work = 0
         for index, layer in enumerate(self.layers):
             work += hidden.shape[1]
             query, key, value = self._qkv(layer, layer.input_layernorm(hidden), rotary)
-            full_key = keys_out[index].index_copy_(2, computed, key)
-            full_value = values_out[index].index_copy_(2, computed, value)
+            full_key, full_value = kv.prompt(index)
+            full_key.index_copy_(2, computed, key)
+            full_value.index_copy_(2, computed, value)
             scaling = layer.self_attn.scaling
             attended = F.scaled_dot_product_attention(
                 query, full_key, full_value, attn_mask=mask, scale=scaling,
@@ -215,35 +227,36 @@ class KVReuseEngine:
         last = self.decoder.norm(hidden[:, -1:])
         logits = self.language_model.lm_head(last)[0, -1].float()
         self.counters.prefill_token_layers += work
-        return PrefillResult(logits, keys_out, values_out, num_visual, computed, work, relevance)
+        return PrefillResult(logits, kv, computed, work, relevance)
 
-    def _destination_buffers(self, cached: PromptKV | None, length: int, reuse_idx: torch.Tensor,
-                             embeddings: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """K/V buffers of this prefill: the cache itself when lengths match, else fresh ones
+    def _destination(self, cached: PromptKV | None, length: int, num_visual: int, reuse_idx: torch.Tensor,
+                     embeddings: torch.Tensor) -> PromptKV:
+        """K/V storage of this prefill: the cache itself when lengths match, else fresh storage
         holding the reused visual entries (the instruction, hence the prompt length, changed)."""
         if cached is not None and cached.length == length:
-            return cached.keys, cached.values
+            return cached
         attention = self.layers[0].self_attn
         kv_heads = self.config.num_key_value_heads or self.config.num_attention_heads
-        shape = (1, kv_heads, length, attention.head_dim)
-        keys = [embeddings.new_empty(shape) for _ in self.layers]
-        values = [embeddings.new_empty(shape) for _ in self.layers]
+        shape = (1, kv_heads, length + DECODE_ROOM, attention.head_dim)
+        kv = PromptKV([embeddings.new_empty(shape) for _ in self.layers],
+                      [embeddings.new_empty(shape) for _ in self.layers], num_visual, length)
         if reuse_idx.numel() > 0:
             positions = VISUAL_START + reuse_idx
             for index in range(self.num_layers):
-                keys[index][:, :, positions] = cached.keys[index][:, :, positions].to(keys[index].dtype)
-                values[index][:, :, positions] = cached.values[index][:, :, positions].to(values[index].dtype)
-        return keys, values
+                kv.keys[index][:, :, positions] = cached.keys[index][:, :, positions].to(kv.keys[index].dtype)
+                kv.values[index][:, :, positions] = cached.values[index][:, :, positions].to(kv.values[index].dtype)
+        return kv
 
     @torch.no_grad()
     def decode(self, prefill: PrefillResult, steps: int) -> DecodeResult:
         """Greedy decoding of ``steps`` tokens after ``prefill`` (argmax over the full vocabulary).
 
-        Decode K/V are appended to copies local to this call; the prefill's K/V are untouched.
+        Decode K/V go into the spare positions after the prompt (never part of the cache kept
+        for the next step), so the prompt's K/V are neither changed nor copied.
         """
-        keys = list(prefill.keys)
-        values = list(prefill.values)
-        position = keys[0].shape[2]
+        kv = prefill.prompt_kv
+        kv.reserve(kv.length + steps - 1)
+        position = kv.length
         logits = prefill.last_logits
         tokens: list[int] = []
         all_logits = [logits]
@@ -261,11 +274,13 @@ class KVReuseEngine:
             for index, layer in enumerate(self.layers):
                 work += 1
                 query, key, value = self._qkv(layer, layer.input_layernorm(hidden), rotary)
-                keys[index] = torch.cat([keys[index], key], dim=2)
-                values[index] = torch.cat([values[index], value], dim=2)
+                kv.keys[index][:, :, position:position + 1] = key
+                kv.values[index][:, :, position:position + 1] = value
+                keys = kv.keys[index][:, :, :position + 1]
+                values = kv.values[index][:, :, :position + 1]
                 attended = F.scaled_dot_product_attention(
-                    query, keys[index], values[index], scale=layer.self_attn.scaling,
-                    enable_gqa=query.shape[1] != keys[index].shape[1])
+                    query, keys, values, scale=layer.self_attn.scaling,
+                    enable_gqa=query.shape[1] != keys.shape[1])
                 hidden = self._finish_layer(layer, hidden, attended)
             logits = self.language_model.lm_head(self.decoder.norm(hidden))[0, -1].float()
             all_logits.append(logits)

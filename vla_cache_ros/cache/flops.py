@@ -88,7 +88,7 @@ def prefill_flops(dims: DecoderDims, computed_positions: np.ndarray) -> int:
     """Decoder prefill FLOPs when only ``computed_positions`` are computed (causal keys p+1)."""
     positions = np.asarray(computed_positions, dtype=np.int64)
     dense = dims.layers * positions.size * dims.dense_per_token_layer
-    attention = dims.layers * int(sum(dims.attention(int(p) + 1) for p in positions))
+    attention = dims.layers * dims.attention(int(np.sum(positions + 1)))  # linear in the key count
     return dense + attention + dims.lm_head
 
 
