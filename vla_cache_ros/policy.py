@@ -74,9 +74,9 @@ class CachedVLAPolicy:
     def __init__(self, model: OpenVLA, mode: str = "fixed", cache_ratio: float = 0.5,
                  unnorm_key: str | None = None, max_token_age: int = DEFAULT_MAX_TOKEN_AGE,
                  selectors: dict[str, Selector] | None = None,
-                 vla_cache_options: dict[str, Any] | None = None) -> None:
+                 vla_cache_options: dict[str, Any] | None = None, prepack: bool | None = None) -> None:
         self.model = model
-        self.engine = KVReuseEngine(model.language_model)
+        self.engine = KVReuseEngine(model.language_model, prepack=prepack)
         self.num_visual = model.num_visual_tokens
         self.unnorm_key = unnorm_key
         self._selectors: dict[str, Selector] = {name: make_selector(name) for name in ("off", "fixed")}

@@ -21,10 +21,13 @@ def scene() -> SyntheticScene:
     return SyntheticScene(seed=3, height=200, width=260)
 
 
-def test_empty_reuse_matches_uncached_reference(tiny_model, scene):
-    """(a) R empty => identical action tokens, logits within 1e-5 (fp32, grouped-query heads)."""
+@pytest.mark.parametrize("prepack", [False, True])
+def test_empty_reuse_matches_uncached_reference(tiny_model, scene, prepack):
+    """(a) R empty => identical action tokens, logits within 1e-5 (fp32, grouped-query heads),
+    with plain and with CPU-prepacked projection weights."""
     assert tiny_model.llama_config.num_key_value_heads < tiny_model.llama_config.num_attention_heads
-    engine = KVReuseEngine(tiny_model.language_model)
+    engine = KVReuseEngine(tiny_model.language_model, prepack=prepack)
+    assert engine.projections.prepacked is prepack
     for index in (0, 5):
         frame = scene.frame(index)
         reference = tiny_model.predict_action_tokens(frame, INSTRUCTION)
@@ -81,30 +84,34 @@ def test_cache_survives_instruction_change(tiny_model, scene):
     assert stats.action_tokens.tolist() == tiny_model.predict_action_tokens(frame, other).tokens.tolist()
 
 
-def _count_computed_rows(model) -> tuple[list[int], list]:
-    """Forward hooks on every layer's q_proj and MLP counting the token rows really processed."""
+def _count_computed_rows(engine) -> tuple[list[int], list]:
+    """Forward hooks on every layer's q projection and MLP output projection (the modules the
+    engine really calls: the model's Linear layers, or their prepacked stand-ins) counting the
+    token rows processed."""
     counts = [0, 0]
     handles = []
 
     def on_q(module, inputs, output):
         counts[0] += inputs[0].shape[1]
 
-    def on_mlp(module, inputs, output):
+    def on_down(module, inputs, output):
         counts[1] += inputs[0].shape[1]
 
-    for layer in model.language_model.model.layers:
-        handles.append(layer.self_attn.q_proj.register_forward_hook(on_q))
-        handles.append(layer.mlp.register_forward_hook(on_mlp))
+    for projections in engine.projections.layers:
+        handles.append(projections.q.register_forward_hook(on_q))
+        handles.append(projections.down.register_forward_hook(on_down))
     return counts, handles
 
 
-def test_stats_count_real_computations(tiny_model, scene):
+@pytest.mark.parametrize("prepack", [False, True])
+def test_stats_count_real_computations(tiny_model, scene, prepack):
     """(c) Token-layer computations performed (hooked) equal StepStats; reused rows skip the MLP."""
-    policy = CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=0.5, unnorm_key="tiny_sim")
+    policy = CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=0.5, unnorm_key="tiny_sim", prepack=prepack)
+    assert policy.engine.projections.prepacked is prepack
     layers = tiny_model.llama_config.num_hidden_layers
     reported = 0
     for index in range(4):
-        counts, handles = _count_computed_rows(tiny_model)
+        counts, handles = _count_computed_rows(policy.engine)
         try:
             _, stats = policy.step(scene.frame(index), INSTRUCTION)
         finally:

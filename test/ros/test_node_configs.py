@@ -82,6 +82,8 @@ def test_bad_setup_exits_with_one_clear_line(checkpoint: Path, tmp_path: Path) -
     ({"command_interface": "ee_twist", "action_semantics": "joint_delta"},
      "cannot drive command interface 'ee_twist'"),
     ({"cache_mode": "turbo"}, "cache_mode must be one of off, fixed, vla_cache, learned"),
+    ({"cpu_weight_prepack": "sometimes"}, "cpu_weight_prepack must be one of auto, on, off"),
+    ({"dtype": "float16", "cpu_weight_prepack": "on"}, "cannot prepack decoder weights: dtype float16"),
     ({"workspace_min": [0.0, 0.0, 0.0], "workspace_max": [1.0, 1.0]},
      "workspace_max must have 3 values"),
     ({"joint_names": ["a", "b"], "joint_lower_limits": [0.0], "joint_upper_limits": [1.0]},

@@ -63,13 +63,13 @@ def machine_description(device: str) -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
-def isolated_prefill_s(model: OpenVLA, frame: np.ndarray, reuse: np.ndarray, repeats: int) -> float:
+def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray, reuse: np.ndarray,
+                       repeats: int) -> float:
     """Median time of back-to-back prefills of ``frame`` reusing ``reuse`` (nothing else between).
 
     The step-context medians include whatever the previous stages (vision, the last step's
     decode) left in caches and thread pools; this isolates the engine's own prefill cost.
     """
-    engine = KVReuseEngine(model.language_model)
     prepared = model.preprocess(frame)
     embeddings = model.assemble_embeddings(model.encode_image(prepared.pixel_values),
                                            model.prompt_ids(BENCH_INSTRUCTION))
@@ -87,12 +87,18 @@ def isolated_prefill_s(model: OpenVLA, frame: np.ndarray, reuse: np.ndarray, rep
 
 
 def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup: int,
-                unnorm_key: str | None, seed: int = 11) -> dict[str, Any]:
-    """Run every mode over the same frames, interleaved, and summarise."""
+                unnorm_key: str | None, seed: int = 11, prepack: bool | None = None) -> dict[str, Any]:
+    """Run every mode over the same frames, interleaved, and summarise.
+
+    ``prepack`` is the engine's CPU weight-prepacking choice; every mode, ``off`` included, runs
+    the same kernels. When the weights are prepacked, the uncached prefill is also timed with the
+    plain weights, so the report shows that the baseline was not slowed down by packing.
+    """
     policies = {}
     for spec in modes:
         name, ratio = parse_mode_spec(spec)
-        policies[spec] = CachedVLAPolicy(model, mode=name, cache_ratio=ratio, unnorm_key=unnorm_key)
+        policies[spec] = CachedVLAPolicy(model, mode=name, cache_ratio=ratio, unnorm_key=unnorm_key,
+                                         prepack=prepack)
     scene = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0)
     frames = scene.frames(warmup + steps + 1)
     samples: dict[str, list] = {spec: [] for spec in modes}
@@ -121,9 +127,15 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
             action_token_agreement=float(np.mean([
                 np.mean(s.action_tokens == b.action_tokens) for s, b in zip(stats_list, samples[baseline_spec])])),
             per_step_total_s=[s.times_s["total"] for s in stats_list]))
+    repeats = max(3, steps // 2)
     for result in results:
-        result.prefill_isolated_s = isolated_prefill_s(model, frames[-1], samples[result.spec][-1].reuse_indices,
-                                                       repeats=max(3, steps // 2))
+        result.prefill_isolated_s = isolated_prefill_s(model, policies[result.spec].engine, frames[-1],
+                                                       samples[result.spec][-1].reuse_indices, repeats)
+    projections = policies[baseline_spec].engine.projections
+    plain_off_s = None
+    if projections.prepacked:
+        plain_off_s = isolated_prefill_s(model, KVReuseEngine(model.language_model, prepack=False), frames[-1],
+                                         samples[baseline_spec][-1].reuse_indices, repeats)
     base = results[0]
     for result in results:
         result.speedup_prefill_isolated = base.prefill_isolated_s / result.prefill_isolated_s
@@ -146,6 +158,8 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
         "sequence_length": int(1 + model.num_visual_tokens + model.prompt_ids(BENCH_INSTRUCTION).numel() - 1),
         "measured_steps": steps,
         "reference_predict_action_median_s": statistics.median(reference_times),
+        "decoder_weights": projections.reason,
+        "prefill_off_plain_weights_isolated_s": plain_off_s,
         "modes": [result.__dict__ for result in results],
     }
 
@@ -157,6 +171,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{report['visual_tokens']} visual tokens, sequence {report['sequence_length']}, "
         f"{report['measured_steps']} measured steps; uncached reference `predict_action` median "
         f"{1000 * report['reference_predict_action_median_s']:.1f} ms",
+        "",
+        f"Decoder weights: {report['decoder_weights']}"
+        + (f"; uncached prefill with plain weights (isolated): "
+           f"{1000 * report['prefill_off_plain_weights_isolated_s']:.1f} ms"
+           if report.get("prefill_off_plain_weights_isolated_s") else ""),
         "",
         "| mode | reused | preprocess | vision | select | prefill | decode | total (ms) | speedup total | "
         "speedup prefill | prefill FLOPs-implied | reached | isolated prefill (ms) | reached, isolated | "
@@ -189,7 +208,8 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path)
 
 
 def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str,
-              threads: int | None, out_dir: Path, unnorm_key: str | None) -> list[dict[str, Any]]:
+              threads: int | None, out_dir: Path, unnorm_key: str | None,
+              prepack: bool | None = None) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigurationError("--device cuda requested but no CUDA device is available here")
@@ -203,7 +223,7 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     reports = []
     for name in models:
         model, label = load_bench_model(name, device, dtype, out_dir / "models")
-        report = bench_model(model, label, mode_list, steps, warmup, unnorm_key)
+        report = bench_model(model, label, mode_list, steps, warmup, unnorm_key, prepack=prepack)
         report["machine"] = machine_description(device)
         reports.append(report)
         print(markdown_table(report) + "\n", flush=True)

@@ -19,14 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="default: float32 on cpu, bfloat16 on cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--unnorm-key", default="tiny_sim", help="norm_stats key for decoding actions")
+    parser.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
+                        help="CPU: prepacked decoder weights for every mode, off included (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     parser.set_defaults(handler=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from vla_cache_ros.cache.bench import run_bench
+    from vla_cache_ros.cache.prepack import parse_prepack
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     run_bench([m.strip() for m in args.models.split(",") if m.strip()], args.modes, args.steps, args.warmup,
-              args.device, dtype, args.threads, args.out, args.unnorm_key)
+              args.device, dtype, args.threads, args.out, args.unnorm_key,
+              prepack=parse_prepack(args.prepack))
     return 0

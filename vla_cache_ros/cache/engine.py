@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_cache_ros.cache.prepack import LayerProjections, decoder_projections
 from vla_cache_ros.errors import ConfigurationError
 
 VISUAL_START = 1  # visual tokens follow BOS
@@ -132,12 +133,15 @@ class EngineCounters:
 class KVReuseEngine:
     """Runs prefill with visual K/V reuse and greedy decoding for one ``LlamaForCausalLM``."""
 
-    def __init__(self, language_model: nn.Module) -> None:
+    def __init__(self, language_model: nn.Module, prepack: bool | None = None) -> None:
+        """``prepack``: CPU weight prepacking for the projections (see ``cache/prepack.py``);
+        None = where supported and affordable, True = required, False = never."""
         self.language_model = language_model
         self.decoder = language_model.model
         self.layers = list(self.decoder.layers)
         self.config = language_model.config
         self.counters = EngineCounters()
+        self.projections = decoder_projections(language_model, prepack)
 
     @property
     def num_layers(self) -> int:
@@ -147,19 +151,21 @@ class KVReuseEngine:
     def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> RotaryTables:
         return RotaryTables.from_rotary(*self.decoder.rotary_emb(hidden, positions.unsqueeze(0)))
 
-    def _qkv(self, layer: nn.Module, normed: torch.Tensor, rotary: RotaryTables
+    @staticmethod
+    def _qkv(layer: nn.Module, projections: LayerProjections, normed: torch.Tensor, rotary: RotaryTables
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attention = layer.self_attn
-        shape = (*normed.shape[:-1], -1, attention.head_dim)
-        query = attention.q_proj(normed).view(shape).transpose(1, 2)
-        key = attention.k_proj(normed).view(shape).transpose(1, 2)
-        value = attention.v_proj(normed).view(shape).transpose(1, 2)
+        shape = (*normed.shape[:-1], -1, layer.self_attn.head_dim)
+        query = projections.q(normed).view(shape).transpose(1, 2)
+        key = projections.k(normed).view(shape).transpose(1, 2)
+        value = projections.v(normed).view(shape).transpose(1, 2)
         return apply_rotary(query, rotary), apply_rotary(key, rotary), value
 
-    def _finish_layer(self, layer: nn.Module, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _finish_layer(layer: nn.Module, projections: LayerProjections, hidden: torch.Tensor,
+                      attended: torch.Tensor) -> torch.Tensor:
         attended = attended.transpose(1, 2).reshape(*hidden.shape[:-1], -1)
-        hidden = hidden + layer.self_attn.o_proj(attended)
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = hidden + projections.o(attended)
+        return hidden + projections.mlp(layer.post_attention_layernorm(hidden))
 
     @staticmethod
     def _relevance(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scaling: float,
@@ -211,9 +217,9 @@ class KVReuseEngine:
         kv = self._destination(cached, length, num_visual, reuse_idx, embeddings)
         relevance = None
         work = 0
-        for index, layer in enumerate(self.layers):
+        for index, (layer, projections) in enumerate(zip(self.layers, self.projections.layers)):
             work += hidden.shape[1]
-            query, key, value = self._qkv(layer, layer.input_layernorm(hidden), rotary)
+            query, key, value = self._qkv(layer, projections, layer.input_layernorm(hidden), rotary)
             full_key, full_value = kv.prompt(index)
             full_key.index_copy_(2, computed, key)
             full_value.index_copy_(2, computed, value)
@@ -223,7 +229,7 @@ class KVReuseEngine:
                 enable_gqa=query.shape[1] != full_key.shape[1])
             if relevance_layer is not None and index == relevance_layer:
                 relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)
-            hidden = self._finish_layer(layer, hidden, attended)
+            hidden = self._finish_layer(layer, projections, hidden, attended)
         last = self.decoder.norm(hidden[:, -1:])
         logits = self.language_model.lm_head(last)[0, -1].float()
         self.counters.prefill_token_layers += work
@@ -271,9 +277,9 @@ class KVReuseEngine:
             hidden = embed(torch.tensor([[token]], device=device))
             positions = torch.tensor([position], device=device)
             rotary = self._rotary(hidden, positions)
-            for index, layer in enumerate(self.layers):
+            for index, (layer, projections) in enumerate(zip(self.layers, self.projections.layers)):
                 work += 1
-                query, key, value = self._qkv(layer, layer.input_layernorm(hidden), rotary)
+                query, key, value = self._qkv(layer, projections, layer.input_layernorm(hidden), rotary)
                 kv.keys[index][:, :, position:position + 1] = key
                 kv.values[index][:, :, position:position + 1] = value
                 keys = kv.keys[index][:, :, :position + 1]
@@ -281,7 +287,7 @@ class KVReuseEngine:
                 attended = F.scaled_dot_product_attention(
                     query, keys, values, scale=layer.self_attn.scaling,
                     enable_gqa=query.shape[1] != keys.shape[1])
-                hidden = self._finish_layer(layer, hidden, attended)
+                hidden = self._finish_layer(layer, projections, hidden, attended)
             logits = self.language_model.lm_head(self.decoder.norm(hidden))[0, -1].float()
             all_logits.append(logits)
             position += 1

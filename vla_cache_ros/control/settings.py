@@ -65,6 +65,9 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True),
     ParameterSpec("num_threads", "int", 0, "torch CPU threads (0: torch's default)",
                   read_only=True, minimum=0, maximum=256),
+    _choice("cpu_weight_prepack", "auto", ("auto", "on", "off"),
+            "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
+            "auto = where supported and the copy fits in memory"),
     # --- cache (live) ----------------------------------------------------------------------
     _choice("cache_mode", "fixed", CACHE_MODES,
             "visual-token cache mode; learned needs a trained cache policy", read_only=False),

@@ -212,6 +212,7 @@ class VlaCacheNode(Node):
     def _load_policy(self, values: dict[str, Any]) -> Any:
         import torch
 
+        from vla_cache_ros.cache.prepack import parse_prepack
         from vla_cache_ros.models.action_tokenizer import select_action_stats
         from vla_cache_ros.policy import CachedVLAPolicy
 
@@ -228,7 +229,9 @@ class VlaCacheNode(Node):
         policy = CachedVLAPolicy.from_pretrained(
             model_path, mode="off", cache_ratio=float(values["cache_ratio"]),
             unnorm_key=unnorm_key, device=str(values["device"]),
-            dtype=getattr(torch, str(values["dtype"])), center_crop=bool(values["center_crop"]))
+            dtype=getattr(torch, str(values["dtype"])), center_crop=bool(values["center_crop"]),
+            prepack=parse_prepack(str(values["cpu_weight_prepack"])))
+        self.get_logger().info(f"decoder weights: {policy.engine.projections.reason}")
         select_action_stats(policy.model.config.norm_stats, unnorm_key)  # fail now, not later
         policy.set_mode(str(values["cache_mode"]))
         policy.set_max_token_age(int(values["max_token_age"]))
