@@ -16,7 +16,7 @@ def test_bench_model_on_an_in_memory_random_model():
     torch.set_num_threads(1)
     model = random_model("tiny", device="cpu", dtype=torch.float32)
     report = bench_model(model, "tiny in memory", ["off", "fixed:0.5", "vla_cache"], steps=2, warmup=0,
-                         unnorm_key="tiny_sim")
+                         unnorm_key="tiny_sim", prepack=True)
     modes = {mode["spec"]: mode for mode in report["modes"]}
     assert list(modes) == ["off", "fixed:0.5", "vla_cache"]
     assert modes["off"]["mean_reused"] == 0 and modes["off"]["speedup_total"] == 1.0
@@ -29,16 +29,15 @@ def test_bench_model_on_an_in_memory_random_model():
         assert all(value > 0 for value in mode["median_s"].values())
     table = markdown_table(report)
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 3  # header + one row per mode
-    # fp32 on CPU: prepacked weights for every mode, and the plain-weight baseline timed beside them
+    # prepacked weights for every mode, and the plain-weight baseline timed beside them
     assert "prepacked" in report["decoder_weights"] and report["prefill_off_plain_weights_isolated_s"] > 0
     assert "uncached prefill with plain weights" in table
 
 
 def test_bench_without_prepacking_reports_plain_weights():
     model = random_model("tiny", device="cpu", dtype=torch.float32)
-    report = bench_model(model, "tiny", ["off", "fixed:0.5"], steps=1, warmup=0, unnorm_key="tiny_sim",
-                         prepack=False)
-    assert "disabled" in report["decoder_weights"]
+    report = bench_model(model, "tiny", ["off", "fixed:0.5"], steps=1, warmup=0, unnorm_key="tiny_sim")
+    assert "below 512" in report["decoder_weights"]  # auto leaves the narrow miniature decoder plain
     assert report["prefill_off_plain_weights_isolated_s"] is None
     assert "plain weights" not in markdown_table(report)
 

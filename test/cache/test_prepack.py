@@ -32,7 +32,16 @@ def test_packed_linear_matches_plain_linear(bias):
         assert torch.equal(packed(single), F.linear(single, linear.weight, linear.bias))
 
 
-def test_auto_packs_on_cpu_float32_and_shares_one_pack(tiny_model):
+def test_auto_leaves_narrow_decoders_plain():
+    """Below MIN_PACKED_WIDTH oneDNN's per-call overhead costs more than packing saves."""
+    model = random_model("tiny", device="cpu", dtype=torch.float32)
+    projections = decoder_projections(model.language_model)
+    assert not projections.prepacked and "hidden size 64 is below 512" in projections.reason
+    assert decoder_projections(model.language_model, prepack=True).prepacked  # demanded: packs anyway
+
+
+def test_auto_packs_on_cpu_float32_and_shares_one_pack(tiny_model, monkeypatch):
+    monkeypatch.setattr(prepack, "MIN_PACKED_WIDTH", 64)  # treat the miniature decoder as wide enough
     first = KVReuseEngine(tiny_model.language_model)
     second = KVReuseEngine(tiny_model.language_model, prepack=True)
     assert first.projections.prepacked and "prepacked" in first.projections.reason
@@ -54,6 +63,7 @@ def test_off_uses_the_model_modules_themselves(tiny_model):
 
 
 def test_auto_skips_packing_when_memory_is_short(tiny_model, monkeypatch):
+    monkeypatch.setattr(prepack, "MIN_PACKED_WIDTH", 64)
     needed = projection_bytes(list(tiny_model.language_model.model.layers))
     monkeypatch.setattr(prepack, "available_memory_bytes", lambda: needed)  # copy would take 100 %
     model = random_model("tiny", device="cpu", dtype=torch.float32)  # a model not packed yet
@@ -72,6 +82,7 @@ def test_unsupported_dtype_is_named():
 
 
 def test_failed_self_check_falls_back_or_refuses(monkeypatch, caplog):
+    monkeypatch.setattr(prepack, "MIN_PACKED_WIDTH", 64)
     monkeypatch.setattr(prepack, "_self_check", lambda linear, packed: "packed GEMM disagrees")
     model = random_model("tiny", device="cpu", dtype=torch.float32)
     with caplog.at_level(logging.WARNING, logger=prepack.__name__):
