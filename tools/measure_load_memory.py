@@ -70,7 +70,8 @@ def write_checkpoint(directory: Path, hidden: int, layers: int, intermediate: in
     make_tiny_checkpoint(directory, seed=0, preset=PRESET_NAME, dtype=torch.bfloat16, max_shard_bytes=shard)
 
 
-def measure_load(directory: Path, predict: bool, dtype_name: str, naive: bool) -> dict[str, Any]:
+def measure_load(directory: Path, predict: bool, dtype_name: str, naive: bool, prepack: bool = False
+                 ) -> dict[str, Any]:
     """Load the checkpoint in this (fresh) process and return the memory figures."""
     import torch
 
@@ -96,6 +97,16 @@ def measure_load(directory: Path, predict: bool, dtype_name: str, naive: bool) -
     figures = {"rss_before": rss_before, "peak_before": peak_before, "peak_after": peak_after,
                "rss_after": rss_after, "peak_touched": _peak_rss_bytes(), "loaded_bytes": loaded,
                "param_dtypes": dtypes, "load_seconds": seconds}
+    if prepack:  # the engine's CPU-prepacked copy of the decoder projections (cache/prepack.py)
+        from vla_cache_ros.cache.prepack import decoder_projections, projection_bytes
+
+        figures["rss_before_pack"] = _rss_bytes()
+        start = time.perf_counter()
+        decoder_projections(model.language_model, prepack=True)
+        figures["pack_seconds"] = time.perf_counter() - start
+        figures["rss_after_pack"] = _rss_bytes()
+        figures["peak_after_pack"] = _peak_rss_bytes()
+        figures["projection_bytes"] = projection_bytes(list(model.language_model.model.layers))
     if predict:
         import numpy as np
 
@@ -153,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run one predict_action and report the peak after it")
     parser.add_argument("--naive", action="store_true",
                         help="measure a naive loader instead (initialised modules + load_state_dict), for comparison")
+    parser.add_argument("--prepack", action="store_true",
+                        help="also build the engine's CPU-prepacked decoder weights and report what they add")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint afterwards")
     parser.add_argument("--child-write", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-load", action="store_true", help=argparse.SUPPRESS)
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         write_checkpoint(args.dir, args.hidden, args.layers, args.intermediate, args.shard_mb)
         return 0
     if args.child_load:
-        print(json.dumps(measure_load(args.dir, args.predict, args.dtype, args.naive)))
+        print(json.dumps(measure_load(args.dir, args.predict, args.dtype, args.naive, args.prepack)))
         return 0
 
     if args.dir.exists():
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               f"in {time.perf_counter() - start:.1f} s to {args.dir}")
         load_args = ["--child-load", "--dir", str(args.dir), "--dtype", args.dtype]
         load_args += (["--predict"] if args.predict else []) + (["--naive"] if args.naive else [])
+        load_args += ["--prepack"] if args.prepack else []
         figures = json.loads(_run_child(*load_args).strip().splitlines()[-1])
     finally:
         if not args.keep and args.dir.exists():
@@ -193,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(current {figures['rss_after'] / 1e9:.3f} GB), load took {figures['load_seconds']:.1f} s")
     print(f"peak after touching every weight: {figures['peak_touched'] / 1e9:.3f} GB")
     rows = [("the loader returned", figures["peak_after"]), ("every weight read", figures["peak_touched"])]
+    if "projection_bytes" in figures:
+        added = figures["rss_after_pack"] - figures["rss_before_pack"]
+        print(f"prepacked decoder copy: RSS +{added / 1e9:.3f} GB for {figures['projection_bytes'] / 1e9:.3f} GB "
+              f"of projection weights ({added / figures['projection_bytes']:.3f}x), "
+              f"packing took {figures['pack_seconds']:.1f} s, peak {figures['peak_after_pack'] / 1e9:.3f} GB")
     if "peak_predict" in figures:
         print(f"one predict_action took {figures['predict_seconds']:.1f} s, "
               f"peak after it {figures['peak_predict'] / 1e9:.3f} GB")

@@ -11,7 +11,7 @@ row-major layout is faster.
 The price is a second copy of the decoder's projection weights in memory. ``prepack=None``
 ("auto") packs only on CPU, for float32/bfloat16, when oneDNN is usable, for a hidden size of at
 least 512 (below that oneDNN's per-call overhead outweighs the saved copy: measured on the
-development VM, packed GEMMs were up to 1.8x slower at width 64 and broke even near 512), and
+development VM, packed GEMMs were up to 1.9x slower at width 64 and broke even near 512), and
 when the copy fits comfortably in the memory available; ``True`` demands it (and says why when it cannot);
 ``False`` never packs. Packs are made once per language model and shared by every engine on it.
 The stock transformers forward (``predict_action``) is never changed.
