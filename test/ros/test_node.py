@@ -97,6 +97,7 @@ def test_commands_out_at_control_rate(running: Peer, node: NodeProcess) -> None:
     assert values["actuation_enabled"] == "true" and values["inference_hz"] != "n/a"
     assert values["control_hz"] != "n/a" and values["latency_total_p95_ms"] != "n/a"
     assert values["instruction"] == "pick up the red cube"
+    assert "below 512" in values["decoder_weights"]  # the miniature decoder runs on plain weights
 
 
 def test_parameters_through_services_like_rqt(running: Peer, node: NodeProcess) -> None:

@@ -430,7 +430,8 @@ class VlaCacheNode(Node):
             cache_mode=self._policy.mode, target_ratio=self._policy.cache_ratio,
             last_error=last_error[0] if last_error else None,
             recent_warning=recent[0] if recent else None,
-            extra={"instruction": instruction, "command_interface": self._interface.value})
+            extra={"instruction": instruction, "command_interface": self._interface.value,
+                   "decoder_weights": self._policy.engine.projections.reason})
         return report
 
     def _on_diagnostics(self) -> None:
