@@ -13,7 +13,8 @@ The price is a second copy of the decoder's projection weights in memory. ``prep
 least 512 (below that oneDNN's per-call overhead outweighs the saved copy: measured on the
 development VM, packed GEMMs were up to 1.9x slower at width 64 and broke even near 512), and
 when the copy fits comfortably in the memory available; ``True`` demands it (and says why when it cannot);
-``False`` never packs. Packs are made once per language model and shared by every engine on it.
+``False`` never packs. Packs are made once per language model and shared by every engine on it;
+they are snapshots: weights changed in place afterwards would not reach them.
 The stock transformers forward (``predict_action``) is never changed.
 """
 from __future__ import annotations
