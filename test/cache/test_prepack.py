@@ -118,3 +118,12 @@ def test_parse_prepack(text, expected):
 def test_parse_prepack_rejects_other_words():
     with pytest.raises(ConfigurationError, match="must be one of auto, on, off, got 'yes'"):
         parse_prepack("yes")
+
+
+def test_missing_onednn_ops_are_named(monkeypatch):
+    monkeypatch.setattr(prepack, "REQUIRED_OPS", ("_linear_pointwise", "_no_such_packing_op"))
+    model = random_model("tiny", device="cpu", dtype=torch.float32)
+    projections = decoder_projections(model.language_model, prepack=False)
+    assert not projections.prepacked
+    with pytest.raises(ConfigurationError, match="lacks _no_such_packing_op"):
+        decoder_projections(model.language_model, prepack=True)

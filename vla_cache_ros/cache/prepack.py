@@ -37,6 +37,7 @@ PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 MIN_PACKED_WIDTH = 512  # "auto" packs only decoders at least this wide (see the module docstring)
 MEMORY_SHARE = 0.5  # "auto" packs only when the copy needs at most this share of available memory
 SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}  # relative, packed vs plain
+REQUIRED_OPS = ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported")
 PREPACK_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 
@@ -121,6 +122,14 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def _has_mkldnn_op(name: str) -> bool:
+    try:
+        getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def packing_obstacle(weight: torch.Tensor) -> str | None:
     """Why weights like ``weight`` cannot be prepacked here, or None when they can."""
     if weight.device.type != "cpu":
@@ -129,6 +138,9 @@ def packing_obstacle(weight: torch.Tensor) -> str | None:
         return f"dtype {str(weight.dtype).replace('torch.', '')} is not float32/bfloat16"
     if not torch.backends.mkldnn.is_available():
         return "this PyTorch build has no oneDNN (mkldnn)"
+    missing = [op for op in REQUIRED_OPS if not _has_mkldnn_op(op)]
+    if missing:
+        return f"this PyTorch build lacks {', '.join(missing)}"
     if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "this CPU has no oneDNN bfloat16 support"
     return None
@@ -202,7 +214,7 @@ def _pack(layers: list[nn.Module], demanded: bool) -> DecoderProjections:
             packed_layers.append(LayerProjections(**packed, activation=layer.mlp.act_fn))
         first = _linears(layers[0])["q"]
         mismatch = _self_check(first, packed_layers[0].q)
-    except RuntimeError as error:  # an op missing or refusing in this build
+    except (RuntimeError, AttributeError) as error:  # an op refusing these weights in this build
         mismatch = f"oneDNN refused the weights ({error})"
     if mismatch is None:
         LOG.info("decoder projection weights prepacked for CPU (%.2f GiB copy)", projection_bytes(layers) / 2**30)
