@@ -1,9 +1,9 @@
-"""Mode specs as typed on command lines."""
+"""Mode specs and the prepacking choice as typed on command lines and in configs."""
 from __future__ import annotations
 
 import pytest
 
-from vla_cache_ros.cache.modes import parse_mode_spec
+from vla_cache_ros.cache.modes import parse_mode_spec, parse_prepack
 from vla_cache_ros.errors import ConfigurationError
 
 
@@ -19,3 +19,13 @@ def test_mode_specs():
 def test_bad_mode_specs(spec, message):
     with pytest.raises(ConfigurationError, match=message):
         parse_mode_spec(spec)
+
+
+@pytest.mark.parametrize("text,expected", [("auto", None), ("on", True), ("OFF", False), (" on ", True)])
+def test_parse_prepack(text, expected):
+    assert parse_prepack(text) is expected
+
+
+def test_parse_prepack_rejects_other_words():
+    with pytest.raises(ConfigurationError, match="must be one of auto, on, off, got 'yes'"):
+        parse_prepack("yes")

@@ -11,7 +11,7 @@ from torch import nn
 
 from vla_cache_ros.cache import prepack
 from vla_cache_ros.cache.engine import KVReuseEngine
-from vla_cache_ros.cache.prepack import PackedLinear, decoder_projections, parse_prepack, projection_bytes
+from vla_cache_ros.cache.prepack import PackedLinear, decoder_projections, projection_bytes
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.tiny import random_model
 from vla_cache_ros.synthetic import SyntheticScene
@@ -108,16 +108,6 @@ def test_bfloat16_packed_prefill_agrees_with_plain(tiny_checkpoint):
     packed = packed_engine.prefill(embeddings, model.num_visual_tokens)
     scale = float(plain.last_logits.abs().max())
     assert float((packed.last_logits - plain.last_logits).abs().max()) < 0.05 * scale
-
-
-@pytest.mark.parametrize("text,expected", [("auto", None), ("on", True), ("OFF", False), (" on ", True)])
-def test_parse_prepack(text, expected):
-    assert parse_prepack(text) is expected
-
-
-def test_parse_prepack_rejects_other_words():
-    with pytest.raises(ConfigurationError, match="must be one of auto, on, off, got 'yes'"):
-        parse_prepack("yes")
 
 
 def test_missing_onednn_ops_are_named(monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vla_cache_ros.cache.modes import PREPACK_CHOICES, parse_prepack
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="default: float32 on cpu, bfloat16 on cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--unnorm-key", default="tiny_sim", help="norm_stats key for decoding actions")
-    parser.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
+    parser.add_argument("--prepack", choices=list(PREPACK_CHOICES), default="auto",
                         help="CPU: prepacked decoder weights for every mode, off included (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     parser.set_defaults(handler=_bench)
@@ -27,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from vla_cache_ros.cache.bench import run_bench
-    from vla_cache_ros.cache.prepack import parse_prepack
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     run_bench([m.strip() for m in args.models.split(",") if m.strip()], args.modes, args.steps, args.warmup,

@@ -1,6 +1,8 @@
-"""Cache-mode specs as users write them on command lines: ``off``, ``fixed:0.5``, ``vla_cache``.
+"""Cache settings as users write them: mode specs (``off``, ``fixed:0.5``, ``vla_cache``) and the
+CPU weight-prepacking choice (``auto`` / ``on`` / ``off``).
 
-One parser for the benchmark, the offline replay and the demo (light: no torch import).
+One parser each for the benchmark, the offline replay, the demo and the node (light: no torch
+import, so option parsing and parameter tables stay cheap).
 """
 from __future__ import annotations
 
@@ -19,3 +21,15 @@ def parse_mode_spec(spec: str) -> tuple[str, float]:
     if not 0.0 <= value <= 1.0:
         raise ConfigurationError(f"bad mode spec {spec!r}: the cache ratio must lie in [0, 1]")
     return name, value
+
+
+PREPACK_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
+def parse_prepack(text: str) -> bool | None:
+    """``auto`` / ``on`` / ``off`` -> the ``prepack`` argument of the engine: None / True / False."""
+    try:
+        return PREPACK_CHOICES[str(text).strip().lower()]
+    except KeyError:
+        raise ConfigurationError(
+            f"weight prepacking must be one of {', '.join(PREPACK_CHOICES)}, got {text!r}") from None

@@ -38,16 +38,6 @@ MIN_PACKED_WIDTH = 512  # "auto" packs only decoders at least this wide (see the
 MEMORY_SHARE = 0.5  # "auto" packs only when the copy needs at most this share of available memory
 SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}  # relative, packed vs plain
 REQUIRED_OPS = ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported")
-PREPACK_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
-
-
-def parse_prepack(text: str) -> bool | None:
-    """``auto`` / ``on`` / ``off`` (as in configs and command lines) -> None / True / False."""
-    try:
-        return PREPACK_CHOICES[str(text).strip().lower()]
-    except KeyError:
-        raise ConfigurationError(
-            f"weight prepacking must be one of {', '.join(PREPACK_CHOICES)}, got {text!r}") from None
 
 
 class PackedLinear(nn.Module):

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from vla_cache_ros.cache.modes import PREPACK_CHOICES
 from vla_cache_ros.control.actions import ActionConfig, ActionSemantics, CommandInterface
 from vla_cache_ros.control.controller import ControllerConfig, SafetyCommand
 from vla_cache_ros.control.gripper import GripperConfig
@@ -65,7 +66,7 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True),
     ParameterSpec("num_threads", "int", 0, "torch CPU threads (0: torch's default)",
                   read_only=True, minimum=0, maximum=256),
-    _choice("cpu_weight_prepack", "auto", ("auto", "on", "off"),
+    _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = where supported and the copy fits in memory"),
     # --- cache (live) ----------------------------------------------------------------------

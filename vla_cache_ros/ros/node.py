@@ -212,7 +212,7 @@ class VlaCacheNode(Node):
     def _load_policy(self, values: dict[str, Any]) -> Any:
         import torch
 
-        from vla_cache_ros.cache.prepack import parse_prepack
+        from vla_cache_ros.cache.modes import parse_prepack
         from vla_cache_ros.models.action_tokenizer import select_action_stats
         from vla_cache_ros.policy import CachedVLAPolicy
 
