@@ -68,7 +68,7 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True, minimum=0, maximum=256),
     _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
-            "auto = where supported and the copy fits in memory"),
+            "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
     # --- cache (live) ----------------------------------------------------------------------
     _choice("cache_mode", "fixed", CACHE_MODES,
             "visual-token cache mode; learned needs a trained cache policy", read_only=False),
