@@ -498,7 +498,13 @@ def command_values(message: Any, msgtype: str) -> np.ndarray:
 
 
 def decode_image(message: Any, msgtype: str) -> np.ndarray:
-    """A decoded Image or CompressedImage as an (H, W, 3) uint8 RGB array."""
+    """A decoded Image or CompressedImage as an (H, W, 3) uint8 RGB array.
+
+    The node's conversion is reused as is (:mod:`vla_cache_ros.ros.image_conversion`), so a
+    bag and a live camera obey one rule: 8-bit colour or mono only; depth, 16-bit and float
+    images (raw or compressed, e.g. ``16UC1; png compressed``) raise its
+    ``ImageConversionError``, a UserFacingError and ValueError.
+    """
     from vla_cache_ros.ros import image_conversion  # pure numpy/OpenCV, no rclpy
 
     if msgtype == COMPRESSED_IMAGE_TYPE:
@@ -593,6 +599,12 @@ class FrameReader:
     Only one frame is held back at a time (to see what follows it), so memory is bounded by one
     image whatever the bag's size. ``every`` keeps every n-th frame; ``max_frames`` stops early;
     ``start_ns``/``stop_ns`` restrict the bag-time window.
+
+    Images that are not 8-bit colour or mono (a depth camera's ``16UC1; png compressed``, float
+    depth, 16-bit colour) are never turned into frames: the first image message in the window
+    is decoded when the reader is made, so such a topic is refused before any model is loaded,
+    and a later frame that fails to decode ends the iteration. Both raise BagError naming the
+    topic, the frame and the image's format or encoding.
     """
 
     def __init__(
@@ -629,6 +641,29 @@ class FrameReader:
         self.start_ns = start_ns
         self.stop_ns = stop_ns
         self._image_count = bag.topics[self.topics.image].message_count
+        self._check_first_image()
+
+    def _check_first_image(self) -> None:
+        """Decode the first image message in the window; BagError if it cannot feed the policy."""
+        messages = self.bag.raw_messages([self.topics.image], self.start_ns, self.stop_ns)
+        try:
+            first = next(messages, None)
+        finally:
+            messages.close()  # releases the storage cursor at once
+        if first is not None:
+            self._decode(first, 0)
+
+    def _decode(self, raw: RawMessage, index: int) -> tuple[Any, np.ndarray]:
+        """The decoded message and its RGB image; BagError (one line) when it does not convert."""
+        message = self.bag.deserialize(raw)
+        try:
+            return message, decode_image(message, raw.msgtype)
+        except BagError:
+            raise
+        except (ValueError, TypeError) as error:
+            raise BagError(
+                f"cannot use image {index} on {raw.topic} in bag {self.bag.path}: {error}"
+            ) from None
 
     def __len__(self) -> int:
         """Number of frames iteration yields, from the bag index (exact when no time window is set)."""
@@ -636,15 +671,7 @@ class FrameReader:
         return count if self.max_frames is None else min(count, self.max_frames)
 
     def _finish(self, pending: _PendingFrame) -> Frame:
-        message = self.bag.deserialize(pending.raw)
-        try:
-            image = decode_image(message, pending.raw.msgtype)
-        except BagError:
-            raise
-        except (ValueError, TypeError) as error:
-            raise BagError(
-                f"cannot decode image {pending.index} on {pending.raw.topic} in bag {self.bag.path}: {error}"
-            ) from None
+        message, image = self._decode(pending.raw, pending.index)
         return Frame(
             index=pending.index,
             timestamp_ns=pending.raw.timestamp_ns,
