@@ -21,3 +21,16 @@ class ConfigurationError(UserFacingError):
 def one_line(error: object) -> str:
     """An exception's text on one line (library messages can span several; the CLI prints one)."""
     return " ".join(str(error).split())
+
+
+USER_TEXT_LIMIT = 200
+"""Characters of any user-supplied text (an instruction, a parameter value) that logs and
+/diagnostics show; a 1 MB instruction must not become a 1 MB log line."""
+
+
+def clip_text(text: str, limit: int = USER_TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was when cut."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"

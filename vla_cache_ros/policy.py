@@ -21,12 +21,20 @@ from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV
 from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
 from vla_cache_ros.cache.selectors import SelectionContext, Selector, make_selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
-from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.errors import ConfigurationError, clip_text
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
 
 BUILTIN_MODES = ("off", "fixed", "vla_cache")
 STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
 DEFAULT_MAX_TOKEN_AGE = 20
+CHARS_PER_TOKEN_BOUND = 16
+"""No Llama SentencePiece token spans more than 16 characters of ordinary text: an instruction
+longer than 16 characters per free context position cannot fit, and is refused before it is
+tokenised at all."""
+
+
+class InstructionError(ConfigurationError):
+    """An instruction is empty or does not fit in the model's context."""
 
 
 @dataclass
@@ -177,11 +185,46 @@ class CachedVLAPolicy:
             self._input_shape = image_shape
         return mode, ratio, max_age, reset
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Prompt tokens (BOS and the trailing 29871 included) that fit in the decoder's context
+        (``max_position_embeddings``) beside the visual tokens and the 7 action tokens."""
+        return int(self.model.llama_config.max_position_embeddings) - self.num_visual - ACTION_DIM
+
+    def check_instruction(self, instruction: str) -> int:
+        """Tokenise ``instruction`` (memoised) and return its prompt length in tokens.
+
+        Raises:
+            InstructionError: empty, or too long for the model's context (the message shows at
+                most ~200 characters of the text).
+        """
+        return int(self._prompt_ids(instruction).shape[-1])
+
     def _prompt_ids(self, instruction: str) -> torch.Tensor:
-        """Token ids of the prompt, tokenised once per instruction (it rarely changes)."""
-        if self._prompt_memo is None or self._prompt_memo[0] != instruction:
-            self._prompt_memo = (instruction, self.model.prompt_ids(instruction))
-        return self._prompt_memo[1]
+        """Token ids of the prompt, tokenised once per instruction (it rarely changes).
+
+        Raises:
+            InstructionError: see :meth:`check_instruction`.
+        """
+        memo = self._prompt_memo
+        if memo is not None and memo[0] == instruction:
+            return memo[1]
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InstructionError("instruction must be a non-empty string")
+        limit = self.max_prompt_tokens
+        if len(instruction) > CHARS_PER_TOKEN_BOUND * max(limit, 1):
+            raise InstructionError(
+                f"instruction of {len(instruction)} characters cannot fit in the model's context "
+                f"(room for {limit} prompt tokens): {clip_text(instruction)!r}")
+        ids = self.model.prompt_ids(instruction)
+        if ids.shape[-1] > limit:
+            raise InstructionError(
+                f"instruction is {ids.shape[-1]} prompt tokens, more than the {limit} that fit "
+                f"in the model's context ({self.model.llama_config.max_position_embeddings} "
+                f"positions, {self.num_visual} visual, {ACTION_DIM} action): "
+                f"{clip_text(instruction)!r}")
+        self._prompt_memo = (instruction, ids)
+        return ids
 
     @torch.no_grad()
     def step(self, image: np.ndarray, instruction: str, state: np.ndarray | None = None
@@ -251,4 +294,4 @@ class CachedVLAPolicy:
         return action, stats
 
 
-__all__ = ["CachedVLAPolicy", "StepStats", "StepFlops", "BUILTIN_MODES", "STAGES"]
+__all__ = ["CachedVLAPolicy", "InstructionError", "StepStats", "StepFlops", "BUILTIN_MODES", "STAGES"]

@@ -25,6 +25,7 @@ import torch
 
 from vla_cache_ros.cache.engine import KVReuseEngine
 from vla_cache_ros.cache.modes import parse_mode_spec
+from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.tiny import make_tiny_checkpoint, random_model
 from vla_cache_ros.models.vla import OpenVLA, load_vla
@@ -211,11 +212,9 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
               threads: int | None, out_dir: Path, unnorm_key: str | None,
               prepack: bool | None = None) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda requested but no CUDA device is available here")
-    if threads:
-        torch.set_num_threads(threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    resolve_device(device)
+    set_cpu_threads(threads)
+    dtype = resolve_dtype(dtype_name)
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     if not mode_list or parse_mode_spec(mode_list[0])[0] != "off":
         raise ConfigurationError("the first mode must be 'off' (the baseline every ratio is measured against)")

@@ -215,16 +215,15 @@ def summarise(
 
 def _build_policies(options: ReplayOptions, specs: list[tuple[str, str, float]]) -> tuple[dict[str, Any], Path]:
     """One CachedVLAPolicy per mode, all on one model; also returns the model directory."""
-    import torch
 
     from vla_cache_ros.policy import CachedVLAPolicy
 
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda requested but no CUDA device is available here")
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
+
+    resolve_device(options.device)
+    set_cpu_threads(options.threads)
     dtype_name = options.dtype or ("bfloat16" if options.device.startswith("cuda") else "float32")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    dtype = resolve_dtype(dtype_name)
     model_path, unnorm_key = _resolve_model(options)
     first_spec, first_mode, first_ratio = specs[0]
     first = CachedVLAPolicy.from_pretrained(

@@ -12,12 +12,19 @@ diagnostics timer (steady clock, ~1 Hz) publishes /diagnostics even when sim tim
 
 Topics (relative names, remap as needed):
   in:  image (sensor_msgs/Image or CompressedImage, see image_type), joint_states,
-       instruction (std_msgs/String, transient local), ee_pose (geometry_msgs/PoseStamped,
-       used for the workspace box with ee_twist)
+       instruction (std_msgs/String; both a latched message published before the node started
+       and volatile publishers such as ``ros2 topic pub`` reach it), ee_pose
+       (geometry_msgs/PoseStamped, used for the workspace box with ee_twist)
   out: joint_trajectory | joint_commands | twist_cmd (per command_interface), gripper_command
        (std_msgs/Float64MultiArray) -- only when enable_actuation is true;
        ~/preview/<same names> (always: what is or would be sent), ~/cache_ratio and
        ~/inference_latency_ms (std_msgs/Float32, per step), /diagnostics.
+
+Nothing the node receives or computes can stop it: every callback and the worker loop catch
+what escapes them, log it once (each severity from its own call site, as rclpy requires), show
+it on /diagnostics, fault the watchdog (so the safety command goes out) and carry on; the next
+good observation recovers. Start-up checks every parameter, the device and the statistics key
+before any weight is read, then runs one warm-up step before reporting ready.
 """
 from __future__ import annotations
 
@@ -26,8 +33,9 @@ import re
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
@@ -48,10 +56,11 @@ from vla_cache_ros.control.actions import ArmCommand, CommandInterface
 from vla_cache_ros.control.controller import CAMERA, EE_POSE, JOINT_STATES, Controller
 from vla_cache_ros.control.diagnostics import build_status, one_line
 from vla_cache_ros.control.observation import LatestObservation
+from vla_cache_ros.control.parameter_types import coerce_parameter
 from vla_cache_ros.control.telemetry import Telemetry
 from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogState
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import ConfigurationError, UserFacingError, clip_text
 from vla_cache_ros.ros.image_conversion import compressed_image_to_rgb, image_to_rgb
 from vla_cache_ros.ros.process import run_node
 
@@ -63,6 +72,9 @@ COMMAND_TOPICS = {
 }
 GRIPPER_TOPIC = "gripper_command"
 RECENT_ERROR_S = 5.0
+LOG_REPEAT_S = 10.0  # an unchanged problem is logged again at most this often, with a count
+MESSAGE_LIMIT = 600  # characters of any one log line / diagnostics value built from inputs
+WARM_UP_INSTRUCTION = "pick up the object"
 PARAMETER_TYPES = {
     "bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
     "string": Parameter.Type.STRING, "double_array": Parameter.Type.DOUBLE_ARRAY,
@@ -71,11 +83,28 @@ PARAMETER_TYPES = {
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+VOLATILE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
 
 
 def stamp_seconds(stamp: Any) -> float:
     """builtin_interfaces/Time -> float seconds."""
     return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def check_model_path(value: Any) -> str:
+    """The checkpoint directory from the ``model_path`` parameter, checked before any heavy import.
+
+    Raises:
+        ConfigurationError: empty, or not a directory.
+    """
+    model_path = os.path.expanduser(str(value))
+    if not model_path:
+        raise ConfigurationError("parameter model_path is required (an OpenVLA-format "
+                                 "checkpoint directory; `vla-cache make-tiny DIR` makes one)")
+    if not Path(model_path).is_dir():
+        raise ConfigurationError(f"model_path {clip_text(repr(model_path))} is not a directory")
+    return model_path
 
 
 def descriptor_for(spec: settings.ParameterSpec) -> ParameterDescriptor:
@@ -102,37 +131,57 @@ class VlaCacheNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         self._declare_parameters()
         values = self._parameter_values()
+        model_path = check_model_path(values["model_path"])  # before any heavy import
         self._controller = Controller(settings.controller_config(values))
         self._interface = self._controller.config.action.interface
         self._telemetry = Telemetry(int(values["telemetry_window"]))
         self._slot = LatestObservation()
         self._state_lock = threading.Lock()
-        self._instruction = str(values["instruction"]).strip()
+        self._instruction = ""
         self._actuation = bool(values["enable_actuation"])
         self._log_status = bool(values["log_status"])
         self._send_safety_once = False
         self._last_error: tuple[str, float] | None = None  # (message, monotonic time)
-        self._logged: dict[str, tuple[str, float]] = {}  # throttle key -> (message, time)
+        self._logged: dict[str, tuple[str, float, int]] = {}  # key -> (shape, time, repeats)
         self._closing = False
-        self._policy = self._load_policy(values)
+        self._policy = self._load_policy(model_path, values)
+        if str(values["instruction"]).strip():
+            self._set_instruction(str(values["instruction"]), source="parameter")  # may raise
 
         self._create_publishers(values)
         self._create_subscriptions(values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         rate = float(values["control_rate_hz"])
-        self._control_timer = self.create_timer(1.0 / rate, self._on_control_tick)
+        self._control_timer = self.create_timer(1.0 / rate,
+                                                self._guarded("control tick", self._on_control_tick))
         self._diagnostics_timer = self.create_timer(
-            1.0, self._on_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+            1.0, self._guarded("diagnostics", self._on_diagnostics),
+            clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._worker = threading.Thread(target=self._inference_loop, name="vla_inference",
                                         daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: model {values['model_path']}, mode {self._policy.mode} "
+            f"ready: model {model_path}, mode {self._policy.mode} "
             f"ratio {self._policy.cache_ratio:g}, interface {self._interface.value}, "
             f"actuation {'ENABLED' if self._actuation else 'disabled (dry run)'}")
 
     # ------------------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
+        """Declare every parameter with its descriptor, after checking the params-file values.
+
+        rclpy would raise on an integer written for a double (and accept NaN within a range);
+        the values given on the command line / in params files are checked and converted first,
+        so users may write ``cache_ratio: 1`` and get one clear line for ``cache_ratio: "0.5"``.
+
+        Raises:
+            ConfigurationError: a given value of the wrong type, out of range, or not finite.
+        """
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy's parsed --ros-args values
+        for spec in settings.NODE_PARAMETERS:
+            given = overrides.get(spec.name)
+            if given is not None and given.type_ is not Parameter.Type.NOT_SET:
+                overrides[spec.name] = Parameter(spec.name, PARAMETER_TYPES[spec.kind],
+                                                 coerce_parameter(spec, given.value))
         for spec in settings.NODE_PARAMETERS:
             descriptor = descriptor_for(spec)
             if spec.kind.endswith("_array"):
@@ -157,20 +206,35 @@ class VlaCacheNode(Node):
         return values
 
     def _on_set_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
+        """rclpy's on-set callback: validate, then apply; an unexpected error refuses the change
+        (an exception here would reach the executor and end the process)."""
+        try:
+            return self._apply_parameters(parameters)
+        except Exception as error:  # noqa: BLE001 - the node must stay up whatever happens
+            self._internal_error("parameter change", error)
+            return SetParametersResult(successful=False, reason=clip_text(
+                f"internal error: {type(error).__name__}: {error}", MESSAGE_LIMIT))
+
+    def _apply_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
         changes = {}
-        for parameter in parameters:
-            spec = settings.SPECS.get(parameter.name)
-            if spec is None:
-                continue  # e.g. use_sim_time: rclpy's own parameters
-            value = parameter.value
-            changes[parameter.name] = list(value) if spec.kind.endswith("_array") else value
+        try:
+            for parameter in parameters:
+                spec = settings.SPECS.get(parameter.name)
+                if spec is None:
+                    continue  # e.g. use_sim_time: rclpy's own parameters
+                value = parameter.value
+                changes[parameter.name] = coerce_parameter(
+                    spec, list(value) if spec.kind.endswith("_array") else value)
+        except ConfigurationError as error:
+            return self._refuse_change(str(error))
         if not changes:
             return SetParametersResult(successful=True)
         reason = settings.check_change(self._parameter_values(), changes,
                                        self._policy.available_modes())
+        if reason is None and "instruction" in changes:
+            reason = self._instruction_problem(str(changes["instruction"]))
         if reason is not None:
-            self.get_logger().warning(f"parameter change refused: {reason}")
-            return SetParametersResult(successful=False, reason=reason)
+            return self._refuse_change(reason)
         merged = {**self._parameter_values(), **changes}
         try:
             self._controller.update(limits=settings.safety_limits(merged),
@@ -192,6 +256,19 @@ class VlaCacheNode(Node):
             self._log_status = bool(changes["log_status"])
         return SetParametersResult(successful=True)
 
+    def _refuse_change(self, reason: str) -> SetParametersResult:
+        reason = clip_text(reason, MESSAGE_LIMIT)
+        self._warn("parameters", f"parameter change refused: {reason}")
+        return SetParametersResult(successful=False, reason=reason)
+
+    def _instruction_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot be the instruction (None if it can)."""
+        try:
+            self._policy.check_instruction(text.strip())
+        except UserFacingError as error:
+            return str(error)
+        return None
+
     def _set_actuation(self, enabled: bool) -> None:
         with self._state_lock:
             if self._actuation and not enabled:
@@ -200,42 +277,60 @@ class VlaCacheNode(Node):
         self.get_logger().warning(f"actuation {'ENABLED' if enabled else 'disabled (dry run)'}")
 
     def _set_instruction(self, text: str, source: str) -> None:
+        """Adopt a (checked) instruction; a new one starts a new episode.
+
+        Raises:
+            InstructionError: empty or too long for the model's context.
+        """
         text = text.strip()
+        self._policy.check_instruction(text)
         with self._state_lock:
             changed = text != self._instruction
             self._instruction = text
         if changed:
             self._policy.reset()  # a new task is a new episode
-            self.get_logger().info(f"instruction ({source}): {text!r}")
+            self.get_logger().info(f"instruction ({source}): {clip_text(repr(text))}")
 
     # ------------------------------------------------------------------------------ setup
-    def _load_policy(self, values: dict[str, Any]) -> Any:
-        import torch
+    def _load_policy(self, model_path: str, values: dict[str, Any]) -> Any:
+        """Check device, dtype and statistics key, then load the weights and warm up.
 
+        Raises:
+            UserFacingError: any of them unusable (nothing heavy has been loaded then).
+        """
         from vla_cache_ros.cache.modes import parse_prepack
+        from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
         from vla_cache_ros.models.action_tokenizer import select_action_stats
+        from vla_cache_ros.models.config import load_config
         from vla_cache_ros.policy import CachedVLAPolicy
 
-        model_path = os.path.expanduser(str(values["model_path"]))
-        if not model_path:
-            raise InvalidInputError("parameter model_path is required (an OpenVLA-format "
-                                    "checkpoint directory; `vla-cache make-tiny DIR` makes one)")
-        if not Path(model_path).is_dir():
-            raise InvalidInputError(f"model_path {model_path!r} is not a directory")
-        if int(values["num_threads"]) > 0:
-            torch.set_num_threads(int(values["num_threads"]))
+        device = resolve_device(str(values["device"]))
+        dtype = resolve_dtype(str(values["dtype"]))
         unnorm_key = str(values["unnorm_key"]) or None
-        self.get_logger().info(f"loading {model_path} on {values['device']} ...")
+        select_action_stats(load_config(Path(model_path)).norm_stats, unnorm_key)
+        set_cpu_threads(int(values["num_threads"]))
+        self.get_logger().info(f"loading {model_path} on {device} ...")
         policy = CachedVLAPolicy.from_pretrained(
             model_path, mode="off", cache_ratio=float(values["cache_ratio"]),
-            unnorm_key=unnorm_key, device=str(values["device"]),
-            dtype=getattr(torch, str(values["dtype"])), center_crop=bool(values["center_crop"]),
+            unnorm_key=unnorm_key, device=str(device), dtype=dtype,
+            center_crop=bool(values["center_crop"]),
             prepack=parse_prepack(str(values["cpu_weight_prepack"])))
         self.get_logger().info(f"decoder weights: {policy.engine.projections.reason}")
-        select_action_stats(policy.model.config.norm_stats, unnorm_key)  # fail now, not later
         policy.set_mode(str(values["cache_mode"]))
         policy.set_max_token_age(int(values["max_token_age"]))
+        self._warm_up(policy)
         return policy
+
+    def _warm_up(self, policy: Any) -> None:
+        """One untimed step on a blank frame, so the first real step is not the slow one
+        (lazy initialisation, allocator growth) that trips the watchdog; then a fresh episode."""
+        import numpy as np
+
+        start = time.monotonic()
+        size = policy.model.config.image_sizes[0]
+        policy.step(np.full((size, size, 3), 127, dtype=np.uint8), WARM_UP_INSTRUCTION)
+        policy.reset()
+        self.get_logger().info(f"warm-up step took {time.monotonic() - start:.2f} s")
 
     def _create_publishers(self, values: dict[str, Any]) -> None:
         topic, message_type = COMMAND_TOPICS[self._interface]
@@ -256,43 +351,101 @@ class VlaCacheNode(Node):
 
     def _create_subscriptions(self, values: dict[str, Any]) -> None:
         if values["image_type"] == "compressed":
-            self.create_subscription(CompressedImage, "image", self._on_compressed_image,
-                                     qos_profile_sensor_data)
+            self._subscribe(CompressedImage, "image", self._on_compressed_image,
+                            qos_profile_sensor_data)
         else:
-            self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
-        self.create_subscription(JointState, "joint_states", self._on_joint_state,
-                                 qos_profile_sensor_data)
-        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+            self._subscribe(Image, "image", self._on_image, qos_profile_sensor_data)
+        self._subscribe(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data)
+        # A transient-local subscription receives a latched instruction published before the
+        # node started but cannot match volatile publishers (``ros2 topic pub`` since Jazzy, a
+        # plain create_publisher(String, ..., 10)); a volatile one matches both. Both listen;
+        # a latched message arriving twice is the same instruction and changes nothing.
+        self._subscribe(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self._subscribe(String, "instruction", self._on_instruction, VOLATILE_QOS)
         if self._interface is CommandInterface.EE_TWIST:
-            self.create_subscription(PoseStamped, "ee_pose", self._on_ee_pose,
-                                     qos_profile_sensor_data)
+            self._subscribe(PoseStamped, "ee_pose", self._on_ee_pose, qos_profile_sensor_data)
 
     # -------------------------------------------------------------------------- callbacks
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _report(self, key: str, message: str, error: bool = False) -> None:
-        """Record ``message`` as the last error and log it: at once when it is new for ``key``
-        (numbers aside), else at most every 2 s (a bad camera stream must not flood the log)."""
+    def _throttled(self, key: str, message: str) -> str | None:
+        """Record ``message`` as the last error; return the line to log, or None to stay quiet.
+
+        A problem is logged at once when it is new for ``key`` (numbers aside); the same one
+        again only every LOG_REPEAT_S, saying how often it recurred (a bad camera stream or a
+        failing model must not flood the log, but must not vanish either).
+        """
+        message = clip_text(message, MESSAGE_LIMIT)
         now = time.monotonic()
         shape = re.sub(r"\d+(\.\d+)?", "#", message)  # same message, other numbers
         with self._state_lock:
             self._last_error = (message, now)
-            previous = self._logged.get(key)
-            if previous is not None and previous[0] == shape and now - previous[1] < 2.0:
-                return
-            self._logged[key] = (shape, now)
-        (self.get_logger().error if error else self.get_logger().warning)(message)
+            shape_before, logged_at, repeats = self._logged.get(key, ("", -LOG_REPEAT_S, 0))
+            if shape_before == shape and now - logged_at < LOG_REPEAT_S:
+                self._logged[key] = (shape, logged_at, repeats + 1)
+                return None
+            self._logged[key] = (shape, now, 0)
+        return message + (f" (and {repeats} more like it)" if shape_before == shape and repeats
+                          else "")
+
+    # rclpy refuses a severity change at one call site: each severity has its own call site.
+    def _warn(self, key: str, message: str) -> None:
+        line = self._throttled(key, message)
+        if line is not None:
+            self.get_logger().warning(line)
+
+    def _error(self, key: str, message: str) -> None:
+        line = self._throttled(key, message)
+        if line is not None:
+            self.get_logger().error(line)
 
     def _reject(self, kind: str, error: Exception) -> None:
         self._telemetry.record_rejected(kind)
-        self._report(kind, f"rejected {kind}: {error}")
+        self._warn(kind, f"rejected {kind}: {error}")
+
+    def _guarded(self, where: str, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback`` that never raises into the executor (which would end the process)."""
+        def run(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as error:  # noqa: BLE001 - the node must stay up whatever happens
+                self._internal_error(where, error)
+        return run
+
+    def _internal_error(self, where: str, error: BaseException) -> None:
+        """Something escaped a callback or the worker: a bug or an unforeseen input. Log it with
+        its traceback (once per kind), fault the watchdog so the safety command goes out, and
+        keep serving."""
+        reason = clip_text(f"internal error in {where}: {type(error).__name__}: {error}",
+                           MESSAGE_LIMIT)
+        try:
+            self._controller.force_fault(reason, self._now())
+        except Exception:  # noqa: BLE001 - reporting must not fail too
+            pass
+        key = f"internal:{where}:{type(error).__name__}"
+        first = key not in self._logged
+        self._error(key, reason)
+        if first:  # the traceback once per kind: enough to file a bug, not a flood
+            self.get_logger().error("".join(traceback.format_exception(error)).rstrip())
+        if where == "control tick":  # the tick that would send the safety command failed
+            try:
+                with self._state_lock:
+                    actuate = self._actuation
+                self._publish(self._controller.safety_command(), None, actuate)
+            except Exception:  # noqa: BLE001 - nothing more can be done from here
+                pass
 
     def _on_image(self, msg: Image) -> None:
         self._store_frame(msg, image_to_rgb)
 
     def _on_compressed_image(self, msg: CompressedImage) -> None:
         self._store_frame(msg, compressed_image_to_rgb)
+
+    def _subscribe(self, message_type: Any, topic: str, callback: Callable[[Any], None],
+                   qos: Any) -> None:
+        self.create_subscription(message_type, topic, self._guarded(f"{topic} callback", callback),
+                                 qos)
 
     def _store_frame(self, msg: Any, convert: Any) -> None:
         now = self._now()
@@ -327,40 +480,54 @@ class VlaCacheNode(Node):
             self._reject("instruction", InvalidInputError("instruction message is empty; "
                                                           "keeping the previous instruction"))
             return
-        self._set_instruction(msg.data, source="topic")
+        try:
+            self._set_instruction(msg.data, source="topic")
+        except UserFacingError as error:
+            self._reject("instruction", InvalidInputError(
+                f"{error}; keeping the previous instruction"))
 
     # -------------------------------------------------------------------------- inference
     def _inference_loop(self) -> None:
-        """Worker thread: run the policy on each new frame, newest first."""
+        """Worker thread: run the policy on each new frame, newest first. Never exits before
+        shutdown: whatever one step raises is a fault for that step, not the end of the worker."""
         while not self._closing:
-            observation = self._slot.take(timeout_s=0.2)
-            if observation is None:
-                continue
-            with self._state_lock:
-                instruction = self._instruction
-            if not instruction or self._controller.waiting_for():
-                continue  # not ready: frames are dropped, not queued
-            self._controller.on_step_started(self._now())
             try:
-                action, stats = self._policy.step(observation.image, instruction)
-            except Exception as error:  # noqa: BLE001 - any inference failure is a fault
-                reason = f"inference failed: {type(error).__name__}: {error}"
-                self._controller.on_step_error(reason, self._now())
-                self._report("inference", reason, error=True)
-                continue
-            now = self._now()
-            outcome = self._controller.on_step_result(action, observation.stamp_s,
-                                                      observation.received_s, now)
-            if not outcome.accepted:
-                self._report("step", f"step not used: {outcome.reason}")
-            self._telemetry.record_step(
-                now, stats.times_s, mode=stats.mode, target_ratio=stats.target_ratio,
-                actual_ratio=stats.actual_ratio, reused_tokens=stats.reused_tokens,
-                recomputed_tokens=stats.recomputed_tokens, flops=stats.flops,
-                flops_uncached=stats.flops_uncached)
-            if not self._closing:
-                self._ratio_pub.publish(Float32(data=float(stats.actual_ratio)))
-                self._latency_pub.publish(Float32(data=float(stats.times_s["total"] * 1000.0)))
+                self._serve_one()
+            except Exception as error:  # noqa: BLE001 - the worker must outlive any one step
+                self._internal_error("inference worker", error)
+                time.sleep(0.05)  # a failure before take() must not spin the CPU
+
+    def _serve_one(self) -> None:
+        """Take the newest frame (waiting up to 0.2 s) and run one step on it."""
+        observation = self._slot.take(timeout_s=0.2)
+        if observation is None:
+            return
+        with self._state_lock:
+            instruction = self._instruction
+        if not instruction or self._controller.waiting_for():
+            return  # not ready: frames are dropped, not queued
+        self._controller.on_step_started(self._now())
+        try:
+            action, stats = self._policy.step(observation.image, instruction)
+        except Exception as error:  # noqa: BLE001 - any inference failure is a fault
+            reason = clip_text(f"inference failed: {type(error).__name__}: {error}",
+                               MESSAGE_LIMIT)
+            self._controller.on_step_error(reason, self._now())
+            self._error("inference", reason)
+            return
+        now = self._now()
+        outcome = self._controller.on_step_result(action, observation.stamp_s,
+                                                  observation.received_s, now)
+        if not outcome.accepted:
+            self._warn("step", f"step not used: {outcome.reason}")
+        self._telemetry.record_step(
+            now, stats.times_s, mode=stats.mode, target_ratio=stats.target_ratio,
+            actual_ratio=stats.actual_ratio, reused_tokens=stats.reused_tokens,
+            recomputed_tokens=stats.recomputed_tokens, flops=stats.flops,
+            flops_uncached=stats.flops_uncached)
+        if not self._closing:
+            self._ratio_pub.publish(Float32(data=float(stats.actual_ratio)))
+            self._latency_pub.publish(Float32(data=float(stats.times_s["total"] * 1000.0)))
 
     # ---------------------------------------------------------------------------- output
     def _on_control_tick(self) -> None:
@@ -430,7 +597,8 @@ class VlaCacheNode(Node):
             cache_mode=self._policy.mode, target_ratio=self._policy.cache_ratio,
             last_error=last_error[0] if last_error else None,
             recent_warning=recent[0] if recent else None,
-            extra={"instruction": instruction, "command_interface": self._interface.value,
+            extra={"instruction": clip_text(instruction),
+                   "command_interface": self._interface.value,
                    "decoder_weights": self._policy.engine.projections.reason})
         return report
 

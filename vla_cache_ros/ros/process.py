@@ -7,17 +7,20 @@ down. A configuration error the user can fix prints one line and exits with code
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import UserFacingError, one_line
 from vla_cache_ros.subprocesses import sigterm_as_keyboard_interrupt
 
 
@@ -35,9 +38,26 @@ def _stop(node: Node) -> None:
         node.destroy_node()
 
 
+def restore_sigint() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt, even if SIGINT was inherited as ignored (only the
+    main thread may install handlers; elsewhere this does nothing)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None = None) -> int:
-    """Create the node with ``factory`` and spin it until Ctrl-C / SIGTERM; returns the exit code."""
-    rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
+    """Create the node with ``factory`` and spin it until Ctrl-C / SIGTERM; returns the exit code.
+
+    Exit codes: 0 after Ctrl-C / SIGTERM, 2 for a configuration error (one line on stderr), 1 for
+    a bug (traceback).
+    """
+    restore_sigint()
+    try:
+        rclpy.init(args=list(args) if args is not None else None,
+                   signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as error:  # rclpy's RCLError: e.g. a params file that is not valid YAML
+        print(f"{name}: error: bad --ros-args: {one_line(error)}", file=sys.stderr)
+        return 2
     with sigterm_as_keyboard_interrupt():
         return _spin_until_stopped(factory, name)
 
@@ -60,8 +80,8 @@ def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
         # response): pybind11 re-raises it as a SystemError caused by the KeyboardInterrupt.
         if not isinstance(error.__cause__, KeyboardInterrupt):
             raise
-    except (UserFacingError, ValueError) as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
+    except (UserFacingError, ParameterException) as error:
+        print(f"{name}: error: {one_line(error)}", file=sys.stderr)
         code = 2
     finally:
         if node is not None:
@@ -78,6 +98,7 @@ def ros_session(node_name: str, use_sim_time: bool = False) -> Iterator[Node]:
     rclpy's own SIGINT handler is not installed: Ctrl-C raises KeyboardInterrupt in the main
     thread, and SIGTERM is turned into the same, so callers have one clean shutdown path.
     """
+    restore_sigint()
     with sigterm_as_keyboard_interrupt():
         context = rclpy.Context()
         rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)

@@ -1,0 +1,195 @@
+"""Start-up and shutdown of the node process: configuration errors are one line with exit code 2
+(never an rclpy traceback), numbers are accepted as users write them in YAML, cheap checks come
+before expensive ones, and Ctrl-C works even when SIGINT was inherited as ignored.
+
+Each failing start is a real ``vla_cache_node`` process with a real params file; it exits before
+loading any weight, so these tests are fast.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+from std_msgs.msg import Float64MultiArray
+
+from test.ros.node_harness import (JOINTS, MEASURED, REPO, Peer, make_checkpoint, positions,
+                                   start_node, wait_until)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[Peer]:
+    peer = Peer("vla_test_peer_startup")
+    yield peer
+    peer.close()
+
+
+def expect_one_line_exit_2(parameters: dict, fragment: str, tmp_path: Path,
+                           params_files: list[Path] = ()) -> str:
+    node = start_node("vla_startup_bad", parameters, params_files=params_files,
+                      workdir=tmp_path)
+    wait_until(lambda: not node.alive(), 60, "the node to exit", node.log)
+    code, log = node.stop()
+    assert code == 2, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("vla_cache_node: error: ") and fragment in last, last
+    return last
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("0.5", "parameter cache_ratio: got '0.5' (str), expected a number"),
+    (float("inf"), "parameter cache_ratio: got inf, expected a finite number"),
+    (float("nan"), "parameter cache_ratio: got nan, expected a finite number"),
+    (True, "parameter cache_ratio: got True (bool), expected a number"),
+    (1.5, "parameter cache_ratio: got 1.5, expected a value in [0, 1]"),
+])
+def test_bad_number_in_params_file(value: object, fragment: str, checkpoint: Path,
+                                   tmp_path: Path) -> None:
+    expect_one_line_exit_2({"model_path": str(checkpoint), "cache_ratio": value}, fragment,
+                           tmp_path)
+
+
+def test_out_of_range_rate_and_bad_lists(checkpoint: Path, tmp_path: Path) -> None:
+    expect_one_line_exit_2({"model_path": str(checkpoint), "control_rate_hz": 2000.0},
+                           "parameter control_rate_hz: got 2000, expected a value in [1, 1000]",
+                           tmp_path)
+    expect_one_line_exit_2({"model_path": str(checkpoint), "joint_upper_limits": ["1", "2"]},
+                           "parameter joint_upper_limits: got ['1', '2'] (list), expected a list "
+                           "of numbers", tmp_path)
+    expect_one_line_exit_2({"model_path": str(checkpoint), "max_token_age": 2.5},
+                           "parameter max_token_age: got 2.5 (float), expected an integer",
+                           tmp_path)
+
+
+def test_yaml_syntax_error_in_params_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("/**:\n  ros__parameters:\n    cache_ratio: [0.5,\n")
+    expect_one_line_exit_2({}, "Couldn't parse params file", tmp_path, params_files=[broken])
+
+
+def test_missing_model_path_reported_before_heavy_imports() -> None:
+    """The check runs before torch is imported (which alone takes seconds)."""
+    script = (
+        "import sys, rclpy\n"
+        "from vla_cache_ros.errors import UserFacingError\n"
+        "from vla_cache_ros.ros.node import VlaCacheNode\n"
+        "rclpy.init()\n"
+        "try:\n"
+        "    VlaCacheNode()\n"
+        "except UserFacingError as error:\n"
+        "    print('ERROR', error)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert "ERROR parameter model_path is required" in result.stdout, result.stderr
+    assert "torch imported: False" in result.stdout
+
+
+def test_device_without_gpu_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    # cuda:63 exists on no machine, so this holds on GPU machines too.
+    expect_one_line_exit_2({"model_path": str(checkpoint), "unnorm_key": "tiny_sim",
+                            "device": "cuda:63"}, "device 'cuda:63' requested", tmp_path)
+    expect_one_line_exit_2({"model_path": str(checkpoint), "device": "gpu0"},
+                           "device 'gpu0' is not a torch device name", tmp_path)
+
+
+def test_unnorm_key_checked_before_weights(checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint whose weights are unreadable: the statistics key is still what is reported,
+    so it was checked without reading a weight."""
+    broken = tmp_path / "broken_weights"
+    broken.mkdir()
+    for item in checkpoint.iterdir():
+        target = broken / item.name
+        if item.suffix == ".safetensors":
+            target.write_bytes(b"not a safetensors file")
+        elif item.is_file():
+            target.write_bytes(item.read_bytes())
+    expect_one_line_exit_2({"model_path": str(broken), "unnorm_key": "bridge_orig"},
+                           "unknown unnorm_key 'bridge_orig'", tmp_path)
+
+
+def test_whole_numbers_accepted_for_doubles(checkpoint: Path, peer: Peer, tmp_path: Path) -> None:
+    """``cache_ratio: 1`` and integer joint limits, as users write YAML, start the node."""
+    config = tmp_path / "integers.yaml"
+    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "cache_ratio": 1, "max_obs_age_s": 2, "joint_lower_limits": [-3] * 6,
+        "joint_upper_limits": [3] * 6, "workspace_min": [-1, -1, 0], "workspace_max": [1, 1, 2],
+    }}}))
+    assert "cache_ratio: 1\n" in config.read_text()  # really an integer in the file
+    name = "vla_startup_ints"
+    node = start_node(name, {"model_path": str(checkpoint), "unnorm_key": "tiny_sim",
+                             "num_threads": 1, "command_interface": "joint_trajectory",
+                             "action_semantics": "joint_delta", "joint_names": JOINTS},
+                      params_files=[config], workdir=tmp_path)
+    try:
+        status = peer.wait_status(name, lambda s, v: "target_ratio" in v, 60,
+                                  "diagnostics from the node", node)
+        values = {kv.key: kv.value for kv in status.values}
+        assert values["target_ratio"] == "1.000"
+    finally:
+        code, log = node.stop()
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+
+
+def test_warm_up_runs_before_ready(checkpoint: Path, tmp_path: Path) -> None:
+    name = "vla_startup_warm"
+    node = start_node(name, {"model_path": str(checkpoint), "unnorm_key": "tiny_sim",
+                             "num_threads": 1}, workdir=tmp_path)
+    try:
+        wait_until(lambda: "ready:" in node.log(), 60, "ready", node.log)
+    finally:
+        code, log = node.stop()
+    assert code == 0, log[-3000:]
+    assert log.index("warm-up step took") < log.index("ready:")
+
+
+def test_sigint_works_when_inherited_as_ignored(checkpoint: Path, peer: Peer,
+                                                tmp_path: Path) -> None:
+    """A background job from a non-interactive shell starts with SIGINT ignored; the node must
+    still stop on it and send its safety command."""
+    name = "vla_startup_sigint"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "model_path": str(checkpoint), "unnorm_key": "tiny_sim", "num_threads": 1,
+        "command_interface": "joint_positions", "action_semantics": "joint_delta",
+        "joint_names": JOINTS, "enable_actuation": True, "max_obs_age_s": 1.0,
+        "max_inference_s": 10.0, "instruction": "pick up the red cube"}}}))
+    commands = peer.record("/joint_commands", Float64MultiArray)
+    log_path = tmp_path / "node.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vla_cache_ros.ros.node", "--ros-args", "-r",
+             f"__node:={name}", "--params-file", str(params)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        peer.camera_on = peer.joints_on = True
+        start = time.monotonic()
+        wait_until(lambda: len(commands.since(start)) >= 3, 60, "commands",
+                   lambda: log_path.read_text(errors="replace"))
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        peer.camera_on = peer.joints_on = False
+    text = log_path.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "shutdown: safety command sent" in text
+    time.sleep(0.3)
+    last = commands.since(start)[-1]
+    assert list(positions(last)) == MEASURED  # the hold: measured joints
