@@ -6,6 +6,9 @@
 
 ``model_path`` and ``command_interface`` override the config file only when given. The topic
 defaults are those of the usual ros2_control / MoveIt Servo setup (and of ``sim_arm_node``).
+``ros2 launch`` silently ignores arguments a launch file does not declare, so a misspelt one
+(``image:=`` for ``image_topic:=``) would leave the node on its default topic: this file warns
+about every given argument it does not know, naming the ones it does.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -32,10 +36,24 @@ REMAPS = (
 )
 
 
+ARGUMENTS = ("config", "model_path", "command_interface", "use_sim_time", "node_name") + tuple(
+    argument for _, argument, _ in REMAPS)
+
+
+def _warn_unknown_arguments(context: LaunchContext) -> None:
+    unknown = sorted(set(context.launch_configurations) - set(ARGUMENTS))
+    if unknown:
+        get_logger("vla_cache.launch").warning(
+            f"ignoring launch arguments this file does not declare: {', '.join(unknown)} "
+            f"(declared: {', '.join(ARGUMENTS)}; topics are remapped with <name>_topic:=...)")
+
+
 def _node(context: LaunchContext) -> list[Node]:
     """Build the node with only the overrides that were given."""
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
+
+    _warn_unknown_arguments(context)
 
     overrides: dict[str, object] = {"use_sim_time": value("use_sim_time").lower() == "true"}
     if value("model_path"):
