@@ -85,11 +85,14 @@ def test_joint_limits_and_delta() -> None:
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"max_translation_m": 0.0}, "max_translation_m must be > 0"),
     ({"max_rotation_rad": math.nan}, "max_rotation_rad"),
-    ({"joint_lower": (0.0,), "joint_upper": ()}, "joint_lower has 1 values"),
-    ({"joint_lower": (1.0,), "joint_upper": (0.0,)}, "joint_lower > joint_upper"),
-    ({"workspace_min": (0, 0, 0)}, "set together"),
-    ({"workspace_min": (0, 0, 0), "workspace_max": (1, 0, 1)}, "below workspace_max"),
+    ({"joint_lower": (0.0,), "joint_upper": (1.0, 1.0)}, "joint_lower has 1 values"),
+    ({"joint_lower": (1.0, -1.0), "joint_upper": (0.0, 1.0)},
+     "joint_lower [1, -1] must not exceed joint_upper [0, 1] (joint indices [0])"),
+    ({"joint_upper": (0.0, math.inf)}, "joint_upper contains non-finite"),
+    ({"workspace_min": (0, 0, 0), "workspace_max": (1, 0, 1)},
+     "workspace_min [0, 0, 0] must be below workspace_max [1, 0, 1] on every axis (not on y)"),
     ({"workspace_min": (0, 0), "workspace_max": (1, 1)}, "workspace_min must have 3"),
+    ({"workspace_max": (1, 1)}, "workspace_max must have 3"),
 ])
 def test_invalid_limits_rejected(kwargs: dict, fragment: str) -> None:
     with pytest.raises(InvalidInputError) as info:
@@ -101,7 +104,56 @@ def test_guard_rejects_bad_inputs() -> None:
     guard = SafetyGuard(SafetyLimits(joint_lower=(0.0,), joint_upper=(1.0,)))
     with pytest.raises(InvalidInputError, match="EE delta contains non-finite"):
         guard.limit_ee_delta([math.nan, 0, 0, 0, 0, 0])
-    with pytest.raises(InvalidInputError, match="configured for 1 joints but the command has 2"):
+    with pytest.raises(InvalidInputError, match="limits are configured for 1 joints but the command "
+                                                "has 2"):
         guard.limit_joint_targets([0.5, 0.5], [0.5, 0.5])
     with pytest.raises(InvalidInputError, match="measured joint positions must have 1"):
         guard.limit_joint_targets([0.5], [0.5, 0.5])
+
+
+def test_one_sided_limits_are_valid() -> None:
+    """rqt sets one parameter per request: each side of a pair is meaningful alone."""
+    floor = SafetyLimits(workspace_min=(0.0, -1.0, 0.1))
+    assert floor.has_workspace and floor.workspace_max is None
+    assert SafetyLimits(workspace_max=(1.0, 1.0, 1.0)).has_workspace
+    assert SafetyLimits(joint_lower=(-1.0, -2.0)).has_joint_limits
+    assert SafetyLimits(joint_upper=(1.0, 2.0)).has_joint_limits
+    assert not SafetyLimits().has_workspace and not SafetyLimits().has_joint_limits
+
+
+def test_workspace_with_only_a_minimum_blocks_going_below_it_only() -> None:
+    guard = SafetyGuard(SafetyLimits(workspace_min=(0.0, -0.5, 0.1)))
+    start = np.array([0.2, 0.0, 0.12])
+    # Down by 5 cm would end below the floor (z 0.1): clipped to the floor.
+    np.testing.assert_allclose(guard.limit_ee_delta([0, 0, -0.05, 0, 0, 0], start)[:3],
+                               [0.0, 0.0, -0.02])
+    assert guard.clamp_counts["workspace"] == 1
+    # Far up and far out in +x / +y: no maximum, nothing clipped.
+    np.testing.assert_allclose(guard.limit_ee_delta([5.0, 5.0, 5.0, 0, 0, 0], start)[:3],
+                               [5.0, 5.0, 5.0])
+    assert guard.clamp_counts["workspace"] == 1
+    # Already below the floor: may not go further down, may come back up.
+    below = np.array([0.2, 0.0, 0.05])
+    np.testing.assert_allclose(guard.limit_ee_delta([0, 0, -0.01, 0, 0, 0], below)[:3], 0.0)
+    np.testing.assert_allclose(guard.limit_ee_delta([0, 0, 0.01, 0, 0, 0], below)[:3],
+                               [0, 0, 0.01])
+    # Still needs the EE position to apply.
+    np.testing.assert_allclose(guard.limit_ee_delta([0.1, 0, 0, 0, 0, 0])[:3], 0.0)
+    assert guard.clamp_counts["workspace_unknown"] == 1
+
+
+def test_workspace_with_only_a_maximum() -> None:
+    guard = SafetyGuard(SafetyLimits(workspace_max=(1.0, 1.0, 0.5)))
+    start = np.array([0.0, 0.0, 0.45])
+    np.testing.assert_allclose(guard.limit_ee_delta([-3, -3, 0.1, 0, 0, 0], start)[:3],
+                               [-3.0, -3.0, 0.05])
+
+
+def test_one_sided_joint_limits_clamp_only_that_side() -> None:
+    guard = SafetyGuard(SafetyLimits(joint_lower=(-1.0, -1.0)))
+    np.testing.assert_allclose(guard.limit_joint_targets([-2.0, 5.0], [0.0, 0.0]), [-1.0, 5.0])
+    guard = SafetyGuard(SafetyLimits(joint_upper=(1.0, 1.0)))
+    np.testing.assert_allclose(guard.limit_joint_targets([-2.0, 5.0], [0.0, 0.0]), [-2.0, 1.0])
+    assert guard.clamp_counts["joint_limit"] == 1
+    with pytest.raises(InvalidInputError, match="upper limits are configured for 2 joints"):
+        guard.limit_joint_targets([0.0] * 3, [0.0] * 3)

@@ -10,6 +10,12 @@ The guard sits between the policy's action and the arm. It never makes a command
   position, so a slightly-out-of-range reading does not cause a jump), then each joint's step
   is clipped to ``max_joint_delta_rad`` around the measured position.
 
+Limits come in pairs (``workspace_min`` / ``workspace_max``, ``joint_lower`` / ``joint_upper``)
+and either side of a pair may be set alone: a missing side is unbounded, so a box with only a
+minimum keeps the end effector above a floor and nothing else. This is what lets rqt_reconfigure,
+which sends one parameter per request, set a pair one side at a time; when both sides are set,
+each is checked against the other.
+
 A clamp kind is counted once per step in which it changed the command. Counts are cumulative
 since construction (or :meth:`SafetyGuard.reset_counts`) and reported on /diagnostics.
 """
@@ -29,6 +35,11 @@ CLAMP_KINDS = ("translation", "rotation", "workspace", "workspace_unknown", "joi
 so translation was zeroed)."""
 
 
+def _listed(values: np.ndarray) -> str:
+    """A short printable list of limit values, e.g. ``[0, -0.5, 1.25]``."""
+    return "[" + ", ".join(f"{value:g}" for value in values) + "]"
+
+
 @dataclass(frozen=True)
 class SafetyLimits:
     """Limits applied to every command. ``inf`` / empty / None means "not limited".
@@ -37,9 +48,15 @@ class SafetyLimits:
         max_translation_m: largest EE translation per policy step (Euclidean norm, metres).
         max_rotation_rad: largest EE rotation per step (norm of [droll, dpitch, dyaw], radians).
         max_joint_delta_rad: largest change of any joint target from its measured position.
-        joint_lower / joint_upper: per-joint position limits (both empty or both one per joint).
-        workspace_min / workspace_max: axis-aligned EE box in the command frame (3 values each,
-            or both None).
+        joint_lower / joint_upper: per-joint position limits, radians (each empty, or one value
+            per joint; either may be set alone; when both are, lower <= upper per joint).
+        workspace_min / workspace_max: axis-aligned EE box corners in the command frame, metres
+            (each None or 3 values; either may be set alone, the other side is then open; when
+            both are, min < max on every axis).
+
+    Raises:
+        InvalidInputError: a non-positive or NaN maximum, a non-finite limit, a wrong count,
+            or a pair whose sides cross (the message names both sides' values).
     """
 
     max_translation_m: float = math.inf
@@ -56,32 +73,63 @@ class SafetyLimits:
             if math.isnan(value) or value <= 0.0:
                 raise InvalidInputError(f"{name} must be > 0 (inf = unlimited), got {value}")
             object.__setattr__(self, name, value)
-        lower = tuple(finite_vector(self.joint_lower, "joint_lower"))
-        upper = tuple(finite_vector(self.joint_upper, "joint_upper"))
-        if len(lower) != len(upper):
-            raise InvalidInputError(
-                f"joint_lower has {len(lower)} values but joint_upper has {len(upper)}")
-        bad = [i for i, (lo, hi) in enumerate(zip(lower, upper)) if lo > hi]
-        if bad:
-            raise InvalidInputError(f"joint_lower > joint_upper for joint indices {bad}")
-        object.__setattr__(self, "joint_lower", lower)
-        object.__setattr__(self, "joint_upper", upper)
-        if (self.workspace_min is None) != (self.workspace_max is None):
-            raise InvalidInputError("workspace_min and workspace_max must be set together")
-        if self.workspace_min is not None and self.workspace_max is not None:
-            low = finite_vector(self.workspace_min, "workspace_min", size=3)
-            high = finite_vector(self.workspace_max, "workspace_max", size=3)
-            if np.any(low >= high):
+        lower = finite_vector(self.joint_lower, "joint_lower")
+        upper = finite_vector(self.joint_upper, "joint_upper")
+        if lower.size and upper.size:
+            if lower.size != upper.size:
                 raise InvalidInputError(
-                    f"workspace_min {low.tolist()} must be below workspace_max {high.tolist()} "
-                    "on every axis")
-            object.__setattr__(self, "workspace_min", tuple(low))
-            object.__setattr__(self, "workspace_max", tuple(high))
+                    f"joint_lower has {lower.size} values but joint_upper has {upper.size}")
+            bad = np.flatnonzero(lower > upper).tolist()
+            if bad:
+                raise InvalidInputError(
+                    f"joint_lower {_listed(lower)} must not exceed joint_upper {_listed(upper)} "
+                    f"(joint indices {bad})")
+        object.__setattr__(self, "joint_lower", tuple(lower.tolist()))
+        object.__setattr__(self, "joint_upper", tuple(upper.tolist()))
+        low = high = None
+        if self.workspace_min is not None:
+            low = finite_vector(self.workspace_min, "workspace_min", size=3)
+            object.__setattr__(self, "workspace_min", tuple(low.tolist()))
+        if self.workspace_max is not None:
+            high = finite_vector(self.workspace_max, "workspace_max", size=3)
+            object.__setattr__(self, "workspace_max", tuple(high.tolist()))
+        if low is not None and high is not None and np.any(low >= high):
+            axes = ", ".join("xyz"[i] for i in np.flatnonzero(low >= high))
+            raise InvalidInputError(
+                f"workspace_min {_listed(low)} must be below workspace_max {_listed(high)} on "
+                f"every axis (not on {axes})")
 
     @property
     def has_workspace(self) -> bool:
-        """Whether a workspace box is configured."""
-        return self.workspace_min is not None
+        """Whether a workspace box (or one side of it) is configured."""
+        return self.workspace_min is not None or self.workspace_max is not None
+
+    @property
+    def has_joint_limits(self) -> bool:
+        """Whether joint limits (or one side of them) are configured."""
+        return bool(self.joint_lower or self.joint_upper)
+
+    def workspace_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The box as (low, high) arrays of 3, an unset side as -inf / +inf."""
+        low = np.full(3, -math.inf) if self.workspace_min is None else np.array(self.workspace_min)
+        high = np.full(3, math.inf) if self.workspace_max is None else np.array(self.workspace_max)
+        return low, high
+
+    def joint_bounds(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Joint limits for ``count`` joints as (low, high) arrays, an unset side as -inf / +inf.
+
+        Raises:
+            InvalidInputError: a set side has another number of values than ``count``.
+        """
+        bounds = []
+        for name, values, unset in (("lower", self.joint_lower, -math.inf),
+                                     ("upper", self.joint_upper, math.inf)):
+            if values and len(values) != count:
+                raise InvalidInputError(
+                    f"joint {name} limits are configured for {len(values)} joints but the "
+                    f"command has {count}")
+            bounds.append(np.array(values) if values else np.full(count, unset))
+        return bounds[0], bounds[1]
 
 
 def _scale_to_norm(vector: np.ndarray, max_norm: float) -> tuple[np.ndarray, bool]:
@@ -128,7 +176,11 @@ class SafetyGuard:
         """Return a safe copy of a 6-D EE delta [dx, dy, dz, droll, dpitch, dyaw].
 
         ``ee_position`` (3 values, same frame as the box) is needed only when a workspace box
-        is set; without it the translation is zeroed and ``workspace_unknown`` counted.
+        (or one side of it) is set; without it the translation is zeroed and
+        ``workspace_unknown`` counted.
+
+        Raises:
+            InvalidInputError: a delta or position that is not 6 / 3 finite values.
         """
         delta = finite_vector(delta, "EE delta", size=6)
         translation, rotation = delta[:3], delta[3:]
@@ -139,9 +191,8 @@ class SafetyGuard:
                 translation = np.zeros(3)
             else:
                 start = finite_vector(ee_position, "EE position", size=3)
-                goal, clipped = _clip_no_further_out(
-                    start, start + translation, np.asarray(limits.workspace_min),
-                    np.asarray(limits.workspace_max))
+                goal, clipped = _clip_no_further_out(start, start + translation,
+                                                     *limits.workspace_bounds())
                 self._count("workspace", clipped)
                 if clipped:
                     translation = goal - start
@@ -153,17 +204,18 @@ class SafetyGuard:
 
     def limit_joint_targets(self, targets: Sequence[float],
                             measured: Sequence[float]) -> np.ndarray:
-        """Return safe joint targets given the measured joint positions (same order/length)."""
+        """Return safe joint targets given the measured joint positions (same order/length).
+
+        Raises:
+            InvalidInputError: NaN / inf values, lengths that differ, or joint limits configured
+                for another number of joints.
+        """
         targets = finite_vector(targets, "joint targets")
         measured = finite_vector(measured, "measured joint positions", size=targets.shape[0])
         limits = self.limits
-        if limits.joint_lower:
-            if len(limits.joint_lower) != targets.shape[0]:
-                raise InvalidInputError(
-                    f"joint limits are configured for {len(limits.joint_lower)} joints but the "
-                    f"command has {targets.shape[0]}")
-            targets, clipped = _clip_no_further_out(
-                measured, targets, np.asarray(limits.joint_lower), np.asarray(limits.joint_upper))
+        if limits.has_joint_limits:
+            low, high = limits.joint_bounds(targets.shape[0])
+            targets, clipped = _clip_no_further_out(measured, targets, low, high)
             self._count("joint_limit", clipped)
         if math.isfinite(limits.max_joint_delta_rad):
             step = limits.max_joint_delta_rad

@@ -4,6 +4,11 @@ The ROS node turns :data:`NODE_PARAMETERS` into declared parameters with descrip
 rqt_reconfigure shows descriptions, sliders for ranges and greys out read-only ones), and calls
 :func:`controller_config` / :func:`check_change` so the rules for valid settings live here,
 ROS-free and testable. Array parameters use an empty list for "not set".
+
+Parameters that belong together (:data:`PARAMETER_PAIRS`: ``workspace_min`` / ``workspace_max``,
+``joint_lower_limits`` / ``joint_upper_limits``) can each be set alone, as rqt_reconfigure does
+(one parameter per request): an unset side is unbounded, and a side that is set is checked
+against the current value of its partner.
 """
 from __future__ import annotations
 
@@ -131,12 +136,17 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "largest joint target change from the measured position", minimum=0.0001,
                   maximum=3.2),
     ParameterSpec("joint_lower_limits", "double_array", [],
-                  "joint position lower limits, one per joint (empty: none)"),
+                  "joint position lower limits, one per joint (empty: none; may be set without "
+                  "the upper limits)"),
     ParameterSpec("joint_upper_limits", "double_array", [],
-                  "joint position upper limits, one per joint (empty: none)"),
+                  "joint position upper limits, one per joint (empty: none; may be set without "
+                  "the lower limits)"),
     ParameterSpec("workspace_min", "double_array", [],
-                  "EE workspace box minimum [x, y, z] in twist_frame_id (needs ee_pose)"),
-    ParameterSpec("workspace_max", "double_array", [], "EE workspace box maximum [x, y, z]"),
+                  "EE workspace box minimum [x, y, z] in twist_frame_id (needs ee_pose; empty: "
+                  "no minimum, may be set without workspace_max)"),
+    ParameterSpec("workspace_max", "double_array", [],
+                  "EE workspace box maximum [x, y, z] (empty: no maximum, may be set without "
+                  "workspace_min)"),
     ParameterSpec("max_obs_age_s", "double", 0.5,
                   "observations older than this (ROS clock) never produce a command",
                   minimum=0.01, maximum=60.0),
@@ -151,6 +161,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
 
 SPECS = {spec.name: spec for spec in NODE_PARAMETERS}
 
+PARAMETER_PAIRS: tuple[tuple[str, str], ...] = (("workspace_min", "workspace_max"),
+                                                ("joint_lower_limits", "joint_upper_limits"))
+"""Parameters checked against each other; either of a pair may be set alone (other side open)."""
+
 
 def defaults() -> dict[str, Any]:
     """Every parameter's default value."""
@@ -163,7 +177,11 @@ def _optional_box(values: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 def safety_limits(values: Mapping[str, Any]) -> SafetyLimits:
-    """SafetyLimits from parameter values."""
+    """SafetyLimits from parameter values (an empty array leaves that side unbounded).
+
+    Raises:
+        InvalidInputError: invalid limits (see :class:`SafetyLimits`).
+    """
     low, high = _optional_box(values)
     return SafetyLimits(
         max_translation_m=float(values["max_translation_m"]),
@@ -200,11 +218,12 @@ def controller_config(values: Mapping[str, Any]) -> ControllerConfig:
             raise InvalidInputError(
                 f"command_interface {action.interface.value} needs joint_names with "
                 f"{action.arm_dim} joints (the policy's arm dimensions), got {list(joint_names)}")
+    for name in ("joint_lower_limits", "joint_upper_limits"):
+        count = len(values[name])
+        if count and joint_names and count != len(joint_names):
+            raise InvalidInputError(
+                f"{name} has {count} values but joint_names has {len(joint_names)}")
     limits = safety_limits(values)
-    if limits.joint_lower and joint_names and len(limits.joint_lower) != len(joint_names):
-        raise InvalidInputError(
-            f"joint_lower_limits / joint_upper_limits have {len(limits.joint_lower)} values but "
-            f"joint_names has {len(joint_names)}")
     gripper = GripperConfig(
         action_open=float(values["gripper_action_open"]),
         action_closed=float(values["gripper_action_closed"]),
@@ -226,7 +245,10 @@ def check_change(current: Mapping[str, Any], changes: Mapping[str, Any],
 
     Checks types loosely (rclpy already enforces declared types and ranges), choices, the cache
     mode against what the loaded policy offers, non-empty instructions, and that the combined
-    configuration is valid.
+    configuration (``current`` updated by ``changes``) is valid. One side of a
+    :data:`PARAMETER_PAIRS` pair may change alone; when it conflicts with its partner's current
+    value, the reason names both values and says to change the partner first (or both in one
+    request).
     """
     unknown = [name for name in changes if name not in SPECS]
     if unknown:
@@ -245,5 +267,22 @@ def check_change(current: Mapping[str, Any], changes: Mapping[str, Any],
     try:
         controller_config(merged)
     except InvalidInputError as error:
-        return str(error)
+        return str(error) + _partner_hint(merged, changes)
     return None
+
+
+def _partner_hint(merged: Mapping[str, Any], changes: Mapping[str, Any]) -> str:
+    """Advice for a refused one-sided change of a pair whose conflict is with the partner."""
+    for pair in PARAMETER_PAIRS:
+        changed = [name for name in pair if name in changes]
+        if len(changed) != 1:
+            continue
+        partner = pair[1] if changed[0] == pair[0] else pair[0]
+        if not list(merged[partner]):
+            continue
+        try:
+            controller_config({**merged, partner: []})
+        except InvalidInputError:
+            continue  # wrong on its own: the partner is not the problem
+        return f" (change {partner} first, or both in one request)"
+    return ""
