@@ -122,8 +122,8 @@ class SafetyLimits:
             InvalidInputError: a set side has another number of values than ``count``.
         """
         bounds = []
-        for name, values, unset in (("lower", self.joint_lower, -math.inf),
-                                     ("upper", self.joint_upper, math.inf)):
+        sides = (("lower", self.joint_lower, -math.inf), ("upper", self.joint_upper, math.inf))
+        for name, values, unset in sides:
             if values and len(values) != count:
                 raise InvalidInputError(
                     f"joint {name} limits are configured for {len(values)} joints but the "
