@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_cache_ros.errors import ConfigurationError
-from vla_cache_ros.models.action_tokenizer import ActionTokenizer, select_action_stats, unnormalize
+from vla_cache_ros.errors import CheckpointError, ConfigurationError
+from vla_cache_ros.models.action_tokenizer import ActionTokenizer, select_action_stats
+from vla_cache_ros.models.norm_stats import ActionStats, parse_action_stats
 from vla_cache_ros.models.vla import OpenVLA
 
 from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized
@@ -46,17 +47,24 @@ def test_normalized_to_tokens_inverts_decoding(tokenizer: ActionTokenizer) -> No
     np.testing.assert_allclose(tokenizer.tokens_to_normalized(tokens), centres, atol=1e-15)
 
 
+def parsed(action: dict) -> ActionStats:
+    """Validated statistics of one dataset entry (the test fails if they are refused)."""
+    stats = parse_action_stats("robot", {"action": action})
+    assert isinstance(stats, ActionStats), stats
+    return stats
+
+
 def test_unnormalize_hand_vector() -> None:
     stats = {"q01": [-1.0, 0.0, 2.0, -0.5, 0.0, 0.0, 0.0], "q99": [1.0, 4.0, 3.0, 0.5, 0.1, 2.0, 1.0],
              "mask": [True, True, True, True, True, False, False]}
     normalized = np.array([0.0, -1.0, 1.0, 0.5, -0.5, 0.3, -1.0])
-    np.testing.assert_allclose(unnormalize(normalized, stats), [0.0, 0.0, 3.0, 0.25, 0.025, 0.3, -1.0],
+    np.testing.assert_allclose(parsed(stats).unnormalize(normalized), [0.0, 0.0, 3.0, 0.25, 0.025, 0.3, -1.0],
                                rtol=0, atol=1e-15)
     without_mask = {"q01": stats["q01"], "q99": stats["q99"]}  # no mask: every dimension maps
-    np.testing.assert_allclose(unnormalize(normalized, without_mask), [0.0, 0.0, 3.0, 0.25, 0.025, 1.3, 0.0],
-                               rtol=0, atol=1e-15)
-    with pytest.raises(ConfigurationError, match="6 dimensions but the statistics have 7"):
-        unnormalize(normalized[:6], stats)
+    np.testing.assert_allclose(parsed(without_mask).unnormalize(normalized),
+                               [0.0, 0.0, 3.0, 0.25, 0.025, 1.3, 0.0], rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="6 dimensions but the statistics have 7"):  # a bug, not input
+        parsed(stats).unnormalize(normalized[:6])
 
 
 def test_decode_action_uses_checkpoint_statistics(tiny_model: OpenVLA, tiny_dir: Path) -> None:
@@ -79,8 +87,10 @@ def test_unknown_unnorm_key_lists_available(tiny_model: OpenVLA, frame: np.ndarr
 
 def test_single_dataset_needs_no_key() -> None:
     only = {"q01": [0.0] * 7, "q99": [1.0] * 7}
-    assert select_action_stats({"libero_spatial": {"action": only}}, None) is only
+    selected = select_action_stats({"libero_spatial": {"action": only}}, None)
+    assert selected.dataset == "libero_spatial" and selected.bounds == ("q01", "q99")
+    np.testing.assert_array_equal(selected.high, [1.0] * 7)
     with pytest.raises(ConfigurationError, match="no norm_stats"):
         select_action_stats({}, None)
-    with pytest.raises(ConfigurationError, match="no 'action' statistics"):
+    with pytest.raises(CheckpointError, match=r"norm_stats\['x'\] cannot un-normalise actions: has no 'action'"):
         select_action_stats({"x": {"proprio": only}}, "x")

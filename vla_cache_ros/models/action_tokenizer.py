@@ -2,7 +2,8 @@
 
 Token id -> bin: ``d = (vocab_size - pad_to_multiple_of) - id``, ``idx = clip(d - 1, 0, 254)``,
 value = ``bin_centers[idx]`` with ``bins = linspace(-1, 1, n_bins)`` and centres the 255
-midpoints. Un-normalisation maps [-1, 1] to [q01, q99] per dimension where the mask is true.
+midpoints. Un-normalisation (mapping [-1, 1] to [q01, q99] per masked dimension) lives with the
+statistics it needs in :mod:`vla_cache_ros.models.norm_stats`.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.models.norm_stats import ACTION_DIM, ActionStats, NormStats
 
 
 class ActionTokenizer:
@@ -41,31 +42,15 @@ class ActionTokenizer:
         return self.unpadded_vocab_size - self.bin_centers.shape[0], self.unpadded_vocab_size - 1
 
 
-def select_action_stats(norm_stats: dict[str, Any], unnorm_key: str | None) -> dict[str, Any]:
-    """Pick the ``action`` statistics for ``unnorm_key`` (required when several datasets exist)."""
-    if not norm_stats:
-        raise ConfigurationError("the checkpoint has no norm_stats; actions cannot be un-normalised")
-    keys = sorted(norm_stats)
-    if unnorm_key is None:
-        if len(keys) != 1:
-            raise ConfigurationError(
-                f"unnorm_key is required: the checkpoint has statistics for several datasets: {', '.join(keys)}")
-        unnorm_key = keys[0]
-    if unnorm_key not in norm_stats:
-        raise ConfigurationError(f"unknown unnorm_key {unnorm_key!r}; available: {', '.join(keys)}")
-    entry = norm_stats[unnorm_key]
-    if not isinstance(entry, dict) or "action" not in entry:
-        raise ConfigurationError(f"norm_stats[{unnorm_key!r}] has no 'action' statistics")
-    return entry["action"]
+def select_action_stats(norm_stats: dict[str, Any], unnorm_key: str | None,
+                        action_dim: int = ACTION_DIM) -> ActionStats:
+    """Validated ``action`` statistics for ``unnorm_key`` (required when several datasets exist).
 
+    Validates ``norm_stats`` afresh (see :mod:`vla_cache_ros.models.norm_stats`); a loaded
+    model keeps its validated statistics as ``OpenVLA.action_statistics``.
 
-def unnormalize(normalized: np.ndarray, action_stats: dict[str, Any]) -> np.ndarray:
-    """Map normalised actions to robot units: ``0.5*(x+1)*(q99-q01)+q01`` where mask is true."""
-    low = np.asarray(action_stats["q01"], dtype=np.float64)
-    high = np.asarray(action_stats["q99"], dtype=np.float64)
-    mask = np.asarray(action_stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
-    normalized = np.asarray(normalized, dtype=np.float64)
-    if normalized.shape[-1] != low.shape[0]:
-        raise ConfigurationError(
-            f"action has {normalized.shape[-1]} dimensions but the statistics have {low.shape[0]}")
-    return np.where(mask, 0.5 * (normalized + 1.0) * (high - low) + low, normalized)
+    Raises:
+        ConfigurationError: no statistics, a missing or unknown ``unnorm_key``.
+        CheckpointError: the selected dataset's statistics cannot un-normalise actions.
+    """
+    return NormStats.build(norm_stats, action_dim).select(unnorm_key)

@@ -78,9 +78,11 @@ def read_image(path: Path) -> np.ndarray:
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
-    from vla_cache_ros.models.vla import load_vla
+    from vla_cache_ros.models.vla import load_vla, read_checkpoint_config
 
     image = read_image(args.image) if args.image else generated_frame()
+    # Statistics and unnorm_key are checked before any weight is read or any step runs.
+    read_checkpoint_config(args.model).action_statistics().select(args.unnorm_key)
     model = load_vla(args.model, device=args.device, dtype=getattr(torch, args.dtype), center_crop=args.center_crop)
     prediction = model.predict_action_tokens(image, args.instruction)
     action = model.decode_action(prediction.tokens.numpy(), args.unnorm_key)

@@ -3,7 +3,9 @@
 OpenVLA's config.json has ``model_type: "openvla"``, which ``transformers.AutoConfig`` refuses
 without ``trust_remote_code``; this module reads the JSON itself, validates the fields the model
 layer needs, and builds the ``LlamaConfig`` of the language model exactly as the reference does
-(fields absent from ``text_config`` take ``LlamaConfig`` defaults).
+(fields absent from ``text_config`` take ``LlamaConfig`` defaults). ``dataset_statistics.json``
+is merged into ``norm_stats`` and every dataset's action statistics are validated here, at load
+(:mod:`vla_cache_ros.models.norm_stats`), so that nothing about them can fail per step.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 from transformers import LlamaConfig
 
 from vla_cache_ros.errors import CheckpointError, one_line
+from vla_cache_ros.models.norm_stats import ACTION_DIM, NormStats
 
 # The action-token convention: the last 256 ids of the un-padded vocabulary are action bins.
 DEFAULT_N_ACTION_BINS = 256
@@ -35,6 +38,18 @@ class OpenVLAConfig:
     text_config: dict[str, Any]
     timm_model_kwargs: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    norm_stats_sources: dict[str, str] = field(default_factory=dict)
+    _action_statistics: NormStats | None = field(default=None, init=False, repr=False, compare=False)
+
+    def action_statistics(self) -> NormStats:
+        """``norm_stats`` validated per dataset (built on first call, then kept).
+
+        Validation never raises; :meth:`NormStats.require_usable` and :meth:`NormStats.select`
+        turn unusable entries into errors (``load_config`` calls the former).
+        """
+        if self._action_statistics is None:
+            self._action_statistics = NormStats.build(self.norm_stats, ACTION_DIM, self.norm_stats_sources)
+        return self._action_statistics
 
     @property
     def num_backbones(self) -> int:
@@ -117,11 +132,19 @@ def parse_config(data: dict[str, Any], where: str = "config.json") -> OpenVLACon
         text_config=dict(text_config),
         timm_model_kwargs=[dict(k) for k in kwargs],
         raw=data,
+        norm_stats_sources={key: where for key in norm_stats},
     )
 
 
 def load_config(directory: Path) -> OpenVLAConfig:
-    """Read ``config.json`` (and merge ``dataset_statistics.json`` into norm_stats when present)."""
+    """Read ``config.json``, merge ``dataset_statistics.json`` into norm_stats when present, and
+    validate the action statistics.
+
+    Raises:
+        CheckpointError: missing or malformed files, an invalid field, dataset statistics not
+            keyed by dataset name, or norm_stats whose datasets are all unusable (one line naming
+            the file, the dataset key and what is missing; see ``NormStats.require_usable``).
+    """
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json (not an OpenVLA checkpoint directory)")
@@ -138,5 +161,11 @@ def load_config(directory: Path) -> OpenVLAConfig:
             raise CheckpointError(f"{stats_path}: malformed JSON ({error})") from error
         if not isinstance(extra, dict):
             raise CheckpointError(f"{stats_path}: expected an object of dataset statistics")
+        if isinstance(extra.get("action"), dict):
+            raise CheckpointError(
+                f"{stats_path}: statistics are not keyed by dataset name (found 'action' at the top level); "
+                'expected {"<dataset name>": {"action": {...}}}')
         config.norm_stats.update(extra)
+        config.norm_stats_sources.update({key: str(stats_path) for key in extra})
+    config.action_statistics().require_usable()
     return config

@@ -20,13 +20,13 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from transformers.utils import logging as transformers_logging
 
 from vla_cache_ros.errors import CheckpointError
-from vla_cache_ros.models.action_tokenizer import ActionTokenizer, select_action_stats, unnormalize
+from vla_cache_ros.models.action_tokenizer import ActionTokenizer
 from vla_cache_ros.models.checkpoint import assign_tensors, iter_tensors, weight_files
 from vla_cache_ros.models.config import OpenVLAConfig, load_config, one_line
+from vla_cache_ros.models.norm_stats import ACTION_DIM, NormStats
 from vla_cache_ros.models.processor import ImageProcessor, PreparedImage, prompt_token_ids
 from vla_cache_ros.models.vision import Projector, VisionTower, checkpoint_key_to_module_key, create_backbone
 
-ACTION_DIM = 7
 # transformers renamed the KV-cache argument ``past_key_values`` -> ``cache`` (5.24; the old name is
 # removed in 5.40). The reference path speaks whichever the installed version has; the cache
 # engine never uses it (it drives the layer modules directly).
@@ -66,6 +66,7 @@ class OpenVLA(nn.Module):
                                    fused=config.use_fused_vision_backbone)
         self.language_model = LlamaForCausalLM(self.llama_config)
         self.action_tokenizer = ActionTokenizer(config.vocab_size, config.pad_to_multiple_of, config.n_action_bins)
+        self.action_statistics: NormStats = config.action_statistics()
 
     # --- properties -----------------------------------------------------------------------
     @property
@@ -105,9 +106,13 @@ class OpenVLA(nn.Module):
         return torch.cat([text[:, :1], visual.to(text.dtype), text[:, 1:]], dim=1)
 
     def decode_action(self, tokens: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
-        """Action-token ids -> un-normalised 7-D action (float64)."""
+        """(7,) action-token ids -> (7,) un-normalised action (float64, robot units).
+
+        Uses the statistics validated at load; raises as ``NormStats.select`` does for a
+        missing, unknown or unusable ``unnorm_key`` (call that at start-up to fail early).
+        """
         normalized = self.action_tokenizer.tokens_to_normalized(np.asarray(tokens))
-        return unnormalize(normalized, select_action_stats(self.config.norm_stats, unnorm_key))
+        return self.action_statistics.select(unnorm_key).unnormalize(normalized)
 
     # --- uncached reference -----------------------------------------------------------------
     @torch.no_grad()
@@ -152,6 +157,21 @@ def load_tokenizer(directory: Path) -> Any:
         transformers_logging.set_verbosity(previous)
 
 
+def read_checkpoint_config(path: str | Path) -> OpenVLAConfig:
+    """The validated config (with norm_stats) of a checkpoint directory, without reading weights.
+
+    Cheap (JSON only): callers check ``unnorm_key`` with ``config.action_statistics().select``
+    before paying for ``load_vla``. Raises CheckpointError as ``load_config`` does, or when the
+    path is missing or not a directory.
+    """
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise CheckpointError(f"model directory {directory} does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"model path {directory} is not a directory")
+    return load_config(directory)
+
+
 def load_vla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              center_crop: bool = False) -> OpenVLA:
     """Load an OpenVLA-format checkpoint from a local directory (safetensors only, no remote code).
@@ -162,13 +182,15 @@ def load_vla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         device: where the weights go.
         dtype: compute dtype (float32 or bfloat16).
         center_crop: apply LIBERO-style 0.9-area centre crop in preprocessing.
+
+    Raises:
+        CheckpointError: a missing, unsafe, malformed or inconsistent checkpoint, including
+            norm_stats with no usable dataset. Datasets that fall back to min/max or are unusable
+            (while others are usable) are reported once with a ``logging`` warning.
     """
     directory = Path(path).expanduser()
-    if not directory.exists():
-        raise CheckpointError(f"model directory {directory} does not exist")
-    if not directory.is_dir():
-        raise CheckpointError(f"model path {directory} is not a directory")
-    config = load_config(directory)
+    config = read_checkpoint_config(directory)
+    config.action_statistics().log_warnings()
     files = weight_files(directory)
     tokenizer = load_tokenizer(directory)
     processor = ImageProcessor.from_checkpoint(directory, config.timm_model_ids, config.image_sizes[0], center_crop)
