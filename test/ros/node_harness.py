@@ -87,20 +87,25 @@ class NodeProcess:
 
 
 def start_node(name: str, parameters: dict[str, Any], params_files: list[Path] = (),
-               extra_args: list[str] = (), workdir: Path | None = None) -> NodeProcess:
-    """Start the node as ``name`` with ``parameters`` (written to a params file, applied last)."""
+               extra_args: list[str] = (), workdir: Path | None = None,
+               module: str = "vla_cache_ros.ros.node",
+               env: dict[str, str] | None = None) -> NodeProcess:
+    """Start the node as ``name`` with ``parameters`` (written to a params file, applied last).
+
+    ``module`` is the entry point run with ``python -m`` (the node, or the fault-injecting
+    wrapper ``test.ros.faulty_node``); ``env`` adds environment variables.
+    """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="vla_node_"))
     override = workdir / f"{name}_params.yaml"
     override.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
-    command = [sys.executable, "-m", "vla_cache_ros.ros.node", "--ros-args",
-               "-r", f"__node:={name}"]
+    command = [sys.executable, "-m", module, "--ros-args", "-r", f"__node:={name}"]
     for params_file in [*params_files, override]:
         command += ["--params-file", str(params_file)]
     command += list(extra_args)
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     return NodeProcess(name, process, log_path)
 
 

@@ -43,6 +43,11 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
+
+try:  # Jazzy and later
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
@@ -360,7 +365,9 @@ class VlaCacheNode(Node):
         # node started but cannot match volatile publishers (``ros2 topic pub`` since Jazzy, a
         # plain create_publisher(String, ..., 10)); a volatile one matches both. Both listen;
         # a latched message arriving twice is the same instruction and changes nothing.
-        self._subscribe(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self._subscribe(String, "instruction", self._on_instruction, LATCHED_QOS,
+                        event_callbacks=SubscriptionEventCallbacks(
+                            incompatible_qos=lambda event: None))  # the volatile one matches
         self._subscribe(String, "instruction", self._on_instruction, VOLATILE_QOS)
         if self._interface is CommandInterface.EE_TWIST:
             self._subscribe(PoseStamped, "ee_pose", self._on_ee_pose, qos_profile_sensor_data)
@@ -443,9 +450,9 @@ class VlaCacheNode(Node):
         self._store_frame(msg, compressed_image_to_rgb)
 
     def _subscribe(self, message_type: Any, topic: str, callback: Callable[[Any], None],
-                   qos: Any) -> None:
+                   qos: Any, **options: Any) -> None:
         self.create_subscription(message_type, topic, self._guarded(f"{topic} callback", callback),
-                                 qos)
+                                 qos, **options)
 
     def _store_frame(self, msg: Any, convert: Any) -> None:
         now = self._now()
