@@ -165,9 +165,34 @@ def test_gripper_mapping_configurable() -> None:
 def test_bad_joint_state_is_rejected_without_changing_state() -> None:
     controller = joint_controller()
     feed(controller, 1.0, joints=0.25)
-    with pytest.raises(InvalidInputError, match="non-finite"):
-        controller.on_joint_state(JOINTS, [math.nan] * 6, 1.1, 1.1)
-    with pytest.raises(InvalidInputError, match="lacks configured joints"):
-        controller.on_joint_state(JOINTS[:5], [0.0] * 5, 1.1, 1.1)
+    with pytest.raises(InvalidInputError, match="non-finite positions for"):
+        controller.on_joint_state(JOINTS, [0.5] * 5 + [math.nan], 1.1, 1.1)
+    with pytest.raises(InvalidInputError, match="6 names but 5 positions"):
+        controller.on_joint_state(JOINTS, [0.5] * 5, 1.1, 1.1)
+    with pytest.raises(InvalidInputError, match="duplicate joint names"):
+        controller.on_joint_state(JOINTS + ("j1",), [0.5] * 7, 1.1, 1.1)
+    with pytest.raises(InvalidInputError, match="input stamp must be finite"):
+        controller.on_joint_state(JOINTS, [0.5] * 6, math.nan, 1.1)
     np.testing.assert_allclose(controller.measured_joints, [0.25] * 6)
     assert controller.input_age("joint_states", 1.2) == pytest.approx(0.2)
+
+
+def test_trajectory_is_not_resent_after_its_period() -> None:
+    """A policy trajectory older than its period is not re-published (the arm is there)."""
+    controller = joint_controller()
+    feed(controller, 1.0)
+    controller.on_step_result([0.1] * 6 + [0.0], 1.0, 1.0, 1.1)
+    assert controller.tick(1.3).arm.duration_s == pytest.approx(0.05)
+    out = controller.tick(1.35)
+    assert out.state is WatchdogState.RUNNING and out.arm is None
+
+
+def test_one_sided_workspace_requires_ee_pose_and_clamps() -> None:
+    config = ControllerConfig(limits=SafetyLimits(workspace_min=(0.0, 0.0, 0.1)))
+    assert config.required_inputs == ("camera", "ee_pose")
+    controller = Controller(config)
+    controller.on_observation(1.0, 1.0)
+    assert controller.waiting_for() == ["ee_pose"]
+    controller.on_ee_position([0.5, 0.5, 0.11], 1.0, 1.0)
+    controller.on_step_result([0.0, 0, -0.05, 0, 0, 0, 1.0], 1.0, 1.0, 1.05)
+    np.testing.assert_allclose(controller.tick(1.1).arm.linear, [0, 0, -0.01 / 0.2])

@@ -43,7 +43,7 @@ def test_joint_config_requires_matching_names_and_limits() -> None:
     values["joint_names"] = JOINTS
     assert controller_config(values).required_inputs == ("camera", "joint_states")
     values.update(joint_lower_limits=[-1.0] * 5, joint_upper_limits=[1.0] * 5)
-    with pytest.raises(InvalidInputError, match="has 5 values but joint_names has 6"):
+    with pytest.raises(InvalidInputError, match="upper_limits have 5 values but joint_names has 6"):
         controller_config(values)
     values.update(joint_lower_limits=[], joint_upper_limits=[1.0] * 5)
     with pytest.raises(InvalidInputError, match="joint_upper_limits has 5 values but joint_names"):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vla_cache_ros.control.validation import (InvalidInputError, finite_scalar, finite_vector,
-                                              positive_scalar, select_joint_positions)
+                                              message_joint_positions, pick_joint_positions,
+                                              positive_scalar)
 from vla_cache_ros.errors import UserFacingError
 
 
@@ -43,23 +44,42 @@ def test_scalars() -> None:
         positive_scalar(0.0, "period")
 
 
-def test_select_joint_positions_orders_by_wanted() -> None:
-    result = select_joint_positions(["b", "a", "c"], [2.0, 1.0, 3.0], ["a", "b"])
-    assert result.tolist() == [1.0, 2.0]
+def test_pick_joint_positions_orders_by_wanted() -> None:
+    assert pick_joint_positions(["b", "a", "c"], [2.0, 1.0, 3.0], ["a", "b"]) == {"a": 1.0,
+                                                                                  "b": 2.0}
     # A NaN in a joint we do not use is irrelevant.
-    assert select_joint_positions(["a", "x"], [1.0, math.nan], ["a"]).tolist() == [1.0]
-    assert select_joint_positions(["a", "b"], [1.0, 2.0], []).tolist() == [1.0, 2.0]
+    assert pick_joint_positions(["a", "x"], [1.0, math.nan], ["a"]) == {"a": 1.0}
+    assert message_joint_positions(["a", "b"], [1.0, 2.0]).tolist() == [1.0, 2.0]
+
+
+def test_pick_joint_positions_takes_part_of_the_joints_and_ignores_other_publishers() -> None:
+    # Joints 1-3 from one publisher: only those are picked (the rest come from another).
+    assert pick_joint_positions(["a", "b"], [1.0, 2.0], ["a", "b", "c"]) == {"a": 1.0, "b": 2.0}
+    # A gripper driver's fingers only: irrelevant, even if the message is otherwise malformed.
+    assert pick_joint_positions(["finger_l", "finger_r"], [0.01, math.nan], ["a", "b"]) == {}
+    assert pick_joint_positions(["finger", "finger"], [0.01], ["a"]) == {}
 
 
 @pytest.mark.parametrize("names, positions, wanted, fragment", [
     (["a", "b"], [1.0], ["a"], "2 names but 1 positions"),
-    (["a", "b"], [1.0, 2.0], ["a", "z"], "lacks configured joints ['z']"),
     (["a", "b"], [math.nan, 2.0], ["a"], "non-finite positions for ['a']"),
     (["a", "a"], [1.0, 2.0], ["a"], "duplicate joint names"),
-    (["a", "b"], [1.0, math.inf], [], "non-finite"),
+    (["a", "x", "x"], [1.0, 2.0, 3.0], ["a"], "duplicate joint names"),
+    (["a", "b"], ["p", 2.0], ["a"], "must be numbers"),
 ])
-def test_select_joint_positions_rejects(names: list[str], positions: list[float],
-                                        wanted: list[str], fragment: str) -> None:
+def test_pick_joint_positions_rejects(names: list[str], positions: list[float],
+                                      wanted: list[str], fragment: str) -> None:
     with pytest.raises(InvalidInputError) as info:
-        select_joint_positions(names, positions, wanted)
+        pick_joint_positions(names, positions, wanted)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("names, positions, fragment", [
+    (["a", "b"], [1.0, math.inf], "non-finite"),
+    (["a", "b"], [1.0], "2 names but 1 positions"),
+])
+def test_message_joint_positions_rejects(names: list[str], positions: list[float],
+                                         fragment: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        message_joint_positions(names, positions)
     assert fragment in str(info.value)

@@ -1,6 +1,8 @@
 """Watchdog: staleness, step errors and overruns fault; recovery needs fresh obs + success."""
 from __future__ import annotations
 
+import pytest
+
 from vla_cache_ros.control.watchdog import (Watchdog, WatchdogConfig, WatchdogState,
                                             effective_stamp)
 
@@ -85,9 +87,10 @@ def test_result_from_too_old_observation_refused() -> None:
 
 def test_command_observation_ageing_faults_even_with_live_camera() -> None:
     watchdog = running_watchdog()
-    for now in (10.3, 10.45, 10.55):
+    for now in (10.3, 10.45):
         watchdog.input_received("camera", now, now)
     assert watchdog.tick(10.5) is WatchdogState.RUNNING
+    watchdog.input_received("camera", 10.55, 10.55)
     assert watchdog.tick(10.55) is WatchdogState.FAULT  # command from obs at 10.0
     assert "behind the current command" in watchdog.fault_reason
 
@@ -119,3 +122,62 @@ def test_success_with_a_stale_required_input_does_not_recover() -> None:
     assert watchdog.state is WatchdogState.FAULT and watchdog.fault_reason == "boom"
     watchdog.input_received("joint_states", 11.1, 11.1)
     assert watchdog.step_succeeded(11.15, 11.0, 11.0)
+
+
+def test_newest_arrival_defines_the_input_time_after_the_clock_went_back() -> None:
+    """Regression: max(previous, stamp) kept a pre-jump stamp, so ages went negative (-7.0)."""
+    watchdog = Watchdog(WatchdogConfig())
+    watchdog.input_received("joint_states", 100.0, 100.0)
+    assert watchdog.input_age("joint_states", 90.0) == pytest.approx(-10.0)
+    watchdog.input_received("joint_states", 90.0, 90.0)  # first message after the jump back
+    assert watchdog.input_age("joint_states", 90.1) == pytest.approx(0.1)
+
+
+def test_input_dated_ahead_of_the_clock_is_stale() -> None:
+    watchdog = running_watchdog()
+    assert watchdog.tick(9.0) is WatchdogState.FAULT
+    assert watchdog.fault_reason == ("camera is stale (dated 1.000 s ahead of the clock: the "
+                                     "clock went back, max_obs_age_s 0.5)")
+
+
+def test_result_after_the_clock_went_back_during_the_step_is_refused() -> None:
+    watchdog = running_watchdog()
+    watchdog.input_received("camera", 10.3, 10.3)
+    watchdog.step_started(10.3)
+    assert not watchdog.step_succeeded(5.0, 10.3, 10.3)
+    assert "the clock went back by 5.300 s during the inference step" in watchdog.fault_reason
+
+
+def test_input_of_parts_is_as_old_as_its_oldest_part() -> None:
+    watchdog = Watchdog(WatchdogConfig(max_obs_age_s=0.5), ("camera", "joint_states"),
+                        {"joint_states": ("a", "b", "c")})
+    watchdog.input_received("camera", 1.0, 1.0)
+    assert watchdog.parts_received("joint_states", ["a"], 1.0, 1.0) == ["a"]
+    assert watchdog.missing_inputs() == ["joint_states (b, c not seen yet)"]
+    assert watchdog.input_age("joint_states", 1.0) is None
+    watchdog.parts_received("joint_states", ["b", "c"], 1.2, 1.2)
+    assert watchdog.missing_inputs() == []
+    assert watchdog.input_age("joint_states", 1.3) == pytest.approx(0.3)
+    watchdog.input_received("camera", 1.6, 1.6)
+    watchdog.parts_received("joint_states", ["a", "b"], 1.6, 1.6)
+    assert not watchdog.step_succeeded(1.71, 1.6, 1.6)
+    assert watchdog.fault_reason == "joint_states is stale (c: 0.510 s old, max_obs_age_s 0.5)"
+
+
+def test_clock_jump_forgets_inputs_and_starts_a_new_fault_episode() -> None:
+    watchdog = running_watchdog(("camera", "joint_states"))
+    watchdog.step_failed(10.3, "boom")
+    count = watchdog.fault_count
+    assert not watchdog.clock_jumped(0.2, 10.5)  # shorter forward jumps only age the inputs
+    assert watchdog.clock_jumped(-15.0, 10.5)
+    assert watchdog.fault_count == count + 1 and watchdog.generation == 1
+    assert watchdog.fault_reason == ("ROS clock jumped back by 15.000 s (bag loop or simulator "
+                                     "reset); holding until fresh observations arrive")
+    assert watchdog.missing_inputs() == ["camera", "joint_states"]
+    assert watchdog.input_age("camera", 10.5) is None
+    watchdog.input_received("camera", 10.6, 10.6)
+    assert not watchdog.step_succeeded(10.65, 10.6, 10.6)
+    assert watchdog.fault_reason.startswith("ROS clock jumped back")  # first reason kept
+    watchdog.input_received("joint_states", 10.7, 10.7)
+    assert watchdog.step_succeeded(10.75, 10.6, 10.6, generation=1)
+    assert watchdog.state is WatchdogState.RUNNING

@@ -2,11 +2,14 @@
 
 Nothing here imports rclpy or message packages; the node (``vla_cache_ros.ros.node``) converts
 messages to plain numbers and times (ROS clock, float seconds) and calls into these modules.
+That clock can jump (bag loop, simulator reset): every age and expiry is taken with
+:func:`vla_cache_ros.control.clock.elapsed_s`, and the node reports jumps to
+:meth:`Controller.on_clock_jump`.
 """
 from vla_cache_ros.control.actions import (ActionConfig, ActionMapper, ActionSemantics,
                                            ArmCommand, CommandInterface)
-from vla_cache_ros.control.controller import (Controller, ControllerConfig, SafetyCommand,
-                                              StepOutcome, TickOutput)
+from vla_cache_ros.control.controller import (Controller, ControllerConfig, JointStateUpdate,
+                                              SafetyCommand, StepOutcome, TickOutput)
 from vla_cache_ros.control.gripper import GripperConfig, GripperHysteresis
 from vla_cache_ros.control.observation import LatestObservation, Observation
 from vla_cache_ros.control.safety import CLAMP_KINDS, SafetyGuard, SafetyLimits
@@ -16,7 +19,8 @@ from vla_cache_ros.control.watchdog import Watchdog, WatchdogConfig, WatchdogSta
 
 __all__ = [
     "ActionConfig", "ActionMapper", "ActionSemantics", "ArmCommand", "CommandInterface",
-    "Controller", "ControllerConfig", "SafetyCommand", "StepOutcome", "TickOutput",
+    "Controller", "ControllerConfig", "JointStateUpdate", "SafetyCommand", "StepOutcome",
+    "TickOutput",
     "GripperConfig", "GripperHysteresis", "LatestObservation", "Observation", "CLAMP_KINDS",
     "SafetyGuard", "SafetyLimits", "Telemetry", "TelemetrySnapshot", "InvalidInputError",
     "Watchdog", "WatchdogConfig", "WatchdogState",

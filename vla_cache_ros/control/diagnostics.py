@@ -35,6 +35,14 @@ class StatusReport:
         return dict(self.values)
 
 
+def _fmt_age(age_s: float | None) -> str:
+    """An input age for /diagnostics: seconds, ``n/a`` when missing, and ``stale (...)``, never
+    a negative number, when dated ahead of the clock (the clock went back)."""
+    if age_s is not None and age_s < 0.0:
+        return f"stale (dated {-age_s:.3f} s ahead of the clock)"
+    return _fmt(age_s)
+
+
 def _fmt(value: float | int | str | None, spec: str = ".3f") -> str:
     if value is None:
         return "n/a"
@@ -51,13 +59,20 @@ def build_status(*, state: WatchdogState, reason: str | None, telemetry: Telemet
                  extra: Mapping[str, str] | None = None) -> StatusReport:
     """Summarise the node's state for /diagnostics.
 
-    Level: ERROR in FAULT; WARN while waiting for inputs or the first step, or while running
-    with a ``recent_warning`` (e.g. an input rejected in the last seconds); else OK.
+    Level: ERROR in FAULT; WARN while waiting for inputs or the first step, while running with
+    an input dated ahead of the clock (a negative age in ``input_ages``: the clock went back, and
+    the watchdog faults at its next check), or while running with a ``recent_warning`` (e.g. an
+    input rejected in the last seconds); else OK. Input ages are shown in seconds, ``n/a`` when
+    missing and ``stale (...)`` when negative.
     """
+    ahead = [name for name, age in input_ages.items() if age is not None and age < 0.0]
     if state is WatchdogState.FAULT:
         level, message = Level.ERROR, f"FAULT: {reason}"
     elif state is WatchdogState.WAITING:
         level, message = Level.WARN, reason or "waiting"
+    elif ahead:
+        level, message = Level.WARN, (f"running; {', '.join(ahead)} dated ahead of the clock "
+                                      "(the clock went back): stale")
     elif recent_warning:
         level, message = Level.WARN, f"running; {recent_warning}"
     else:
@@ -83,7 +98,7 @@ def build_status(*, state: WatchdogState, reason: str | None, telemetry: Telemet
             values.append((f"latency_{stage}_{label}_ms",
                            _fmt(getattr(summary, attribute) if summary else None, ".1f")))
     for name, age in input_ages.items():
-        values.append((f"{name}_age_s", _fmt(age)))
+        values.append((f"{name}_age_s", _fmt_age(age)))
     values.append(("dropped_frames", str(telemetry.dropped_frames)))
     for kind, count in sorted(telemetry.rejected_inputs.items()):
         values.append((f"rejected_{kind}", str(count)))

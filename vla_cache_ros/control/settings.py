@@ -218,11 +218,14 @@ def controller_config(values: Mapping[str, Any]) -> ControllerConfig:
             raise InvalidInputError(
                 f"command_interface {action.interface.value} needs joint_names with "
                 f"{action.arm_dim} joints (the policy's arm dimensions), got {list(joint_names)}")
-    for name in ("joint_lower_limits", "joint_upper_limits"):
-        count = len(values[name])
-        if count and joint_names and count != len(joint_names):
-            raise InvalidInputError(
-                f"{name} has {count} values but joint_names has {len(joint_names)}")
+    wrong = [name for name in ("joint_lower_limits", "joint_upper_limits")
+             if joint_names and len(values[name]) not in (0, len(joint_names))]
+    if wrong:
+        counts = sorted({len(values[name]) for name in wrong})
+        verb = "has" if len(wrong) == 1 else "have"
+        raise InvalidInputError(
+            f"{' / '.join(wrong)} {verb} {' / '.join(map(str, counts))} values but joint_names "
+            f"has {len(joint_names)}")
     limits = safety_limits(values)
     gripper = GripperConfig(
         action_open=float(values["gripper_action_open"]),

@@ -3,7 +3,10 @@
 Fed by the node after every inference step and control tick; read ~1 Hz for /diagnostics and
 the demo's one-line status. Windows are bounded (the last ``window`` steps / ticks), so the
 figures describe recent behaviour and memory stays constant. Rates use the timestamps passed in
-(ROS time in the node), so they are in sim-time units during bag replay.
+(ROS time in the node), so they are in sim-time units during bag replay. A rate never spans a
+clock jump: a time earlier than the previous one of its window (the clock went back, see
+:mod:`vla_cache_ros.control.clock`) restarts that window, and :meth:`Telemetry.clock_jumped`
+restarts both (for jumps either way, reported by the node).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vla_cache_ros.control.clock import went_back
 from vla_cache_ros.control.validation import InvalidInputError
 
 STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
@@ -45,6 +49,13 @@ class TelemetrySnapshot:
     flops_saved_fraction: float | None
     dropped_frames: int
     rejected_inputs: dict[str, int] = field(default_factory=dict)
+
+
+def _append_time(times: deque[float], now_s: float) -> None:
+    """Append ``now_s`` to a window of event times, restarting it if the clock went back."""
+    if times and went_back(now_s, times[-1]):
+        times.clear()
+    times.append(now_s)
 
 
 def _rate(times: deque[float]) -> float | None:
@@ -83,7 +94,7 @@ class Telemetry:
         """Record one finished inference step (stage times in seconds; unknown stages ignored)."""
         with self._lock:
             self._steps += 1
-            self._step_times.append(float(now_s))
+            _append_time(self._step_times, float(now_s))
             for stage, seconds in times_s.items():
                 if stage in self._latency and seconds is not None:
                     self._latency[stage].append(float(seconds) * 1000.0)
@@ -97,7 +108,13 @@ class Telemetry:
     def record_tick(self, now_s: float) -> None:
         """Record one control-timer tick."""
         with self._lock:
-            self._tick_times.append(float(now_s))
+            _append_time(self._tick_times, float(now_s))
+
+    def clock_jumped(self) -> None:
+        """Restart the inference and control rate windows (the clock jumped either way)."""
+        with self._lock:
+            self._step_times.clear()
+            self._tick_times.clear()
 
     def record_dropped_frames(self, count: int = 1) -> None:
         """Count camera frames replaced by a newer one before inference used them."""

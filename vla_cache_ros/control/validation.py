@@ -1,8 +1,10 @@
 """Input checks shared by the control layer: finite vectors, scalars and joint selection.
 
 Everything that reaches the mapping or safety code passes through these helpers, so a NaN
-joint reading, a 6-D action where 7 were expected, or a JointState missing a configured joint
-fails here with a message that names the input and what was wrong with it.
+joint reading, a 6-D action where 7 were expected, or a malformed JointState fails here with a
+message that names the input and what was wrong with it. A JointState carrying only some (or
+none) of the configured joints is not malformed: joint states may come from several publishers
+and are merged by name (see :meth:`~vla_cache_ros.control.controller.Controller.on_joint_state`).
 """
 from __future__ import annotations
 
@@ -68,34 +70,58 @@ def positive_scalar(value: Any, name: str) -> float:
     return number
 
 
-def select_joint_positions(names: Sequence[str], positions: Iterable[float],
-                           wanted: Sequence[str]) -> np.ndarray:
-    """Pick ``wanted`` joints, in that order, out of a JointState-like (names, positions) pair.
-
-    With an empty ``wanted`` every joint is returned in message order.
+def _joint_state_arrays(names: Sequence[str],
+                        positions: Iterable[float]) -> tuple[list[str], np.ndarray]:
+    """Names and positions of a JointState-like pair as a list and a float array.
 
     Raises:
-        InvalidInputError: names and positions differ in length, duplicate or missing joint
-            names, or a selected position is NaN / inf.
+        InvalidInputError: positions that are not numbers, or not one per name.
     """
-    names = list(names)
+    names = [str(name) for name in names]
     try:
         raw = np.array(list(positions), dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise InvalidInputError(f"joint_states.position must be numbers ({error})") from None
     if raw.ndim != 1 or raw.shape[0] != len(names):
         raise InvalidInputError(f"joint_states has {len(names)} names but {raw.size} positions")
-    if not wanted:
-        return finite_vector(raw, "joint_states.position")
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"joint_states has duplicate joint names: {names}")
-    index = {joint: i for i, joint in enumerate(names)}
-    missing = [joint for joint in wanted if joint not in index]
-    if missing:
-        raise InvalidInputError(
-            f"joint_states lacks configured joints {missing} (message has {names})")
-    selected = raw[[index[joint] for joint in wanted]]
-    bad = [joint for joint, value in zip(wanted, selected) if not math.isfinite(value)]
+    return names, raw
+
+
+def message_joint_positions(names: Sequence[str], positions: Iterable[float]) -> np.ndarray:
+    """Every position of a JointState-like (names, positions) pair, in message order.
+
+    What the controller uses when no joint names are configured.
+
+    Raises:
+        InvalidInputError: names and positions differ in length, or a position is NaN / inf.
+    """
+    _, raw = _joint_state_arrays(names, positions)
+    return finite_vector(raw, "joint_states.position")
+
+
+def pick_joint_positions(names: Sequence[str], positions: Iterable[float],
+                         wanted: Sequence[str]) -> dict[str, float]:
+    """The ``wanted`` joints a JointState-like (names, positions) pair carries, in ``wanted`` order.
+
+    A message may carry only some of the wanted joints, or none (an empty dict): several
+    publishers may share the topic, e.g. an arm's joint_state_broadcaster and a gripper driver
+    that publishes only its finger joints. A message with none of the wanted joints is not
+    checked further (it is someone else's); joints not wanted are ignored, NaN included.
+
+    Raises:
+        InvalidInputError: (for a message carrying a wanted joint) names and positions differ in
+            length, duplicate joint names, or a wanted joint's position is NaN / inf.
+    """
+    listed = [str(name) for name in names]
+    wanted_set = set(wanted)
+    if not wanted_set.intersection(listed):
+        return {}
+    listed, raw = _joint_state_arrays(listed, positions)
+    if len(set(listed)) != len(listed):
+        raise InvalidInputError(f"joint_states has duplicate joint names: {listed}")
+    index = {joint: i for i, joint in enumerate(listed)}
+    picked = {joint: float(raw[index[joint]]) for joint in wanted if joint in index}
+    bad = [joint for joint, value in picked.items() if not math.isfinite(value)]
     if bad:
         raise InvalidInputError(f"joint_states has non-finite positions for {bad}")
-    return selected
+    return picked
