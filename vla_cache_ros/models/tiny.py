@@ -2,9 +2,11 @@
 
 ``make_tiny_checkpoint(dir)`` writes config.json (real timm ids + ``timm_model_kwargs`` to
 shrink them), safetensors weights (optionally sharded with an index), tokenizer files built with
-the ``tokenizers`` library, preprocessor_config.json (bf16-rounded DINOv2 constants) and
-norm_stats for two datasets. Presets: ``tiny`` (tests, demo) and ``midsize`` (benchmark: hidden
-1024, 8 layers, 16 heads). ``single_backbone=True`` writes a DINOv2-only (unfused) variant.
+the ``tokenizers`` library, preprocessor_config.json in OpenVLA's layout (top-level ImageNet
+``means``/``stds`` and the ``tvf_*`` transform fields holding the bf16-rounded DINOv2 constants
+that OpenVLA's processor applies) and norm_stats for two datasets. Presets: ``tiny`` (tests,
+demo) and ``midsize`` (benchmark: hidden 1024, 8 layers, 16 heads). ``single_backbone=True``
+writes a DINOv2-only (unfused) variant.
 Random weights give meaningless but deterministic actions; the lm_head rows of the action tokens
 are scaled up so that greedy decoding lands on action tokens, and DINOv2's LayerScale factors
 are drawn at random (timm initialises them to 1e-5, which would make every block a near no-op).
@@ -23,12 +25,17 @@ from transformers import PreTrainedTokenizerFast
 
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.config import parse_config
-from vla_cache_ros.models.processor import ImageProcessor
+from vla_cache_ros.models.processor import (
+    BICUBIC_PIL_CODE,
+    ImageProcessor,
+    default_normalization,
+    parse_preprocessor_config,
+)
 from vla_cache_ros.models.vision import module_key_to_checkpoint_key
 
 DINOV2_ID = "vit_large_patch14_reg4_dinov2.lvd142m"
 SIGLIP_ID = "vit_so400m_patch14_siglip_224"
-# OpenVLA's saved (bf16-rounded) DINOv2 constants and SigLIP's.
+# OpenVLA's saved (bf16-rounded) DINOv2 constants, applied through tvf_normalize_params, and SigLIP's.
 DINOV2_MEAN_BF16 = [0.484375, 0.455078125, 0.40625]
 DINOV2_STD_BF16 = [0.228515625, 0.2236328125, 0.224609375]
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
@@ -111,6 +118,35 @@ def tiny_config(preset: str, pad_token_id: int, norm_stats: dict[str, Any],
     }
 
 
+def preprocessor_config(timm_model_ids: list[str], image_size: int = 224) -> dict[str, Any]:
+    """preprocessor_config.json as OpenVLA's export writes it, for ``timm_model_ids``.
+
+    Top-level ``means``/``stds`` are the standard constants (ImageNet for DINOv2, 0.5 for
+    SigLIP); ``tvf_normalize_params`` hold what the processor applies: the bf16-rounded DINOv2
+    values and SigLIP's 0.5. Resize-naive, bicubic (PIL code 3), antialiased, no letterbox.
+    """
+    normalize = [{"inplace": False, "mean": SIGLIP_MEAN, "std": SIGLIP_STD} if "siglip" in model_id
+                 else {"inplace": False, "mean": DINOV2_MEAN_BF16, "std": DINOV2_STD_BF16}
+                 for model_id in timm_model_ids]
+    standard = [default_normalization(model_id) for model_id in timm_model_ids]
+    return {
+        "image_processor_type": "PrismaticImageProcessor",
+        "image_resize_strategy": "resize-naive",
+        "input_sizes": [[3, image_size, image_size] for _ in timm_model_ids],
+        "interpolations": ["bicubic" for _ in timm_model_ids],
+        "means": [list(mean) for mean, _ in standard],
+        "stds": [list(std) for _, std in standard],
+        "processor_class": "PrismaticProcessor",
+        "tvf_crop_params": [{"output_size": [image_size, image_size]} for _ in timm_model_ids],
+        "tvf_do_letterbox": False,
+        "tvf_letterbox_fill": None,
+        "tvf_normalize_params": normalize,
+        "tvf_resize_params": [{"antialias": True, "interpolation": BICUBIC_PIL_CODE, "max_size": None,
+                               "size": [image_size, image_size]} for _ in timm_model_ids],
+        "use_fused_vision_backbone": len(timm_model_ids) > 1,
+    }
+
+
 def example_norm_stats(seed: int) -> dict[str, Any]:
     """Two datasets' statistics in OpenVLA's norm_stats layout (7-D actions, gripper unmasked)."""
     generator = torch.Generator().manual_seed(seed)
@@ -183,8 +219,8 @@ def random_model(preset: str, device: str | torch.device = "cpu", dtype: torch.d
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory)
     config = parse_config(tiny_config(preset, int(tokenizer.pad_token_id), example_norm_stats(seed)))
-    processor = ImageProcessor(224, [tuple(DINOV2_MEAN_BF16), tuple(SIGLIP_MEAN)],
-                               [tuple(DINOV2_STD_BF16), tuple(SIGLIP_STD)])
+    processor = ImageProcessor.naive(224, [tuple(DINOV2_MEAN_BF16), tuple(SIGLIP_MEAN)],
+                                     [tuple(DINOV2_STD_BF16), tuple(SIGLIP_STD)])
     with torch.device("meta"):
         model = OpenVLA(config, tokenizer, processor)
     model = model.to_empty(device=device).to(dtype)
@@ -229,21 +265,12 @@ def make_tiny_checkpoint(path: str | Path, seed: int = 0, preset: str = "tiny",
     tokenizer = build_tokenizer(directory)
     norm_stats = example_norm_stats(seed)
     config_dict = tiny_config(preset, int(tokenizer.pad_token_id), norm_stats, single_backbone)
-    means = [DINOV2_MEAN_BF16] if single_backbone else [DINOV2_MEAN_BF16, SIGLIP_MEAN]
-    stds = [DINOV2_STD_BF16] if single_backbone else [DINOV2_STD_BF16, SIGLIP_STD]
     (directory / "config.json").write_text(json.dumps(config_dict, indent=2))
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "PrismaticImageProcessor",
-        "image_resize_strategy": "resize-naive",
-        "input_sizes": [[3, 224, 224] for _ in means],
-        "interpolations": ["bicubic" for _ in means],
-        "means": means,
-        "stds": stds,
-        "use_fused_vision_backbone": not single_backbone,
-    }, indent=2))
+    preprocessor = preprocessor_config(config_dict["timm_model_ids"])
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     torch.manual_seed(seed)
     config = parse_config(config_dict)
-    processor = ImageProcessor(224, [tuple(m) for m in means], [tuple(s) for s in stds])
+    processor = ImageProcessor(parse_preprocessor_config(preprocessor, config.num_backbones, 224, "tiny"))
     model = OpenVLA(config, tokenizer, processor)
     low, high = model.action_tokenizer.action_token_range
     with torch.no_grad():
