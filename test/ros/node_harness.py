@@ -203,6 +203,14 @@ class Peer:
             return Time(sec=int(seconds), nanosec=int((seconds % 1.0) * 1e9))
         return self.node.get_clock().now().to_msg()
 
+    def jump_clock(self, delta_s: float) -> float:
+        """Move the published sim time by ``delta_s`` (negative: back, as a bag loop or a
+        simulator reset does); returns the sim time just before the jump."""
+        assert self.sim_time is not None, "jump_clock needs sim time"
+        before = self.sim_time + (time.monotonic() - self._sim_origin)
+        self.sim_time, self._sim_origin = before + delta_s, time.monotonic()
+        return before
+
     def _publish_camera(self) -> None:
         if self.compressed_on:
             jpeg = self.jpeg_frames[self._frame_index % len(self.jpeg_frames)]

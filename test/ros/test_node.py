@@ -203,8 +203,8 @@ def short_step_image() -> Image:
      "step 10 is shorter than a row", "image"),
     ("joints", lambda p: p.joint_positions.__setitem__(2, math.nan),
      "non-finite positions for ['joint_3']", "joint_states"),
-    ("joints", lambda p: setattr(p, "joint_names", ["elbow"] + JOINTS[1:]),
-     "lacks configured joints ['joint_1']", "joint_states"),
+    ("joints", lambda p: setattr(p, "joint_names", JOINTS[:5] + ["joint_1"]),
+     "duplicate joint names", "joint_states"),
     ("joints", lambda p: setattr(p, "joint_positions", MEASURED[:5]),
      "6 names but 5 positions", "joint_states"),
 ])

@@ -41,7 +41,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 
 try:  # Jazzy and later
@@ -58,6 +58,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_cache_ros.control import settings
 from vla_cache_ros.control.actions import ArmCommand, CommandInterface
+from vla_cache_ros.control.clock import CLOCK_SKEW_TOLERANCE_S
 from vla_cache_ros.control.controller import CAMERA, EE_POSE, JOINT_STATES, Controller
 from vla_cache_ros.control.diagnostics import build_status, one_line
 from vla_cache_ros.control.observation import LatestObservation
@@ -162,6 +163,12 @@ class VlaCacheNode(Node):
         self._diagnostics_timer = self.create_timer(
             1.0, self._guarded("diagnostics", self._on_diagnostics),
             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        # Bag loops and simulator resets move /clock back: see Controller.on_clock_jump.
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=Duration(seconds=0.1),
+                          min_backward=Duration(nanoseconds=-int(CLOCK_SKEW_TOLERANCE_S * 1e9)),
+                          on_clock_change=True),
+            post_callback=self._guarded("clock jump", self._on_clock_jump))
         self._worker = threading.Thread(target=self._inference_loop, name="vla_inference",
                                         daemon=True)
         self._worker.start()
@@ -456,23 +463,36 @@ class VlaCacheNode(Node):
 
     def _store_frame(self, msg: Any, convert: Any) -> None:
         now = self._now()
+        stamp = stamp_seconds(msg.header.stamp)
         try:
             rgb = convert(msg)
+            generation = self._controller.on_observation(stamp, now)
         except UserFacingError as error:
             self._reject("image", error)
             return
-        stamp = stamp_seconds(msg.header.stamp)
-        dropped = self._slot.put(rgb, stamp, now)
+        dropped = self._slot.put(rgb, stamp, now, generation)
         if dropped:
             self._telemetry.record_dropped_frames(dropped)
-        self._controller.on_observation(stamp, now)
 
     def _on_joint_state(self, msg: JointState) -> None:
+        """Merge by joint name; a message with none of ``joint_names`` (a gripper driver on the
+        same topic) is not for us, which is not an error."""
         try:
             self._controller.on_joint_state(msg.name, msg.position,
                                             stamp_seconds(msg.header.stamp), self._now())
         except InvalidInputError as error:
             self._reject("joint_states", error)
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        if self._controller.on_clock_jump(jump.delta.nanoseconds * 1e-9, self._now()):
+            self._after_clock_jump()
+
+    def _after_clock_jump(self) -> None:
+        """Forget what was held from before a clock jump the controller acted on."""
+        self._policy.reset()
+        self._slot.clear()
+        self._telemetry.clock_jumped()
+        self.get_logger().error(f"clock jump: {self._controller.fault_reason}")
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         position = msg.pose.position
@@ -524,7 +544,8 @@ class VlaCacheNode(Node):
             return
         now = self._now()
         outcome = self._controller.on_step_result(action, observation.stamp_s,
-                                                  observation.received_s, now)
+                                                  observation.received_s, now,
+                                                  observation.generation)
         if not outcome.accepted:
             self._warn("step", f"step not used: {outcome.reason}")
         self._telemetry.record_step(
@@ -541,6 +562,8 @@ class VlaCacheNode(Node):
         now = self._now()
         self._telemetry.record_tick(now)
         output = self._controller.tick(now)
+        if output.clock_jumped:  # a jump the clock callback did not report
+            self._after_clock_jump()
         if output.entered_fault:
             self.get_logger().error(f"FAULT, policy output stopped: {output.reason}")
         with self._state_lock:
