@@ -136,7 +136,9 @@ def letterboxed(frame: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
 def test_letterbox_pads_with_the_fill_value_first(tmp_path: Path, frame: np.ndarray, rows: int) -> None:
     fill = (124, 116, 104)
     image = np.ascontiguousarray(frame[:rows])
-    prepared = processor_for(tmp_path, openvla_preprocessor("letterbox", tvf_letterbox_fill=list(fill)))(image)
+    processor = processor_for(tmp_path, openvla_preprocessor("letterbox", tvf_letterbox_fill=list(fill)))
+    prepared = processor(image)
+    np.testing.assert_array_equal(processor.resize(image), prepared.model_input_rgb)
     padded = letterboxed(image, fill)
     short, long = sorted(padded.shape[:2])
     assert long - short in (0, 1)

@@ -129,6 +129,8 @@ def parse_action_stats(dataset: str, entry: Any, action_dim: int = ACTION_DIM) -
     if above.size:
         i = int(above[0])
         return f"action {bounds[0]}[{i}] = {low[i]:g} is above {bounds[1]}[{i}] = {high[i]:g}"
+    for array in (low, high, mask):
+        array.setflags(write=False)  # shared by every step; never to be edited in place
     return ActionStats(dataset=dataset, low=low, high=high, mask=mask, bounds=bounds)
 
 

@@ -333,19 +333,22 @@ class ImageProcessor:
             cropped = self._libero_crop(cropped)
         return np.asarray(cropped, dtype=np.uint8)
 
+    def _padded(self, image: np.ndarray) -> Image.Image:
+        """The validated frame as a PIL image, letterboxed when the spec says so."""
+        validate_rgb_image(image)
+        pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+        return pil if self.spec.letterbox_fill is None else letterbox_pad(pil, self.spec.letterbox_fill)
+
     def resize(self, image: np.ndarray) -> np.ndarray:
         """The first backbone's model-input RGB, (S, S, 3) uint8, for an (H, W, 3) uint8 frame."""
-        return self(image).model_input_rgb
+        return self._geometry(self._padded(image), self.spec.transforms[0])
 
     def __call__(self, image: np.ndarray) -> PreparedImage:
         """Preprocess one (H, W, 3) uint8 RGB frame into ``PreparedImage``.
 
         Raises ConfigurationError for anything but a non-empty (H, W, 3) uint8 array.
         """
-        validate_rgb_image(image)
-        pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-        if self.spec.letterbox_fill is not None:
-            pil = letterbox_pad(pil, self.spec.letterbox_fill)
+        pil = self._padded(image)
         resized: dict[tuple[Any, ...], np.ndarray] = {}
         planes = []
         for transform in self.spec.transforms:
