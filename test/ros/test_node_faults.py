@@ -149,6 +149,39 @@ def test_volatile_instruction_publisher_is_heard(running: Peer, node: NodeProces
         running.node.destroy_publisher(publisher)
 
 
+def test_joint_states_from_arm_split_and_gripper_driver(running: Peer, node: NodeProcess) -> None:
+    """Joints 1-3 from the peer's publisher, joints 4-6 (reordered, with extra joints) from a
+    second one, and a gripper driver publishing only finger joints on the same topic: merged by
+    name, nothing counted as bad input, policy commands keep flowing."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
+
+    peer = running
+    before = peer.wait_status(NAME, lambda s, v: v.get("state") == "running", 15, "running", node)
+    rejected = {kv.key: kv.value for kv in before.values}.get("rejected_joint_states", "0")
+    publisher = peer.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+    peer.joint_names, peer.joint_positions = JOINTS[:3], MEASURED[:3]
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < 3.0:
+            for names, values in (([JOINTS[5], "finger_left", JOINTS[3], JOINTS[4]],
+                                   [MEASURED[5], 0.01, MEASURED[3], MEASURED[4]]),
+                                  (["finger_left", "finger_right"], [0.01, 0.01])):
+                message = JointState(name=names, position=values)
+                message.header.stamp = peer.now_stamp()
+                publisher.publish(message)
+            time.sleep(0.02)
+        assert len(policy_commands(peer, start + 1.0)) >= 3
+        status = peer.wait_status(NAME, lambda s, v: v.get("state") == "running", 10,
+                                  "running", node)
+        values = {kv.key: kv.value for kv in status.values}
+        assert values.get("rejected_joint_states", "0") == rejected
+        assert status.level == b"\x00", status.message  # OK: no recent warning either
+    finally:
+        peer.node.destroy_publisher(publisher)
+        peer.joint_names, peer.joint_positions = list(JOINTS), list(MEASURED)
+
+
 def test_stops_cleanly_after_faults(running: Peer, node: NodeProcess) -> None:
     code, log = node.stop()
     assert code == 0, log[-3000:]
