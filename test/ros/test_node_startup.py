@@ -7,6 +7,7 @@ loading any weight, so these tests are fast.
 """
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -193,3 +194,33 @@ def test_sigint_works_when_inherited_as_ignored(checkpoint: Path, peer: Peer,
     time.sleep(0.3)
     last = commands.since(start)[-1]
     assert list(positions(last)) == MEASURED  # the hold: measured joints
+
+
+def test_checkpoint_without_usable_statistics_is_refused_at_start(tmp_path: Path) -> None:
+    """Once the node said "ready" and then faulted on every step; now it is one line at start."""
+    broken = make_checkpoint(tmp_path / "broken", broken_stats=True)
+    last = expect_one_line_exit_2({"model_path": str(broken), "unnorm_key": "tiny_sim"},
+                                  "'tiny_sim' action q01 has 3 values, expected 7", tmp_path)
+    assert "ready" not in last
+
+
+def test_min_max_statistics_are_used_with_a_warning(tmp_path: Path, peer: Peer) -> None:
+    """A dataset_statistics.json from another pipeline (mean/std/min/max, no q01/q99): the node
+    starts, says which fallback it uses, and acts."""
+    path = make_checkpoint(tmp_path / "minmax")
+    config = json.loads((path / "config.json").read_text())
+    action = config["norm_stats"]["tiny_sim"]["action"]
+    (path / "dataset_statistics.json").write_text(json.dumps({"other_pipeline": {"action": {
+        "mean": [0.0] * 7, "std": [1.0] * 7, "min": action["q01"], "max": action["q99"]}}}))
+    name = "vla_startup_minmax"
+    node = start_node(name, {"model_path": str(path), "unnorm_key": "other_pipeline",
+                             "num_threads": 1}, workdir=tmp_path)
+    try:
+        peer.camera_on = True
+        peer.publish_instruction("pick up the red cube")
+        peer.wait_status(name, lambda s, v: v.get("state") == "running", 60, "running", node)
+    finally:
+        peer.camera_on = False
+        code, log = node.stop()
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+    assert "'other_pipeline': no action q01/q99; un-normalising with min/max instead" in log

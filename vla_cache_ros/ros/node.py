@@ -312,14 +312,13 @@ class VlaCacheNode(Node):
         """
         from vla_cache_ros.cache.modes import parse_prepack
         from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
-        from vla_cache_ros.models.action_tokenizer import select_action_stats
         from vla_cache_ros.models.config import load_config
         from vla_cache_ros.policy import CachedVLAPolicy
 
         device = resolve_device(str(values["device"]))
         dtype = resolve_dtype(str(values["dtype"]))
         unnorm_key = str(values["unnorm_key"]) or None
-        select_action_stats(load_config(Path(model_path)).norm_stats, unnorm_key)
+        load_config(Path(model_path)).action_statistics().select(unnorm_key)  # no weights read
         set_cpu_threads(int(values["num_threads"]))
         self.get_logger().info(f"loading {model_path} on {device} ...")
         policy = CachedVLAPolicy.from_pretrained(
