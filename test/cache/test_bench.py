@@ -55,5 +55,5 @@ def test_bench_option_errors(tmp_path):
     with pytest.raises(ConfigurationError, match="first mode must be 'off'"):
         run_bench(["tiny"], "fixed:0.5", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigurationError, match="no CUDA device"):
+        with pytest.raises(ConfigurationError, match="no CUDA GPU"):
             run_bench(["tiny"], "off", 1, 0, "cuda", "bfloat16", None, tmp_path, "tiny_sim")

@@ -23,6 +23,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
+from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.ros.image_conversion import fill_message, rgb_to_image_fields
 from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.synthetic import SyntheticScene
@@ -53,8 +54,8 @@ class SyntheticCameraNode(Node):
         seed = int(self.declare_parameter("seed", 7).value)
         instruction = str(self.declare_parameter("instruction", "pick up the red cube").value)
         if camera_hz <= 0 or joint_hz <= 0 or height < 14 or width < 14:
-            raise ValueError("camera_rate_hz and joint_state_rate_hz must be > 0, "
-                             "height and width >= 14")
+            raise ConfigurationError("camera_rate_hz and joint_state_rate_hz must be > 0, "
+                                     "height and width >= 14")
         self._scene = SyntheticScene(height=height, width=width, seed=seed)
         self._frame_index = 0
         self._image_pub = self.create_publisher(Image, CAMERA_TOPIC, qos_profile_sensor_data)
