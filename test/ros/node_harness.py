@@ -34,8 +34,8 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from vla_cache_ros.subprocesses import interrupt
-from vla_cache_ros.ros.image_conversion import (fill_message, rgb_to_compressed_fields,
-                                                rgb_to_image_fields)
+from vla_cache_ros.image_conversion import (fill_message, rgb_to_compressed_fields,
+                                            rgb_to_image_fields)
 from vla_cache_ros.synthetic import SyntheticScene
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_cache_ros.ros.image_conversion import image_to_rgb
+from vla_cache_ros.image_conversion import image_to_rgb
 from vla_cache_ros.sim import topics
 
 REPO = Path(__file__).resolve().parents[2]

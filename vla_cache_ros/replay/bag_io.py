@@ -500,7 +500,7 @@ def command_values(message: Any, msgtype: str) -> np.ndarray:
 def decode_image(message: Any, msgtype: str) -> np.ndarray:
     """A decoded Image or CompressedImage as an (H, W, 3) uint8 RGB array.
 
-    The node's conversion is reused as is (:mod:`vla_cache_ros.ros.image_conversion`), so a
+    The node's conversion is reused as is (:mod:`vla_cache_ros.image_conversion`), so a
     bag and a live camera obey one rule: 8-bit colour or mono only; depth, 16-bit and float
     images (raw or compressed, e.g. ``16UC1; png compressed``) raise its
     ``ImageConversionError``, a UserFacingError and ValueError.
@@ -877,7 +877,7 @@ def header_message(stamp_ns: int, frame_id: str = "") -> Any:
 def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8") -> Any:
     """``sensor_msgs/Image`` from an (H, W, 3) uint8 RGB array, stored in ``encoding``
     (``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` or ``mono8``)."""
-    from vla_cache_ros.ros.image_conversion import rgb_to_image_fields
+    from vla_cache_ros.image_conversion import rgb_to_image_fields
 
     fields = rgb_to_image_fields(rgb, encoding)
     fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
@@ -886,7 +886,7 @@ def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", enco
 
 def compressed_image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", fmt: str = "jpeg") -> Any:
     """``sensor_msgs/CompressedImage`` (``jpeg`` or ``png``) from an (H, W, 3) uint8 RGB array."""
-    from vla_cache_ros.ros.image_conversion import rgb_to_compressed_fields
+    from vla_cache_ros.image_conversion import rgb_to_compressed_fields
 
     fields = rgb_to_compressed_fields(rgb, fmt)
     fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)

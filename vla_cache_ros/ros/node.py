@@ -67,7 +67,7 @@ from vla_cache_ros.control.telemetry import Telemetry
 from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogState
 from vla_cache_ros.errors import ConfigurationError, UserFacingError, clip_text
-from vla_cache_ros.ros.image_conversion import compressed_image_to_rgb, image_to_rgb
+from vla_cache_ros.image_conversion import compressed_image_to_rgb, image_to_rgb
 from vla_cache_ros.ros.process import run_node
 
 NODE_NAME = "vla_cache_node"

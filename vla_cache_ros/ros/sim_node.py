@@ -39,7 +39,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_cache_ros.errors import UserFacingError
-from vla_cache_ros.ros.image_conversion import fill_message, rgb_to_image_fields
+from vla_cache_ros.image_conversion import fill_message, rgb_to_image_fields
 from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.sim import topics
 from vla_cache_ros.sim.controller import ControllerSettings, SimCommandError

@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from vla_cache_ros.errors import ConfigurationError
-from vla_cache_ros.ros.image_conversion import fill_message, rgb_to_image_fields
+from vla_cache_ros.image_conversion import fill_message, rgb_to_image_fields
 from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.synthetic import SyntheticScene
 

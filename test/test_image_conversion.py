@@ -11,11 +11,11 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from vla_cache_ros.errors import UserFacingError
-from vla_cache_ros.ros.image_conversion import (CHANNELS, CompressedFormat, ImageConversionError,
-                                                compressed_image_to_rgb, encoding_problem,
-                                                fill_message, image_to_rgb,
-                                                parse_compressed_format, rgb_to_compressed_fields,
-                                                rgb_to_image_fields)
+from vla_cache_ros.image_conversion import (CHANNELS, CompressedFormat, ImageConversionError,
+                                            compressed_image_to_rgb, encoding_problem,
+                                            fill_message, image_to_rgb,
+                                            parse_compressed_format, rgb_to_compressed_fields,
+                                            rgb_to_image_fields)
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
@@ -260,7 +260,7 @@ def test_raw_depth_message_names_why() -> None:
 
 
 def test_module_does_not_import_rclpy() -> None:
-    code = ("import sys, vla_cache_ros.ros.image_conversion, vla_cache_ros.control; "
+    code = ("import sys, vla_cache_ros.image_conversion, vla_cache_ros.control; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('rclpy', 'sensor_msgs', 'std_msgs', 'cv2')]; print(bad); assert not bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
