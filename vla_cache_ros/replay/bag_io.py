@@ -505,7 +505,7 @@ def decode_image(message: Any, msgtype: str) -> np.ndarray:
     images (raw or compressed, e.g. ``16UC1; png compressed``) raise its
     ``ImageConversionError``, a UserFacingError and ValueError.
     """
-    from vla_cache_ros.ros import image_conversion  # pure numpy/OpenCV, no rclpy
+    from vla_cache_ros import image_conversion  # pure numpy/OpenCV, no rclpy
 
     if msgtype == COMPRESSED_IMAGE_TYPE:
         return image_conversion.compressed_image_to_rgb(message)
