@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vla_cache_ros.replay.bag_io import BagReader, FrameReader
+from vla_cache_ros.replay.bag_reader import BagReader
+from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.cli import main
 
 
@@ -47,7 +48,8 @@ def test_errors_are_one_clear_message(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_replay_modules_import_without_ros() -> None:
     code = (
         "import sys\n"
-        "import vla_cache_ros.replay.bag_io, vla_cache_ros.replay.synthetic_bag\n"
+        "import vla_cache_ros.replay.bag_reader, vla_cache_ros.replay.frames, vla_cache_ros.replay.bag_writer\n"
+        "import vla_cache_ros.replay.messages, vla_cache_ros.replay.synthetic_bag\n"
         "import vla_cache_ros.replay.cli\n"
         "assert not [m for m in sys.modules if m.startswith('rclpy')], 'rclpy imported'\n"
     )

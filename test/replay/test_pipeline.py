@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_cache_ros.replay.bag_io import BagReader, FrameReader
+from vla_cache_ros.replay.bag_reader import BagReader
+from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
 
 pytest.importorskip("rclpy")

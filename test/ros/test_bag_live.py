@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vla_cache_ros.replay.bag_io import BagReader, FrameReader, list_topics
+from vla_cache_ros.replay.bag_reader import BagReader, list_topics
+from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
 from vla_cache_ros.synthetic import SyntheticScene
 

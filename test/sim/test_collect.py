@@ -10,7 +10,7 @@ import pytest
 from rosbags.interfaces import QosDurability
 
 from vla_cache_ros.cli import main as cli_main
-from vla_cache_ros.replay.bag_io import BagReader
+from vla_cache_ros.replay.bag_reader import BagReader
 from vla_cache_ros.sim import topics
 from vla_cache_ros.sim.collect import BAGS_DIR
 from vla_cache_ros.sim.dataset import (

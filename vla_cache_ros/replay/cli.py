@@ -34,7 +34,7 @@ def _log(text: str) -> None:
 
 
 def _bag_info(args: argparse.Namespace) -> int:
-    from vla_cache_ros.replay.bag_io import BagReader
+    from vla_cache_ros.replay.bag_reader import BagReader
 
     with BagReader(args.bag) as bag:
         print(f"bag:      {bag.path}")

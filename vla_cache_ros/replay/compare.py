@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from vla_cache_ros.errors import BagError, ConfigurationError
-from vla_cache_ros.replay.bag_io import AUTO, BagReader, Frame, FrameReader
+from vla_cache_ros.replay.bag_reader import BagReader
+from vla_cache_ros.replay.frames import AUTO, Frame, FrameReader
 
 DEFAULT_MODES = "off,fixed:0.5,fixed:0.75,vla_cache"
 STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")

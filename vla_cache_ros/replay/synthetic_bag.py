@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_cache_ros.replay.bag_io import (
+from vla_cache_ros.replay.bag_writer import LATCHED_QOS, BagWriter
+from vla_cache_ros.replay.messages import (
     STRING_TYPE,
-    BagWriter,
     compressed_image_message,
     float64_array_message,
     image_message,
     joint_state_message,
-    make_qos,
     string_message,
 )
 from vla_cache_ros.synthetic import SyntheticScene
@@ -156,7 +155,7 @@ def write_synthetic_bag(
     image_topic = spec.resolved_image_topic
     with BagWriter(path, storage=storage) as writer:
         if spec.instruction is not None:  # recorded as a latched topic, as a real one would be
-            writer.add_topic(spec.instruction_topic, STRING_TYPE, [make_qos(transient_local=True, depth=1)])
+            writer.add_topic(spec.instruction_topic, STRING_TYPE, [LATCHED_QOS])
         for time_ns, _, kind, index in _events(spec):
             if kind == "instruction":
                 writer.write(spec.instruction_topic, string_message(spec.instruction or ""), time_ns)

@@ -8,7 +8,8 @@
   the node's clock (sim time from ``/clock`` with ``use_sim_time``).
 
 Both stop cleanly on Ctrl-C or SIGTERM: the recorder finalises its bag, the player closes the
-bag and the node. The ROS-free bag reading and writing they build on is ``replay.bag_io``.
+bag and the node. The ROS-free bag reading and writing they build on are ``replay.bag_reader`` and
+``replay.bag_writer``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from typing import Any
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 from vla_cache_ros.errors import BagError, ConfigurationError
-from vla_cache_ros.replay.bag_io import STRING_TYPE, BagReader, BagWriter, canonical_cdr, ros2_typestore
+from vla_cache_ros.replay.bag_reader import BagReader, canonical_cdr, ros2_typestore
+from vla_cache_ros.replay.bag_writer import BagWriter
+from vla_cache_ros.replay.messages import STRING_TYPE
 from vla_cache_ros.ros.process import ros_session
 
 CLOCK_TOPIC = "/clock"

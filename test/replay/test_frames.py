@@ -1,4 +1,5 @@
-"""Reading bags written with rosbags (both storages): frames, alignment, commands, errors, memory."""
+"""Camera frames from bags (both storages): images, joint-state alignment, instructions, recorded
+commands, topic choice, options and bounded memory."""
 from __future__ import annotations
 
 import tracemalloc
@@ -7,46 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_cache_ros.errors import BagError
-from vla_cache_ros.replay.bag_io import (
-    BagReader,
-    BagWriter,
-    FrameReader,
-    JointSample,
-    align_joint_state,
-    canonical_cdr,
-    image_message,
-    joint_state_message,
-    list_topics,
-    string_message,
-)
-from vla_cache_ros.replay.synthetic_bag import (
-    JOINT_NAMES,
-    SyntheticBagSpec,
-    joint_positions,
-    joint_velocities,
-    synthetic_action,
-    write_synthetic_bag,
-)
+from test.replay.helpers import STORAGES, seconds_since_start, write_small_bag
+from vla_cache_ros.errors import BagError, ConfigurationError
+from vla_cache_ros.replay.bag_reader import BagReader
+from vla_cache_ros.replay.bag_writer import BagWriter
+from vla_cache_ros.replay.frames import FrameReader, JointSample, align_joint_state
+from vla_cache_ros.replay.messages import image_message
+from vla_cache_ros.replay.synthetic_bag import JOINT_NAMES, joint_positions, joint_velocities, synthetic_action
 from vla_cache_ros.synthetic import SyntheticScene
-
-STORAGES = ("mcap", "sqlite3")
-SMALL = dict(height=48, width=64, num_frames=12)
-
-
-def _write(tmp_path: Path, name: str, storage: str, **spec_fields: object):
-    fields = {**SMALL, **spec_fields}
-    return write_synthetic_bag(tmp_path / name, storage, SyntheticBagSpec(**fields))
-
-
-def _seconds(spec: SyntheticBagSpec, time_ns: int) -> float:
-    return (time_ns - spec.start_time_ns) / 1e9
 
 
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "png"])
 def test_frames_read_back_exactly(tmp_path: Path, storage: str, encoding: str) -> None:
-    info = _write(tmp_path, "bag", storage, image_encoding=encoding, commands=True)
+    info = write_small_bag(tmp_path, "bag", storage, image_encoding=encoding, commands=True)
     scene = SyntheticScene(height=48, width=64, seed=0)
     with BagReader(info.path) as bag:
         assert bag.storage == storage
@@ -66,7 +41,7 @@ def test_frames_read_back_exactly(tmp_path: Path, storage: str, encoding: str) -
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_jpeg_frames_decode_close_to_source(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage, image_encoding="jpeg")
+    info = write_small_bag(tmp_path, "bag", storage, image_encoding="jpeg")
     scene = SyntheticScene(height=48, width=64, seed=0)
     with BagReader(info.path) as bag:
         frames = list(FrameReader(bag))
@@ -77,34 +52,8 @@ def test_jpeg_frames_decode_close_to_source(tmp_path: Path, storage: str) -> Non
 
 
 @pytest.mark.parametrize("storage", STORAGES)
-def test_topics_counts_and_single_file_open(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage, commands=True)
-    spec = info.spec
-    topics = list_topics(info.path)
-    assert {name: t.msgtype for name, t in topics.items()} == {
-        "/camera/image_raw": "sensor_msgs/msg/Image",
-        "/instruction": "std_msgs/msg/String",
-        "/joint_states": "sensor_msgs/msg/JointState",
-        "/vla/action": "std_msgs/msg/Float64MultiArray",
-    }
-    assert topics["/joint_states"].message_count == len(spec.joint_times_ns()) > 12 * 4
-    with BagReader(info.path) as bag:
-        [instruction_qos] = bag.qos_profiles("/instruction")
-        assert instruction_qos.durability.name == "TRANSIENT_LOCAL" and bag.qos_profiles("/joint_states") == []
-    storage_file = next(p for p in info.path.iterdir() if p.suffix in (".mcap", ".db3"))
-    with BagReader(storage_file) as bag:
-        assert bag.storage == storage
-        assert bag.message_count == sum(t.message_count for t in topics.values())
-        assert bag.start_time_ns == spec.joint_times_ns()[0]
-        assert bag.end_time_ns == max(spec.end_time_ns + round(spec.command_latency_s * 1e9), spec.joint_times_ns()[-1])
-        stamps = [m.timestamp_ns for m in bag.raw_messages()]
-    assert stamps == sorted(stamps)
-    assert len(stamps) == sum(t.message_count for t in topics.values())
-
-
-@pytest.mark.parametrize("storage", STORAGES)
 def test_joint_states_interpolated_between_neighbouring_samples(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage)
+    info = write_small_bag(tmp_path, "bag", storage)
     spec = info.spec
     joint_times = np.array(info.joint_times_ns)
     with BagReader(info.path) as bag:
@@ -117,33 +66,35 @@ def test_joint_states_interpolated_between_neighbouring_samples(tmp_path: Path, 
         assert t0 < frame.timestamp_ns < t1  # frames fall strictly between samples
         weight = (frame.timestamp_ns - t0) / (t1 - t0)
         for values, function in ((state.position, joint_positions), (state.velocity, joint_velocities)):
-            before_value = function(_seconds(spec, t0))
-            after_value = function(_seconds(spec, t1))
+            before_value = function(seconds_since_start(spec, t0))
+            after_value = function(seconds_since_start(spec, t1))
             np.testing.assert_allclose(values, before_value + weight * (after_value - before_value), atol=1e-12)
         assert state.effort.size == 0
         assert state.timestamp_ns == frame.timestamp_ns
         # interpolation is close to the true smooth value, unlike a stale sample would be
-        np.testing.assert_allclose(state.position, joint_positions(_seconds(spec, frame.timestamp_ns)), atol=1e-3)
+        true_position = joint_positions(seconds_since_start(spec, frame.timestamp_ns))
+        np.testing.assert_allclose(state.position, true_position, atol=1e-3)
 
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_joint_states_previous_mode_holds_the_earlier_sample(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage)
+    info = write_small_bag(tmp_path, "bag", storage)
     joint_times = np.array(info.joint_times_ns)
     with BagReader(info.path) as bag:
         frames = list(FrameReader(bag, joint_alignment="previous"))
     for frame in frames:
         before = joint_times[joint_times <= frame.timestamp_ns].max()
         assert frame.joint_state.timestamp_ns == before
-        np.testing.assert_array_equal(frame.joint_state.position, joint_positions(_seconds(info.spec, before)))
+        expected = joint_positions(seconds_since_start(info.spec, before))
+        np.testing.assert_array_equal(frame.joint_state.position, expected)
 
 
 def test_joint_sample_exactly_at_frame_time_is_used_as_is(tmp_path: Path) -> None:
-    info = _write(tmp_path, "bag", "mcap", joint_offset_s=0.0, joint_hz=20.0)  # camera 10 Hz
+    info = write_small_bag(tmp_path, "bag", "mcap", joint_offset_s=0.0, joint_hz=20.0)  # camera 10 Hz
     with BagReader(info.path) as bag:
         frames = list(FrameReader(bag))
     for frame in frames:
-        expected = joint_positions(_seconds(info.spec, frame.timestamp_ns))
+        expected = joint_positions(seconds_since_start(info.spec, frame.timestamp_ns))
         np.testing.assert_array_equal(frame.joint_state.position, expected)
 
 
@@ -165,7 +116,7 @@ def test_align_joint_state_rules() -> None:
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_recorded_commands_follow_their_frame(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage, commands=True)
+    info = write_small_bag(tmp_path, "bag", storage, commands=True)
     scene = SyntheticScene(height=48, width=64, seed=0)
     with BagReader(info.path) as bag:
         reader = FrameReader(bag)
@@ -180,7 +131,7 @@ def test_recorded_commands_follow_their_frame(tmp_path: Path, storage: str) -> N
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_bag_without_joint_states_or_instruction_works(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage, joint_states=False, instruction=None)
+    info = write_small_bag(tmp_path, "bag", storage, joint_states=False, instruction=None)
     with BagReader(info.path) as bag:
         reader = FrameReader(bag, instruction="open the drawer")
         frames = list(reader)
@@ -193,13 +144,13 @@ def test_bag_without_joint_states_or_instruction_works(tmp_path: Path, storage: 
 
 
 def test_given_instruction_overrides_the_topic(tmp_path: Path) -> None:
-    info = _write(tmp_path, "bag", "mcap")
+    info = write_small_bag(tmp_path, "bag", "mcap")
     with BagReader(info.path) as bag:
         assert {f.instruction for f in FrameReader(bag, instruction="stack the cups")} == {"stack the cups"}
 
 
 def test_subsampling_and_max_frames(tmp_path: Path) -> None:
-    info = _write(tmp_path, "bag", "sqlite3", commands=True)
+    info = write_small_bag(tmp_path, "bag", "sqlite3", commands=True)
     with BagReader(info.path) as bag:
         every_third = FrameReader(bag, every=3)
         assert len(every_third) == 4
@@ -213,14 +164,12 @@ def test_subsampling_and_max_frames(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_missing_topic_error_lists_topics_and_types(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage)
+    info = write_small_bag(tmp_path, "bag", storage)
     with BagReader(info.path) as bag:
         with pytest.raises(BagError) as error:
             FrameReader(bag, image_topic="/wrist/image_raw")
         with pytest.raises(BagError) as wrong_type:
             FrameReader(bag, image_topic="/joint_states")
-        with pytest.raises(BagError):
-            list(bag.raw_messages(["/nope"]))
     message = str(error.value)
     assert "/wrist/image_raw" in message
     for topic, msgtype in (
@@ -246,119 +195,11 @@ def test_several_image_topics_need_a_choice(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frames[0].image, scene.frame(5))
 
 
-def _truncate(path: Path) -> None:
-    with path.open("r+b") as handle:
-        handle.truncate(path.stat().st_size // 2)
-
-
-@pytest.mark.parametrize("storage", STORAGES)
-def test_truncated_bag_is_a_bag_error(tmp_path: Path, storage: str) -> None:
-    info = _write(tmp_path, "bag", storage)
-    storage_file = next(p for p in info.path.iterdir() if p.suffix in (".mcap", ".db3"))
-    _truncate(storage_file)
-    with pytest.raises(BagError, match="corrupt or truncated"):
-        with BagReader(info.path) as bag:
-            list(FrameReader(bag))
-
-
-@pytest.mark.parametrize("suffix", [".mcap", ".db3"])
-def test_garbage_file_is_a_bag_error(tmp_path: Path, suffix: str) -> None:
-    path = tmp_path / f"garbage{suffix}"
-    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(BagError, match="corrupt or truncated"):
-        BagReader(path).open()
-
-
-def test_missing_and_non_bag_paths(tmp_path: Path) -> None:
-    with pytest.raises(BagError, match="bag not found"):
-        BagReader(tmp_path / "nope").open()
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(BagError, match="no metadata.yaml"):
-        BagReader(tmp_path / "empty").open()
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(BagError, match="not a rosbag2 bag"):
-        BagReader(tmp_path / "notes.txt").open()
-
-
-def test_directory_without_metadata_opens_its_storage_file(tmp_path: Path) -> None:
-    info = _write(tmp_path, "bag", "mcap")
-    (info.path / "metadata.yaml").unlink()
-    with BagReader(info.path) as bag:
-        assert len(list(FrameReader(bag))) == 12
-
-
-def test_undecodable_message_is_a_bag_error(tmp_path: Path) -> None:
-    path = tmp_path / "bad_message"
-    with BagWriter(path, storage="mcap") as writer:
-        writer.write_raw("/joint_states", "sensor_msgs/msg/JointState", b"\x00\x01\x00\x00\xff\xff", 5)
-    with BagReader(path) as bag:
-        with pytest.raises(BagError, match="cannot decode a sensor_msgs/msg/JointState message on /joint_states"):
-            list(bag.messages())
-
-
-@pytest.mark.parametrize("storage", STORAGES)
-def test_writer_round_trip_and_refuses_to_overwrite(tmp_path: Path, storage: str) -> None:
-    path = tmp_path / "out"
-    with BagWriter(path, storage=storage) as writer:
-        writer.write("/chatter", string_message("hello"), 3_000_000_001)
-        writer.write("/joint_states", joint_state_message(["a", "b"], [0.5, -0.5], 3_000_000_002), 3_000_000_002)
-        writer.write("/chatter", string_message("world"), 3_000_000_010)
-        assert writer.topics == {"/chatter": "std_msgs/msg/String", "/joint_states": "sensor_msgs/msg/JointState"}
-        with pytest.raises(BagError, match="already holds"):
-            writer.add_topic("/chatter", "std_msgs/msg/Float64MultiArray")
-    with BagReader(path) as bag:
-        decoded = [(raw.topic, raw.timestamp_ns, message) for raw, message in bag.messages()]
-    assert [(topic, stamp) for topic, stamp, _ in decoded] == [
-        ("/chatter", 3_000_000_001), ("/joint_states", 3_000_000_002), ("/chatter", 3_000_000_010)]
-    assert decoded[0][2].data == "hello" and decoded[2][2].data == "world"
-    np.testing.assert_array_equal(decoded[1][2].position, [0.5, -0.5])
-    assert decoded[1][2].header.stamp.sec == 3 and decoded[1][2].header.stamp.nanosec == 2
-    with pytest.raises(BagError, match="exists already"):
-        BagWriter(path, storage=storage)
-    with pytest.raises(BagError, match="unknown bag storage"):
-        BagWriter(tmp_path / "x", storage="rosbag1")
-
-
-def test_writer_finalises_the_bag_when_the_block_raises(tmp_path: Path) -> None:
-    path = tmp_path / "partial"
-    with pytest.raises(KeyboardInterrupt):
-        with BagWriter(path) as writer:
-            writer.write("/chatter", string_message("kept"), 7)
-            raise KeyboardInterrupt
-    with BagReader(path) as bag:
-        assert [m.data for _, m in bag.messages()] == ["kept"]
-
-
-def test_canonical_cdr_fixes_rclpy_trailing_bytes(tmp_path: Path) -> None:
-    from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import JointState
-
-    message = JointState()
-    message.name = ["a", "b"]
-    message.position = [1.0, 2.0]  # velocity and effort stay empty: the case rclpy pads
-    raw = serialize_message(message)
-    with pytest.raises(Exception):
-        from vla_cache_ros.replay.bag_io import ros2_typestore
-        ros2_typestore().deserialize_cdr(raw, "sensor_msgs/msg/JointState")
-    fixed = canonical_cdr(raw, "sensor_msgs/msg/JointState")
-    assert len(fixed) < len(raw)
-    path = tmp_path / "fixed"
-    with BagWriter(path) as writer:
-        writer.write_raw("/joint_states", "sensor_msgs/msg/JointState", fixed, 1)
-    with BagReader(path) as bag:
-        [(_, decoded)] = list(bag.messages())
-    assert decoded.name == ["a", "b"]
-    np.testing.assert_array_equal(decoded.position, [1.0, 2.0])
-    assert canonical_cdr(fixed, "sensor_msgs/msg/JointState") == fixed
-    with pytest.raises(BagError, match="does not decode"):
-        canonical_cdr(b"\x00\x01\x00\x00\x01", "sensor_msgs/msg/JointState")
-
-
 @pytest.mark.parametrize("storage", STORAGES)
 def test_frame_iteration_memory_stays_bounded(tmp_path: Path, storage: str) -> None:
     """40 frames of 480x640 (37 MB of images): iterating holds a few frames and a storage chunk,
     far less than the whole bag (holding every frame peaks above 37 MB)."""
-    info = _write(tmp_path, "big", storage, height=480, width=640, num_frames=40, joint_hz=30.0)
+    info = write_small_bag(tmp_path, "big", storage, height=480, width=640, num_frames=40, joint_hz=30.0)
     frame_bytes = 480 * 640 * 3
     with BagReader(info.path) as bag:
         reader = FrameReader(bag)
@@ -373,3 +214,12 @@ def test_frame_iteration_memory_stays_bounded(tmp_path: Path, storage: str) -> N
             tracemalloc.stop()
     assert count == 40
     assert peak < 12 * frame_bytes, f"peak {peak / 1e6:.1f} MB while iterating"
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(every=0), "every"), (dict(max_frames=-1), "max_frames"), (dict(joint_alignment="nearest"), "nearest")])
+def test_bad_options_are_configuration_errors(tmp_path: Path, options: dict, message: str) -> None:
+    info = write_small_bag(tmp_path, "bag", "mcap")
+    with BagReader(info.path) as bag:
+        with pytest.raises(ConfigurationError, match=message):
+            FrameReader(bag, **options)
