@@ -1,31 +1,35 @@
 """CachedVLAPolicy: observation -> action + StepStats, with visual-token KV reuse between steps.
 
 Owns the model, the ``KVReuseEngine``, a selector per mode and the per-token bookkeeping. One
-call to ``step`` runs preprocess -> vision -> select -> prefill (partial recompute) -> decode and
-reports what it did. Settings (``set_mode``, ``set_cache_ratio``, ``reset``) may be called from
-another thread (a ROS parameter callback) while ``step`` runs: they are recorded under a lock and
-take effect at the start of the next step. ROS-free.
+call to ``step`` runs preprocess -> vision -> select -> prefill (partial recompute) -> decode (the
+stages of :mod:`vla_cache_ros.stages`) and reports what it did. Which modes exist, how their
+selectors are built and why one is unavailable is the mode registry's business
+(:mod:`vla_cache_ros.cache.modes`); the policy holds one selector per mode it can run.
+
+Settings (``set_mode``, ``set_cache_ratio``, ``reset``) may be called from another thread (a ROS
+parameter callback) while ``step`` runs: they are recorded under a lock and take effect at the
+start of the next step. ROS-free.
 """
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV
 from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
-from vla_cache_ros.cache.selectors import SelectionContext, Selector, make_selector
+from vla_cache_ros.cache.modes import build_selector, check_available, get_mode, runnable_modes
+from vla_cache_ros.cache.selectors import SelectionContext, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
 from vla_cache_ros.errors import ConfigurationError, clip_text
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
+from vla_cache_ros.stages import STAGES, StageClock, device_sync
 
-BUILTIN_MODES = ("off", "fixed", "vla_cache")
-STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
 DEFAULT_MAX_TOKEN_AGE = 20
 CHARS_PER_TOKEN_BOUND = 16
 """No Llama SentencePiece token spans more than 16 characters of ordinary text: an instruction
@@ -39,7 +43,8 @@ class InstructionError(ConfigurationError):
 
 @dataclass
 class StepStats:
-    """What one policy step did and how long each stage took."""
+    """What one policy step did and how long each stage took (``times_s``: seconds per name of
+    :data:`~vla_cache_ros.stages.STAGES`)."""
 
     mode: str
     target_ratio: float
@@ -57,9 +62,19 @@ class StepStats:
     cache_reset: bool = False  # the cache was (re)initialised at this step
 
     @property
+    def flops_ratio(self) -> float:
+        """flops / flops_uncached: the step's analytic cost relative to an uncached step."""
+        return self.flops / self.flops_uncached if self.flops_uncached else 1.0
+
+    @property
+    def prefill_flops_ratio(self) -> float:
+        """prefill_flops / prefill_flops_uncached."""
+        return self.prefill_flops / self.prefill_flops_uncached if self.prefill_flops_uncached else 1.0
+
+    @property
     def flops_saved_fraction(self) -> float:
-        """1 - flops / flops_uncached."""
-        return 1.0 - self.flops / self.flops_uncached if self.flops_uncached else 0.0
+        """1 - flops_ratio."""
+        return 1.0 - self.flops_ratio
 
 
 def vision_dims(model: OpenVLA) -> VisionDims:
@@ -77,19 +92,38 @@ def vision_dims(model: OpenVLA) -> VisionDims:
 
 
 class CachedVLAPolicy:
-    """A VLA policy whose decoder prefill reuses visual-token K/V between consecutive steps."""
+    """A VLA policy whose decoder prefill reuses visual-token K/V between consecutive steps.
+
+    Args:
+        model: the loaded VLA (several policies may share one).
+        mode, cache_ratio: the starting mode (a registry name) and ratio in [0, 1].
+        unnorm_key: the dataset statistics actions are un-normalised with.
+        max_token_age: a token reused this many steps in a row is recomputed.
+        selectors: selectors for modes the registry cannot build by itself (``learned``).
+        selector_options: keyword options per mode for the registry's selector factories, e.g.
+            ``{"vla_cache": {"threshold": 0.99}}``.
+        prepack: the engine's CPU weight-prepacking choice (None: automatic).
+
+    Raises:
+        CacheModeError: ``mode`` unknown or not runnable; a ``selectors`` key that is no known mode.
+        ConfigurationError: ``cache_ratio`` or ``max_token_age`` out of range.
+    """
 
     def __init__(self, model: OpenVLA, mode: str = "fixed", cache_ratio: float = 0.5,
                  unnorm_key: str | None = None, max_token_age: int = DEFAULT_MAX_TOKEN_AGE,
-                 selectors: dict[str, Selector] | None = None,
-                 vla_cache_options: dict[str, Any] | None = None, prepack: bool | None = None) -> None:
+                 selectors: Mapping[str, Selector] | None = None,
+                 selector_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 prepack: bool | None = None) -> None:
         self.model = model
         self.engine = KVReuseEngine(model.language_model, prepack=prepack)
         self.num_visual = model.num_visual_tokens
         self.unnorm_key = unnorm_key
-        self._selectors: dict[str, Selector] = {name: make_selector(name) for name in ("off", "fixed")}
-        self._selectors["vla_cache"] = make_selector("vla_cache", **(vla_cache_options or {}))
-        self._selectors.update(selectors or {})
+        options = selector_options or {}
+        self._selectors: dict[str, Selector] = {
+            name: build_selector(name, **options.get(name, {})) for name in runnable_modes()}
+        for name, selector in (selectors or {}).items():
+            get_mode(name)  # a mode must be declared in the registry before a policy runs it
+            self._selectors[name] = selector
         self._decoder_dims = DecoderDims.from_config(model.llama_config)
         self._vision_dims = vision_dims(model)
         self._lock = threading.Lock()
@@ -102,7 +136,7 @@ class CachedVLAPolicy:
         self._previous_attention: np.ndarray | None = None
         self._input_shape: tuple[int, ...] | None = None
         self._prompt_memo: tuple[str, torch.Tensor] | None = None
-        self._sync: Callable[[], None] = (torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None))
+        self._sync = device_sync(model.device)
 
     @classmethod
     def from_pretrained(cls, model_path: str | Path, mode: str = "fixed", cache_ratio: float = 0.5,
@@ -114,15 +148,11 @@ class CachedVLAPolicy:
 
     # --- settings (thread-safe) -------------------------------------------------------------
     def available_modes(self) -> list[str]:
-        """Mode names this policy can run."""
+        """Mode names this policy can run (registry order; ``learned`` once its selector is set)."""
         return list(self._selectors)
 
     def _check_mode(self, mode: str) -> str:
-        if mode not in self._selectors:
-            hint = " (no trained cache policy is loaded)" if mode == "learned" else ""
-            raise ConfigurationError(
-                f"unknown cache mode {mode!r}{hint}; available: {', '.join(self._selectors)}")
-        return mode
+        return check_available(mode, self._selectors)
 
     @staticmethod
     def _check_ratio(ratio: float) -> float:
@@ -138,7 +168,12 @@ class CachedVLAPolicy:
         return int(age)
 
     def set_mode(self, mode: str) -> None:
-        """Switch mode; takes effect at the next step."""
+        """Switch mode; takes effect at the next step.
+
+        Raises:
+            CacheModeError: unknown, or not runnable by this policy (the message says why and
+                lists :meth:`available_modes`).
+        """
         with self._lock:
             self._mode = self._check_mode(mode)
 
@@ -153,7 +188,12 @@ class CachedVLAPolicy:
             self._max_token_age = self._check_age(age)
 
     def register_selector(self, name: str, selector: Selector) -> None:
-        """Add a mode (e.g. ``learned``) backed by ``selector``."""
+        """Make mode ``name`` (declared in the registry, e.g. ``learned``) runnable with ``selector``.
+
+        Raises:
+            CacheModeError: ``name`` is not a known mode.
+        """
+        get_mode(name)
         with self._lock:
             self._selectors[name] = selector
 
@@ -233,20 +273,16 @@ class CachedVLAPolicy:
 
         ``state`` (proprioception) is accepted for interface compatibility; OpenVLA ignores it.
         """
-        times: dict[str, float] = {}
-        start = time.perf_counter()
+        clock = StageClock(self._sync)
         mode, ratio, max_age, reset = self._begin_step(tuple(getattr(image, "shape", ())))
         selector = self._selectors[mode]
 
         prepared = self.model.preprocess(image)
         prompt_ids = self._prompt_ids(instruction)
-        mark = time.perf_counter()
-        times["preprocess"] = mark - start
+        clock.lap("preprocess")
 
         visual = self.model.encode_image(prepared.pixel_values)
-        self._sync()
-        times["vision"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        clock.lap("vision", sync=True)
 
         patches = extract_patches(prepared.model_input_rgb, self.num_visual)
         eligible = np.zeros(self.num_visual, dtype=bool)
@@ -259,26 +295,22 @@ class CachedVLAPolicy:
         reuse = np.asarray(selector.select(context), dtype=np.int64)
         reuse = reuse[eligible[reuse]] if reuse.size else reuse  # never reuse an ineligible token
         relevance_layer = selector.relevance_layer(self.engine.num_layers)
-        times["select"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        clock.lap("select")
 
         embeddings = self.model.assemble_embeddings(visual, prompt_ids)
         cached, self._prompt_kv = self._prompt_kv, None  # updated in place: dropped if prefill fails
         prefill = self.engine.prefill(embeddings, self.num_visual, torch.from_numpy(reuse), cached,
                                       relevance_layer)
-        self._sync()
-        times["prefill"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        clock.lap("prefill", sync=True)
 
         decoded = self.engine.decode(prefill, ACTION_DIM)
-        self._sync()
-        times["decode"] = time.perf_counter() - mark
+        clock.lap("decode", sync=True)
 
         action = self.model.decode_action(decoded.tokens.numpy(), self.unnorm_key)
         self._prompt_kv = prefill.prompt_kv
         self._tokens.commit(patches, reuse)
         self._previous_attention = None if prefill.relevance is None else prefill.relevance.float().cpu().numpy()
-        times["total"] = time.perf_counter() - start
+        times = clock.finish()
 
         length = embeddings.shape[1]
         cached = step_flops(self._vision_dims, self._decoder_dims, length, prefill.computed_positions.cpu().numpy(),
@@ -294,4 +326,4 @@ class CachedVLAPolicy:
         return action, stats
 
 
-__all__ = ["CachedVLAPolicy", "InstructionError", "StepStats", "StepFlops", "BUILTIN_MODES", "STAGES"]
+__all__ = ["CachedVLAPolicy", "InstructionError", "StepStats", "StepFlops", "STAGES"]

@@ -20,7 +20,8 @@ def test_modes_parse_with_ratios_and_the_expert() -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("turbo", "unknown mode"), ("fixed:lots", "not a number"), ("fixed:1.5", r"\[0, 1\]"),
+    ("turbo", "unknown mode 'turbo'; available: off, fixed, vla_cache, learned .* or expert"),
+    ("fixed:lots", "must be a number"), ("fixed:1.5", r"\[0, 1\]"),
     ("off,off", "repeats"), ("", "no mode"), ("expert:0.5", "no ratio"),
 ])
 def test_bad_modes_are_refused(text: str, message: str) -> None:

@@ -4,7 +4,8 @@ One interface for all modes: a selector sees a ``SelectionContext`` (current mod
 and its patches, per-token reference patches, ages and similarity, which tokens are eligible,
 the previous step's text->vision attention, the target ratio) and returns the reuse set R as
 sorted token indices. Eligibility (a cache exists, age below ``max_token_age``) is decided by
-the policy before selection, so every selector, including a learned one, honours it.
+the policy before selection, so every selector, including a learned one, honours it. The mode
+registry (:mod:`vla_cache_ros.cache.modes`) names the classes below and builds them.
 
 - ``off``: R empty.
 - ``fixed``: the round(r*N) most static eligible tokens (highest similarity; ties -> lower id).
@@ -120,14 +121,3 @@ class VLACacheSelector:
             static = static[~np.isin(static, relevant)]
         static = static[: target_count(context.target_ratio, n)]  # cache ratio caps the static set
         return np.sort(static).astype(np.int64)
-
-
-def make_selector(mode: str, **options: float) -> Selector:
-    """Build a selector by mode name (``off``, ``fixed``, ``vla_cache``)."""
-    if mode == "off":
-        return OffSelector()
-    if mode == "fixed":
-        return FixedRatioSelector()
-    if mode == "vla_cache":
-        return VLACacheSelector(**options)  # type: ignore[arg-type]
-    raise KeyError(mode)

@@ -19,12 +19,16 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from vla_cache_ros.control.settings import CACHE_MODES
+from vla_cache_ros.cache.modes import (
+    CacheModeError, default_sweep, describe_modes, mode_names, parse_mode, split_mode_list,
+)
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.sim.tasks import FAMILIES
 
 EXPERT = "expert"
 DEFAULT_EVAL_SEED = 100_000  # far from the seeds sim-collect uses by default (0, 1, 2, ...)
+DEFAULT_EVAL_MODES = ",".join(default_sweep(representative_only=True))
+"""``off,fixed:0.5,vla_cache``: one spec per cache mode (each row costs many episodes)."""
 
 
 @dataclass(frozen=True)
@@ -41,33 +45,25 @@ class EvalMode:
 
 
 def parse_modes(text: str) -> tuple[EvalMode, ...]:
-    """``"off,fixed:0.5,vla_cache,expert"`` -> modes; a ratio follows a colon."""
+    """``"off,fixed:0.5,vla_cache,expert"`` -> modes: cache mode specs of the registry
+    (:mod:`vla_cache_ros.cache.modes`; a bare name keeps the node's configured ratio) or ``expert``.
+
+    Raises:
+        ConfigurationError: no mode, a repeated one, a malformed or unknown spec, a ratio for expert.
+    """
     modes = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
+    for item in split_mode_list(text):
         name, _, ratio_text = item.partition(":")
         if name == EXPERT:
             if ratio_text:
                 raise ConfigurationError("the expert mode takes no ratio")
             modes.append(EvalMode(EXPERT))
             continue
-        if name not in CACHE_MODES:
-            raise ConfigurationError(f"unknown mode {name!r}; use {', '.join(CACHE_MODES)} or {EXPERT}, "
-                                     "with an optional ratio as in fixed:0.5")
-        ratio = None
-        if ratio_text:
-            try:
-                ratio = float(ratio_text)
-            except ValueError:
-                raise ConfigurationError(f"mode {item!r}: {ratio_text!r} is not a number") from None
-            if not 0.0 <= ratio <= 1.0:
-                raise ConfigurationError(f"mode {item!r}: the cache ratio must lie in [0, 1]")
-        modes.append(EvalMode(item, name, ratio))
-    if not modes:
-        raise ConfigurationError("--modes lists no mode")
-    if len({mode.label for mode in modes}) != len(modes):
-        raise ConfigurationError(f"--modes repeats a mode: {text}")
+        if name not in mode_names():
+            raise CacheModeError(f"unknown mode {name!r}; available: {describe_modes()}, or {EXPERT} "
+                                 "(the scripted expert)")
+        spec = parse_mode(item)
+        modes.append(EvalMode(item, spec.name, spec.ratio if spec.ratio_given else None))
     return tuple(modes)
 
 
