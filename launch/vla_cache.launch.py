@@ -21,19 +21,21 @@ from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from vla_cache_ros import topics
+
 PACKAGE = "vla_cache_ros"
 
-# (node-side name, launch argument, default topic)
-REMAPS = (
-    ("image", "image_topic", "/camera/image_raw"),
-    ("joint_states", "joint_states_topic", "/joint_states"),
-    ("instruction", "instruction_topic", "/instruction"),
-    ("ee_pose", "ee_pose_topic", "/ee_pose"),
-    ("joint_trajectory", "joint_trajectory_topic", "/arm_controller/joint_trajectory"),
-    ("joint_commands", "joint_commands_topic", "/forward_position_controller/commands"),
-    ("twist_cmd", "twist_topic", "/servo_node/delta_twist_cmds"),
-    ("gripper_command", "gripper_topic", "/gripper_controller/commands"),
-)
+# (node-side name, launch argument, default topic); names and defaults from vla_cache_ros.topics
+REMAPS = tuple((inner, argument, topics.ARM_TOPICS[inner]) for inner, argument in (
+    (topics.IMAGE, "image_topic"),
+    (topics.JOINT_STATES, "joint_states_topic"),
+    (topics.INSTRUCTION, "instruction_topic"),
+    (topics.EE_POSE, "ee_pose_topic"),
+    (topics.JOINT_TRAJECTORY, "joint_trajectory_topic"),
+    (topics.JOINT_COMMANDS, "joint_commands_topic"),
+    (topics.TWIST_CMD, "twist_topic"),
+    (topics.GRIPPER_COMMAND, "gripper_topic"),
+))
 
 
 ARGUMENTS = ("config", "model_path", "command_interface", "use_sim_time", "node_name") + tuple(

@@ -28,21 +28,21 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType, ParameterValu
 from rcl_interfaces.srv import DescribeParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
-from vla_cache_ros.subprocesses import interrupt
+from vla_cache_ros import topics
 from vla_cache_ros.image_conversion import (fill_message, rgb_to_compressed_fields,
                                             rgb_to_image_fields)
+from vla_cache_ros.ros.qos import CLOCK_QOS, LATCHED_QOS, SENSOR_QOS
+from vla_cache_ros.stamps import seconds_to_nanoseconds, time_message
+from vla_cache_ros.subprocesses import interrupt
 from vla_cache_ros.synthetic import SyntheticScene
 
 REPO = Path(__file__).resolve().parents[2]
 JOINTS = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6"]
 MEASURED = [0.1, -0.2, 0.3, -0.4, 0.5, -0.6]
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def make_checkpoint(directory: Path, broken_stats: bool = False) -> Path:
@@ -180,18 +180,16 @@ class Peer:
         self.joint_names = list(JOINTS)
         self.joint_positions = list(MEASURED)
         self.sim_time: float | None = None  # publish /clock from this sim time when set
-        self._image_pub = self.node.create_publisher(Image, "image", qos_profile_sensor_data)
-        self._compressed_pub = self.node.create_publisher(CompressedImage, "camera/compressed",
-                                                          qos_profile_sensor_data)
-        self._joint_pub = self.node.create_publisher(JointState, "joint_states",
-                                                     qos_profile_sensor_data)
-        self._instruction_pub = self.node.create_publisher(String, "instruction", LATCHED)
-        self._clock_pub = self.node.create_publisher(Clock, "/clock", 10)
+        self._image_pub = self.node.create_publisher(Image, topics.IMAGE, SENSOR_QOS)
+        self._compressed_pub = self.node.create_publisher(CompressedImage, "camera/compressed", SENSOR_QOS)
+        self._joint_pub = self.node.create_publisher(JointState, topics.JOINT_STATES, SENSOR_QOS)
+        self._instruction_pub = self.node.create_publisher(String, topics.INSTRUCTION, LATCHED_QOS)
+        self._clock_pub = self.node.create_publisher(Clock, topics.CLOCK, CLOCK_QOS)
         self.node.create_timer(0.05, self._publish_camera)
         self.node.create_timer(0.02, self._publish_joints)
         self.node.create_timer(0.01, self._publish_clock)
         self._sim_origin = time.monotonic()
-        self.record("/diagnostics", DiagnosticArray)
+        self.record(topics.DIAGNOSTICS, DiagnosticArray)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
@@ -200,7 +198,7 @@ class Peer:
         """The stamp inputs carry: sim time when /clock is published, else wall time."""
         if self.sim_time is not None:
             seconds = self.sim_time + (time.monotonic() - self._sim_origin)
-            return Time(sec=int(seconds), nanosec=int((seconds % 1.0) * 1e9))
+            return time_message(seconds_to_nanoseconds(seconds), Time)
         return self.node.get_clock().now().to_msg()
 
     def jump_clock(self, delta_s: float) -> float:
@@ -253,7 +251,7 @@ class Peer:
     def statuses(self, node_name: str, since: float = 0.0) -> list[Any]:
         """DiagnosticStatus entries from ``node_name`` received after ``since``."""
         found = []
-        for array in self.recorded["/diagnostics"].since(since):
+        for array in self.recorded[topics.DIAGNOSTICS].since(since):
             found += [status for status in array.status if status.name.startswith(node_name)]
         return found
 

@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vla_cache_ros import topics
 from vla_cache_ros.replay.bag_reader import BagReader, list_topics
 from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
+from vla_cache_ros.stamps import stamp_nanoseconds
 from vla_cache_ros.synthetic import SyntheticScene
 
 rclpy = pytest.importorskip("rclpy")
 
 SPEC = dict(height=32, width=40, num_frames=8, camera_hz=20.0, joint_hz=100.0, commands=True)
-TOPICS = ("/camera/image_raw", "/joint_states", "/instruction", "/vla/action")
+TOPICS = (topics.CAMERA_TOPIC, topics.JOINT_STATES_TOPIC, topics.INSTRUCTION_TOPIC, topics.ACTION_TOPIC)
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -83,10 +85,9 @@ def source_bag(tmp_path: Path):
 
 
 def _subscribe(node: Any, received: dict[str, list], topic: str, cls: type, latched: bool = False) -> None:
-    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from vla_cache_ros.ros.qos import LATCHED_QOS, profile
 
-    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL) if latched else QoSProfile(depth=1000)
-    node.create_subscription(cls, topic, received[topic].append, qos)
+    node.create_subscription(cls, topic, received[topic].append, LATCHED_QOS if latched else profile(1000))
 
 
 def test_play_publishes_every_message_with_clock(source_bag) -> None:
@@ -96,9 +97,9 @@ def test_play_publishes_every_message_with_clock(source_bag) -> None:
 
     received: dict[str, list] = defaultdict(list)
     with _ros_node("play_listener") as (node, spin):
-        for topic, cls in zip((*TOPICS, "/clock"), (Image, JointState, String, Float64MultiArray, Clock)):
+        for topic, cls in zip((*TOPICS, topics.CLOCK), (Image, JointState, String, Float64MultiArray, Clock)):
             # the instruction is subscribed latched, as the node does: play must offer transient local
-            _subscribe(node, received, topic, cls, latched=topic == "/instruction")
+            _subscribe(node, received, topic, cls, latched=topic == topics.INSTRUCTION_TOPIC)
         player = _cli("play", str(source_bag.path), "--wait-for-subscribers", "15", "--delay", "0.3")
         _spin_while_running(spin, player, timeout=40)
         returncode, stderr = _finish(player)
@@ -107,14 +108,14 @@ def test_play_publishes_every_message_with_clock(source_bag) -> None:
     counts = {name: summary.message_count for name, summary in list_topics(source_bag.path).items()}
     assert {topic: len(received[topic]) for topic in TOPICS} == counts
     scene = SyntheticScene(height=32, width=40)
-    images = [np.asarray(m.data, dtype=np.uint8).reshape(m.height, m.width, 3) for m in received["/camera/image_raw"]]
+    images = [np.asarray(m.data, dtype=np.uint8).reshape(m.height, m.width, 3) for m in received[topics.CAMERA_TOPIC]]
     for index, image in enumerate(images):
         np.testing.assert_array_equal(image, scene.frame(index))
-    assert received["/instruction"][0].data == "pick up the block"
-    assert received["/joint_states"][0].name == [f"joint{i}" for i in range(1, 8)]
+    assert received[topics.INSTRUCTION_TOPIC][0].data == "pick up the block"
+    assert received[topics.JOINT_STATES_TOPIC][0].name == [f"joint{i}" for i in range(1, 8)]
     assert f"published {sum(counts.values())} messages" in stderr
 
-    clock = [m.clock.sec * 1_000_000_000 + m.clock.nanosec for m in received["/clock"]]
+    clock = [stamp_nanoseconds(m.clock) for m in received[topics.CLOCK]]
     assert len(clock) >= sum(counts.values())  # at least one /clock before every message
     assert clock == sorted(clock)
     with BagReader(source_bag.path) as bag:
@@ -127,20 +128,21 @@ def test_play_loops_until_ctrl_c(source_bag) -> None:
     from sensor_msgs.msg import JointState
 
     received: dict[str, list] = defaultdict(list)
+    joints = topics.JOINT_STATES_TOPIC
     per_pass = len(source_bag.joint_times_ns)
     with _ros_node("loop_listener") as (node, spin):
-        _subscribe(node, received, "/joint_states", JointState)
-        player = _cli("play", str(source_bag.path), "--loop", "--rate", "4", "--topics", "/joint_states",
+        _subscribe(node, received, joints, JointState)
+        player = _cli("play", str(source_bag.path), "--loop", "--rate", "4", "--topics", joints,
                       "--wait-for-subscribers", "15")
         deadline = time.monotonic() + 40
-        while len(received["/joint_states"]) <= 2 * per_pass and player.poll() is None and time.monotonic() < deadline:
+        while len(received[joints]) <= 2 * per_pass and player.poll() is None and time.monotonic() < deadline:
             spin(0.05)
         still_running = player.poll() is None
         player.send_signal(signal.SIGINT)
         returncode, stderr = _finish(player)
 
     assert still_running, f"play --loop ended by itself: {stderr}"
-    assert len(received["/joint_states"]) > 2 * per_pass
+    assert len(received[joints]) > 2 * per_pass
     assert returncode == 0, stderr
     assert "(interrupted)" in stderr and "Traceback" not in stderr
 
@@ -191,19 +193,19 @@ def test_record_with_sim_time_from_play(source_bag, tmp_path: Path) -> None:
 def test_record_wall_time_from_rclpy_publisher(tmp_path: Path) -> None:
     """Messages from a plain rclpy publisher (JointState with empty velocity/effort) are
     recorded into sqlite3 with wall-clock receive times, their offered QoS, and read back."""
-    from rclpy.qos import DurabilityPolicy, QoSProfile
     from rosbags.interfaces import QosDurability
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
+
+    from vla_cache_ros.ros.qos import profile
 
     out = tmp_path / "wall"
     recorder = _cli("record", str(out), "--topics", "/arm/joints", "/note", "--storage", "sqlite3")
     t_before = time.time_ns()
     try:
         with _ros_node("talker") as (node, spin):
-            joints = node.create_publisher(JointState, "/arm/joints", QoSProfile(depth=10))
-            notes = node.create_publisher(
-                String, "/note", QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+            joints = node.create_publisher(JointState, "/arm/joints", profile(10))
+            notes = node.create_publisher(String, "/note", profile(10, latched=True))
             deadline = time.monotonic() + 30
             while (joints.get_subscription_count() == 0 or notes.get_subscription_count() == 0) \
                     and time.monotonic() < deadline and recorder.poll() is None:

@@ -18,18 +18,16 @@ import rclpy
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from vla_cache_ros import topics
 from vla_cache_ros.image_conversion import image_to_rgb
-from vla_cache_ros.sim import topics
+from vla_cache_ros.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
 
 REPO = Path(__file__).resolve().parents[2]
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 ARM = ["waist", "shoulder", "elbow", "wrist_pitch", "wrist_roll"]
 
 
@@ -45,18 +43,18 @@ class Peer:
         self.instructions: list[str] = []
         self.statuses: list[dict] = []
         self._lock = threading.Lock()
-        self.node.create_subscription(Image, topics.CAMERA_TOPIC, self._keep("image"), qos_profile_sensor_data)
+        self.node.create_subscription(Image, topics.CAMERA_TOPIC, self._keep("image"), SENSOR_QOS)
         self.node.create_subscription(JointState, topics.JOINT_STATES_TOPIC, self._keep("joints"),
-                                      qos_profile_sensor_data)
-        self.node.create_subscription(PoseStamped, topics.EE_POSE_TOPIC, self._keep("pose"), qos_profile_sensor_data)
+                                      SENSOR_QOS)
+        self.node.create_subscription(PoseStamped, topics.EE_POSE_TOPIC, self._keep("pose"), SENSOR_QOS)
         self.node.create_subscription(String, topics.INSTRUCTION_TOPIC,
-                                      lambda m: self.instructions.append(m.data), LATCHED)
+                                      lambda m: self.instructions.append(m.data), LATCHED_QOS)
         self.node.create_subscription(String, topics.EPISODE_STATUS_TOPIC,
-                                      lambda m: self.statuses.append(json.loads(m.data)), RELIABLE)
-        self.positions = self.node.create_publisher(Float64MultiArray, topics.JOINT_POSITIONS_TOPIC, RELIABLE)
-        self.trajectory = self.node.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY_TOPIC, RELIABLE)
-        self.twist = self.node.create_publisher(TwistStamped, topics.TWIST_TOPIC, RELIABLE)
-        self.gripper = self.node.create_publisher(Float64MultiArray, topics.GRIPPER_TOPIC, RELIABLE)
+                                      lambda m: self.statuses.append(json.loads(m.data)), STATUS_QOS)
+        self.positions = self.node.create_publisher(Float64MultiArray, topics.JOINT_POSITIONS_TOPIC, COMMAND_QOS)
+        self.trajectory = self.node.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY_TOPIC, COMMAND_QOS)
+        self.twist = self.node.create_publisher(TwistStamped, topics.TWIST_TOPIC, COMMAND_QOS)
+        self.gripper = self.node.create_publisher(Float64MultiArray, topics.GRIPPER_TOPIC, COMMAND_QOS)
         self.reset_client = self.node.create_client(Trigger, topics.RESET_SERVICE)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vla_cache_ros.errors import ConfigurationError
-
 
 def _positive_float(text: str) -> float:
     value = float(text)
@@ -50,21 +48,18 @@ def _bag_info(args: argparse.Namespace) -> int:
 def _synthetic_bag(args: argparse.Namespace) -> int:
     from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
 
-    try:
-        spec = SyntheticBagSpec(
-            num_frames=args.frames,
-            camera_hz=args.camera_hz,
-            joint_hz=args.joint_hz,
-            height=args.size[0],
-            width=args.size[1],
-            image_encoding=args.encoding,
-            instruction=args.instruction or None,
-            joint_states=not args.no_joint_states,
-            commands=args.commands,
-            seed=args.seed,
-        )
-    except ValueError as error:
-        raise ConfigurationError(str(error)) from None
+    spec = SyntheticBagSpec(
+        num_frames=args.frames,
+        camera_hz=args.camera_hz,
+        joint_hz=args.joint_hz,
+        height=args.size[0],
+        width=args.size[1],
+        image_encoding=args.encoding,
+        instruction=args.instruction or None,
+        joint_states=not args.no_joint_states,
+        commands=args.commands,
+        seed=args.seed,
+    )
     info = write_synthetic_bag(args.out, storage=args.storage, spec=spec)
     _log(f"wrote {len(info.frame_times_ns)} frames to {info.path} ({info.storage}): {', '.join(info.topics)}")
     return 0

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from vla_cache_ros import topics
 from vla_cache_ros.errors import BagError, ConfigurationError
+from vla_cache_ros.image_conversion import ImageConversionError, compressed_image_to_rgb, image_to_rgb
 from vla_cache_ros.replay.bag_reader import BagReader, RawMessage
 from vla_cache_ros.replay.messages import (
     COMPRESSED_IMAGE_TYPE,
@@ -40,15 +42,15 @@ COMMAND_TYPES = (FLOAT64_ARRAY_TYPE, FLOAT32_ARRAY_TYPE, TWIST_TYPE, TWIST_STAMP
 
 # Names preferred when a bag has several topics of the right type and none was named.
 PREFERRED_IMAGE_TOPICS = (
-    "/camera/image_raw",
+    topics.CAMERA_TOPIC,
     "/camera/color/image_raw",
-    "/camera/image_raw/compressed",
+    f"{topics.CAMERA_TOPIC}/compressed",
     "/camera/color/image_raw/compressed",
     "/image_raw",
     "/image",
 )
-PREFERRED_JOINT_TOPICS = ("/joint_states",)
-PREFERRED_INSTRUCTION_TOPICS = ("/instruction", "/vla/instruction", "/task/instruction")
+PREFERRED_JOINT_TOPICS = (topics.JOINT_STATES_TOPIC,)
+PREFERRED_INSTRUCTION_TOPICS = (topics.INSTRUCTION_TOPIC, "/vla/instruction", "/task/instruction")
 
 # Sentinel for "find the topic by type"; ``None`` means "do not use this stream".
 AUTO = "auto"
@@ -189,14 +191,12 @@ def decode_image(message: Any, msgtype: str) -> np.ndarray:
 
     The node's conversion is reused as is (:mod:`vla_cache_ros.image_conversion`), so a
     bag and a live camera obey one rule: 8-bit colour or mono only; depth, 16-bit and float
-    images (raw or compressed, e.g. ``16UC1; png compressed``) raise its
-    ``ImageConversionError``, a UserFacingError and ValueError.
+    images (raw or compressed, e.g. ``16UC1; png compressed``) and malformed ones raise its
+    ``ImageConversionError`` (a UserFacingError).
     """
-    from vla_cache_ros import image_conversion  # pure numpy/OpenCV, no rclpy
-
     if msgtype == COMPRESSED_IMAGE_TYPE:
-        return image_conversion.compressed_image_to_rgb(message)
-    return image_conversion.image_to_rgb(message)
+        return compressed_image_to_rgb(message)
+    return image_to_rgb(message)
 
 
 def _pick_topic(
@@ -349,9 +349,7 @@ class FrameReader:
         message = self.bag.deserialize(raw)
         try:
             return message, decode_image(message, raw.msgtype)
-        except BagError:
-            raise
-        except (ValueError, TypeError) as error:
+        except ImageConversionError as error:
             raise BagError(
                 f"cannot use image {index} on {raw.topic} in bag {self.bag.path}: {error}"
             ) from None

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_cache_ros import topics
+from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.replay.bag_writer import LATCHED_QOS, BagWriter
 from vla_cache_ros.replay.messages import (
     STRING_TYPE,
@@ -37,7 +39,10 @@ IMAGE_ENCODINGS = ("rgb8", "bgr8", "jpeg", "png")
 class SyntheticBagSpec:
     """What :func:`write_synthetic_bag` writes. Times are bag time (the same as header stamps);
     ``start_time_ns`` is the first frame's time, joint samples are spaced ``1/joint_hz`` from
-    ``start_time_ns + joint_offset_s``, the instruction comes before everything else."""
+    ``start_time_ns + joint_offset_s``, the instruction comes before everything else.
+
+    Raises ConfigurationError for an unknown image encoding or a non-positive frame count, rate
+    or image size (values a user gives on the ``synthetic-bag`` command line)."""
 
     num_frames: int = 30
     camera_hz: float = 10.0
@@ -53,15 +58,18 @@ class SyntheticBagSpec:
     start_time_ns: int = 1_700_000_000 * 1_000_000_000
     seed: int = 0
     image_topic: str | None = None  # default: /camera/image_raw[/compressed]
-    joint_topic: str = "/joint_states"
-    instruction_topic: str = "/instruction"
-    command_topic: str = "/vla/action"
+    joint_topic: str = topics.JOINT_STATES_TOPIC
+    instruction_topic: str = topics.INSTRUCTION_TOPIC
+    command_topic: str = topics.ACTION_TOPIC
 
     def __post_init__(self) -> None:
         if self.image_encoding not in IMAGE_ENCODINGS:
-            raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, not {self.image_encoding!r}")
+            raise ConfigurationError(
+                f"image encoding must be one of {', '.join(IMAGE_ENCODINGS)}, not {self.image_encoding!r}")
         if self.num_frames < 1 or self.camera_hz <= 0 or self.joint_hz <= 0:
-            raise ValueError("num_frames, camera_hz and joint_hz must be positive")
+            raise ConfigurationError("frames, camera_hz and joint_hz must be positive")
+        if self.height < 1 or self.width < 1:
+            raise ConfigurationError(f"image size must be positive, got {self.height}x{self.width}")
 
     @property
     def compressed(self) -> bool:
@@ -71,7 +79,7 @@ class SyntheticBagSpec:
     def resolved_image_topic(self) -> str:
         if self.image_topic:
             return self.image_topic
-        return "/camera/image_raw/compressed" if self.compressed else "/camera/image_raw"
+        return f"{topics.CAMERA_TOPIC}/compressed" if self.compressed else topics.CAMERA_TOPIC
 
     def frame_time_ns(self, index: int) -> int:
         """Bag time of camera frame ``index``."""

@@ -28,8 +28,10 @@ from vla_cache_ros.replay.bag_reader import BagReader, canonical_cdr, ros2_types
 from vla_cache_ros.replay.bag_writer import BagWriter
 from vla_cache_ros.replay.messages import STRING_TYPE
 from vla_cache_ros.ros.process import ros_session
+from vla_cache_ros.ros.qos import CLOCK_QOS, LATCHED_QOS, profile
+from vla_cache_ros.stamps import NS_PER_S, time_message
+from vla_cache_ros.topics import CLOCK as CLOCK_TOPIC
 
-CLOCK_TOPIC = "/clock"
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 
 Log = Callable[[str], None]
@@ -65,12 +67,12 @@ class _ClockPublisher:
     """Publishes bag time on /clock at a fixed wall-clock rate and on demand."""
 
     def __init__(self, node: Any, hz: float) -> None:
-        from rclpy.qos import QoSProfile
+        from builtin_interfaces.msg import Time
         from rosgraph_msgs.msg import Clock
 
-        self._clock_cls = Clock
+        self._clock_cls, self._time_cls = Clock, Time
         self.period_s = 1.0 / hz if hz > 0 else None
-        self._publisher = node.create_publisher(Clock, CLOCK_TOPIC, QoSProfile(depth=10)) if hz > 0 else None
+        self._publisher = node.create_publisher(Clock, CLOCK_TOPIC, CLOCK_QOS) if hz > 0 else None
         self.next_tick = time.monotonic()
         self.count = 0
         self._latest_ns = 0
@@ -88,9 +90,7 @@ class _ClockPublisher:
         if self._publisher is None:
             return
         self._latest_ns = max(int(bag_time_ns), self._latest_ns)
-        message = self._clock_cls()
-        message.clock.sec, message.clock.nanosec = divmod(self._latest_ns, 1_000_000_000)
-        self._publisher.publish(message)
+        self._publisher.publish(self._clock_cls(clock=time_message(self._latest_ns, self._time_cls)))
         self.count += 1
 
     def wait_until(self, deadline: float, bag_time_at: Callable[[float], int]) -> None:
@@ -114,15 +114,9 @@ def _publisher_qos(bag: BagReader, topic: str) -> Any:
     a transient-local subscriber (the node's instruction input) never connects to a volatile
     publisher, while a transient-local publisher serves volatile subscribers too.
     """
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
     latched = bag.msgtype(topic) == STRING_TYPE or any(
         p.durability == QosDurability.TRANSIENT_LOCAL for p in bag.qos_profiles(topic))
-    return QoSProfile(
-        depth=1 if latched else 100,
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
-    )
+    return LATCHED_QOS if latched else profile(100)
 
 
 def _select_play_topics(bag: BagReader, topics: Sequence[str] | None, clock: bool, log: Log) -> list[str]:
@@ -273,41 +267,37 @@ class RecordResult:
     interrupted: bool = False
 
 
-def _as_bag_qos(profile: Any) -> Qos:
+def _as_bag_qos(offered: Any) -> Qos:
     """An rclpy QoSProfile (as offered by a publisher) in rosbags' form, for the bag metadata."""
 
     def member(enum: Any, policy: Any) -> Any:
         return enum.__members__.get(getattr(policy, "name", ""), enum.UNKNOWN)
 
     def duration(value: Any) -> QosTime:
-        sec, nsec = divmod(int(getattr(value, "nanoseconds", 0)), 1_000_000_000)
+        sec, nsec = divmod(int(getattr(value, "nanoseconds", 0)), NS_PER_S)
         return QosTime(min(sec, 2**31 - 1), nsec)
 
     return Qos(
-        history=member(QosHistory, profile.history),
-        depth=int(profile.depth),
-        reliability=member(QosReliability, profile.reliability),
-        durability=member(QosDurability, profile.durability),
-        deadline=duration(profile.deadline),
-        lifespan=duration(profile.lifespan),
-        liveliness=member(QosLiveliness, profile.liveliness),
-        liveliness_lease_duration=duration(profile.liveliness_lease_duration),
-        avoid_ros_namespace_conventions=bool(profile.avoid_ros_namespace_conventions),
+        history=member(QosHistory, offered.history),
+        depth=int(offered.depth),
+        reliability=member(QosReliability, offered.reliability),
+        durability=member(QosDurability, offered.durability),
+        deadline=duration(offered.deadline),
+        lifespan=duration(offered.lifespan),
+        liveliness=member(QosLiveliness, offered.liveliness),
+        liveliness_lease_duration=duration(offered.liveliness_lease_duration),
+        avoid_ros_namespace_conventions=bool(offered.avoid_ros_namespace_conventions),
     )
 
 
 def _subscription_qos(node: Any, topic: str) -> Any:
     """A QoS that matches every current publisher of ``topic`` (as ``ros2 bag record`` adapts)."""
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
     offered = [info.qos_profile for info in node.get_publishers_info_by_topic(topic)]
     reliable = bool(offered) and all(q.reliability == ReliabilityPolicy.RELIABLE for q in offered)
     latched = bool(offered) and all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in offered)
-    return QoSProfile(
-        depth=100,
-        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
-    )
+    return profile(100, reliable=reliable, latched=latched)
 
 
 class _Recorder:

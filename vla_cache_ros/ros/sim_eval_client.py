@@ -26,13 +26,13 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from vla_cache_ros.subprocesses import interrupt
+from vla_cache_ros import topics
 from vla_cache_ros.errors import UserFacingError
-from vla_cache_ros.sim import topics
+from vla_cache_ros.ros.qos import COMMAND_QOS, MONITOR_QOS
+from vla_cache_ros.subprocesses import interrupt
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
 from vla_cache_ros.sim.expert import ScriptedExpert
 from vla_cache_ros.geometry import euler_to_rotvec
@@ -41,7 +41,6 @@ from vla_cache_ros.sim.snapshot import SceneSnapshot
 
 SIM_NODE = "sim_arm_node"
 POLICY_NODE = "vla_cache_node"
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class EvalError(UserFacingError):
@@ -85,12 +84,13 @@ class _Harness:
         self.expert: ScriptedExpert | None = None
         self._expert_episode = -1
         node = self.node
-        node.create_subscription(String, topics.EPISODE_STATUS_TOPIC, self._on_status, RELIABLE)
-        node.create_subscription(Float32, f"/{POLICY_NODE}/inference_latency_ms", self._on_latency, RELIABLE)
-        node.create_subscription(Float32, f"/{POLICY_NODE}/cache_ratio", self._on_ratio, RELIABLE)
-        node.create_subscription(String, topics.PRIVILEGED_STATE_TOPIC, self._on_privileged, RELIABLE)
-        self.twist_pub = node.create_publisher(TwistStamped, topics.TWIST_TOPIC, RELIABLE)
-        self.gripper_pub = node.create_publisher(Float64MultiArray, topics.GRIPPER_TOPIC, RELIABLE)
+        node.create_subscription(String, topics.EPISODE_STATUS_TOPIC, self._on_status, MONITOR_QOS)
+        node.create_subscription(Float32, topics.of_node(POLICY_NODE, topics.INFERENCE_LATENCY_MS), self._on_latency,
+                                 MONITOR_QOS)
+        node.create_subscription(Float32, topics.of_node(POLICY_NODE, topics.CACHE_RATIO), self._on_ratio, MONITOR_QOS)
+        node.create_subscription(String, topics.PRIVILEGED_STATE_TOPIC, self._on_privileged, MONITOR_QOS)
+        self.twist_pub = node.create_publisher(TwistStamped, topics.TWIST_TOPIC, COMMAND_QOS)
+        self.gripper_pub = node.create_publisher(Float64MultiArray, topics.GRIPPER_TOPIC, COMMAND_QOS)
         self.reset_client = node.create_client(Trigger, topics.RESET_SERVICE)
         self.parameter_client = node.create_client(SetParameters, f"/{SIM_NODE}/set_parameters")
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -220,10 +220,7 @@ class RosEpisodeRunner:
         with harness.lock:
             harness.latencies.clear()
         self._policy = _Process(f"{POLICY_NODE}_{mode.label.replace(':', '_')}", "vla_cache_ros.ros.node", [
-            "--params-file", str(parameters_file),
-            "-r", f"image:={topics.CAMERA_TOPIC}", "-r", f"joint_states:={topics.JOINT_STATES_TOPIC}",
-            "-r", f"instruction:={topics.INSTRUCTION_TOPIC}", "-r", f"ee_pose:={topics.EE_POSE_TOPIC}",
-            "-r", f"twist_cmd:={topics.TWIST_TOPIC}", "-r", f"gripper_command:={topics.GRIPPER_TOPIC}",
+            "--params-file", str(parameters_file), *topics.remap_arguments(topics.ARM_TOPICS.items()),
         ], self.log_dir)
         self._wait(lambda: bool(harness.latencies), self.config.startup_timeout_s,
                    f"the first inference step of {POLICY_NODE} ({mode.label})", self._policy)

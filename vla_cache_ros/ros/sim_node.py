@@ -5,11 +5,12 @@ there). A loop thread ticks the simulator at ``joint_state_rate_hz`` and paces i
 wall clock (``real_time_factor``); with ``publish_clock`` it also publishes ``/clock`` and stamps
 everything with the simulated time, so nodes with ``use_sim_time`` follow it.
 
-Publishes (names in :mod:`vla_cache_ros.sim.topics`): ``/camera/image_raw`` (rgb8, at
-``camera_rate_hz``), ``/joint_states`` and ``/ee_pose`` (every tick), ``/instruction``
-(transient local), ``/sim/episode_status`` (JSON in a String, on change and at 2 Hz) and
-``/sim/success`` (Bool, transient local); with ``publish_privileged_state`` also object poses
-and contacts on ``/sim/privileged_state`` (JSON, at the camera rate; for the scripted expert).
+Publishes (names in :mod:`vla_cache_ros.topics`, QoS in :mod:`vla_cache_ros.ros.qos`):
+``/camera/image_raw`` (rgb8, at ``camera_rate_hz``), ``/joint_states`` and ``/ee_pose`` (every
+tick), ``/instruction`` (transient local), ``/sim/episode_status`` (JSON in a String, on change
+and at 2 Hz) and ``/sim/success`` (Bool, transient local); with ``publish_privileged_state`` also
+object poses and contacts on ``/sim/privileged_state`` (JSON, at the camera rate; for the
+scripted expert).
 
 Accepts: ``/arm_controller/joint_trajectory`` (JointTrajectory), ``/forward_position_controller/
 commands`` (Float64MultiArray, one position per arm joint), ``/servo_node/delta_twist_cmds``
@@ -31,17 +32,17 @@ from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParam
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_cache_ros import topics
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.image_conversion import fill_message, rgb_to_image_fields
 from vla_cache_ros.ros.process import run_node
-from vla_cache_ros.sim import topics
+from vla_cache_ros.ros.qos import CLOCK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
 from vla_cache_ros.sim.controller import ControllerSettings, SimCommandError
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
 from vla_cache_ros.sim.recording import PUBLISHED_JOINTS
@@ -49,9 +50,7 @@ from vla_cache_ros.sim.runtime import Pacer, SimRuntime, TickOutput, twist_in_to
 from vla_cache_ros.sim.scene import BASE_FRAME
 from vla_cache_ros.sim.snapshot import SceneSnapshot
 from vla_cache_ros.sim.tasks import FAMILIES
-
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+from vla_cache_ros.stamps import seconds_to_nanoseconds, stamp_seconds, time_message
 
 
 def _range(low: float, high: float) -> list[FloatingPointRange]:
@@ -102,19 +101,19 @@ class SimArmNode(Node):
         self.rejected_commands = 0
         self._done_since: float | None = None
 
-        self._image_pub = self.create_publisher(Image, topics.CAMERA_TOPIC, qos_profile_sensor_data)
-        self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES_TOPIC, qos_profile_sensor_data)
-        self._pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE_TOPIC, qos_profile_sensor_data)
-        self._instruction_pub = self.create_publisher(String, topics.INSTRUCTION_TOPIC, LATCHED)
-        self._status_pub = self.create_publisher(String, topics.EPISODE_STATUS_TOPIC, COMMANDS)
-        self._success_pub = self.create_publisher(Bool, topics.EPISODE_SUCCESS_TOPIC, LATCHED)
-        self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self._publish_clock else None
-        self._privileged_pub = self.create_publisher(String, topics.PRIVILEGED_STATE_TOPIC, COMMANDS) \
+        self._image_pub = self.create_publisher(Image, topics.CAMERA_TOPIC, SENSOR_QOS)
+        self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES_TOPIC, SENSOR_QOS)
+        self._pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE_TOPIC, SENSOR_QOS)
+        self._instruction_pub = self.create_publisher(String, topics.INSTRUCTION_TOPIC, LATCHED_QOS)
+        self._status_pub = self.create_publisher(String, topics.EPISODE_STATUS_TOPIC, STATUS_QOS)
+        self._success_pub = self.create_publisher(Bool, topics.EPISODE_SUCCESS_TOPIC, LATCHED_QOS)
+        self._clock_pub = self.create_publisher(Clock, topics.CLOCK, CLOCK_QOS) if self._publish_clock else None
+        self._privileged_pub = self.create_publisher(String, topics.PRIVILEGED_STATE_TOPIC, STATUS_QOS) \
             if p("publish_privileged_state").value else None
-        self.create_subscription(JointTrajectory, topics.JOINT_TRAJECTORY_TOPIC, self._on_trajectory, COMMANDS)
-        self.create_subscription(Float64MultiArray, topics.JOINT_POSITIONS_TOPIC, self._on_joint_positions, COMMANDS)
-        self.create_subscription(TwistStamped, topics.TWIST_TOPIC, self._on_twist, COMMANDS)
-        self.create_subscription(Float64MultiArray, topics.GRIPPER_TOPIC, self._on_gripper, COMMANDS)
+        self.create_subscription(JointTrajectory, topics.JOINT_TRAJECTORY_TOPIC, self._on_trajectory, COMMAND_QOS)
+        self.create_subscription(Float64MultiArray, topics.JOINT_POSITIONS_TOPIC, self._on_joint_positions, COMMAND_QOS)
+        self.create_subscription(TwistStamped, topics.TWIST_TOPIC, self._on_twist, COMMAND_QOS)
+        self.create_subscription(Float64MultiArray, topics.GRIPPER_TOPIC, self._on_gripper, COMMAND_QOS)
         self.create_service(Trigger, topics.RESET_SERVICE, self._on_reset)
 
         self._start_episode()
@@ -171,7 +170,7 @@ class SimArmNode(Node):
             self.get_logger().warning(f"ignored {what}: {error}", throttle_duration_sec=1.0)
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
-        times = [point.time_from_start.sec + point.time_from_start.nanosec * 1e-9 for point in msg.points]
+        times = [stamp_seconds(point.time_from_start) for point in msg.points]
         positions = [list(point.positions) for point in msg.points]
         self._command("joint trajectory", lambda: self._sim.controller.command_trajectory(
             self._sim.time, list(msg.joint_names), times, positions))
@@ -198,8 +197,7 @@ class SimArmNode(Node):
     # ------------------------------------------------------------------ loop
     def _stamp(self) -> Time:
         if self._publish_clock:
-            seconds = self._runtime.clock_s
-            return Time(sec=int(seconds), nanosec=int(round((seconds % 1.0) * 1e9)) % 1_000_000_000)
+            return time_message(seconds_to_nanoseconds(self._runtime.clock_s), Time)
         return self.get_clock().now().to_msg()
 
     def _publish_status(self, status: dict[str, Any], clock_s: float) -> None:

@@ -19,27 +19,21 @@ from typing import Any, Sequence
 
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
+from vla_cache_ros import topics
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.image_conversion import fill_message, rgb_to_image_fields
 from vla_cache_ros.ros.process import run_node
+from vla_cache_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
+from vla_cache_ros.stamps import stamp_seconds
 from vla_cache_ros.synthetic import SyntheticScene
 
 NODE_NAME = "synthetic_camera"
-# The same names as sim_arm_node publishes (vla_cache_ros.sim.topics).
-CAMERA_TOPIC = "/camera/image_raw"
-JOINT_STATES_TOPIC = "/joint_states"
-EE_POSE_TOPIC = "/ee_pose"
-INSTRUCTION_TOPIC = "/instruction"
-CAMERA_FRAME = "camera"
 BASE_FRAME = "base_link"
 JOINT_NAMES = ("joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "gripper")
 EE_CENTRE = (0.25, 0.0, 0.15)  # metres in base_link; inside the miniature demo's workspace box
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class SyntheticCameraNode(Node):
@@ -58,29 +52,28 @@ class SyntheticCameraNode(Node):
                                      "height and width >= 14")
         self._scene = SyntheticScene(height=height, width=width, seed=seed)
         self._frame_index = 0
-        self._image_pub = self.create_publisher(Image, CAMERA_TOPIC, qos_profile_sensor_data)
-        self._joint_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC,
-                                                qos_profile_sensor_data)
-        self._pose_pub = self.create_publisher(PoseStamped, EE_POSE_TOPIC, qos_profile_sensor_data)
-        self._instruction_pub = self.create_publisher(String, INSTRUCTION_TOPIC, LATCHED)
+        self._image_pub = self.create_publisher(Image, topics.CAMERA_TOPIC, SENSOR_QOS)
+        self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES_TOPIC, SENSOR_QOS)
+        self._pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE_TOPIC, SENSOR_QOS)
+        self._instruction_pub = self.create_publisher(String, topics.INSTRUCTION_TOPIC, LATCHED_QOS)
         self._instruction_pub.publish(String(data=instruction))
         self.create_timer(1.0 / camera_hz, self._publish_frame)
         self.create_timer(1.0 / joint_hz, self._publish_state)
         self.get_logger().info(
-            f"publishing {width}x{height} frames at {camera_hz:g} Hz on {CAMERA_TOPIC}, "
-            f"{JOINT_STATES_TOPIC} and {EE_POSE_TOPIC} at {joint_hz:g} Hz; "
-            f"instruction {instruction!r} on {INSTRUCTION_TOPIC}")
+            f"publishing {width}x{height} frames at {camera_hz:g} Hz on {topics.CAMERA_TOPIC}, "
+            f"{topics.JOINT_STATES_TOPIC} and {topics.EE_POSE_TOPIC} at {joint_hz:g} Hz; "
+            f"instruction {instruction!r} on {topics.INSTRUCTION_TOPIC}")
 
     def _publish_frame(self) -> None:
         message = fill_message(Image(), rgb_to_image_fields(self._scene.frame(self._frame_index)))
         message.header.stamp = self.get_clock().now().to_msg()
-        message.header.frame_id = CAMERA_FRAME
+        message.header.frame_id = topics.CAMERA_FRAME
         self._image_pub.publish(message)
         self._frame_index += 1
 
     def _publish_state(self) -> None:
         stamp = self.get_clock().now().to_msg()
-        phase = self.get_clock().now().nanoseconds * 1e-9 * 0.5
+        phase = stamp_seconds(stamp) * 0.5
         joints = JointState(name=list(JOINT_NAMES),
                             position=[0.2 * math.sin(phase + i) for i in range(len(JOINT_NAMES))])
         joints.header.stamp = stamp
