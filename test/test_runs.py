@@ -1,0 +1,105 @@
+"""The "modes over frames" core: interleaved stepping, warm-up, the baseline, one stage list,
+one device setup. Timings are never asserted, only their presence and names."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vla_cache_ros.cache.modes import CacheModeError
+from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.models import load_vla
+from vla_cache_ros.runs import ModeRunner, prepare_compute
+from vla_cache_ros.stages import STAGES
+from vla_cache_ros.synthetic import SyntheticScene
+
+INSTRUCTION = "pick up the red cube"
+SPECS = ["off", "fixed:0.5", "vla_cache"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    torch.set_num_threads(1)
+    return load_vla(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return SyntheticScene(seed=3, height=60, width=80).frames(4)
+
+
+def test_modes_are_stepped_frame_by_frame(model, frames, monkeypatch):
+    runner = ModeRunner(model, SPECS, unnorm_key="tiny_sim")
+    calls = []
+    for spec, policy in runner.policies.items():
+        def recording_step(image, instruction, state=None, _spec=spec, _step=policy.step):
+            calls.append((_spec, next(i for i, frame in enumerate(frames) if frame is image)))
+            return _step(image, instruction, state=state)
+        monkeypatch.setattr(policy, "step", recording_step)
+    for frame in frames[:3]:
+        runner.step_frame(frame, INSTRUCTION)
+    assert calls == [(spec, index) for index in range(3) for spec in SPECS]
+    assert [step.frame_index for step in runner.steps["vla_cache"]] == [0, 1, 2]
+
+
+def test_one_policy_per_mode_on_the_shared_model(model):
+    runner = ModeRunner(model, [" off", "fixed:0.25 ", "vla_cache:0.8"], unnorm_key="tiny_sim")
+    assert runner.baseline == "off" and list(runner.policies) == ["off", "fixed:0.25", "vla_cache:0.8"]
+    assert all(policy.model is model for policy in runner.policies.values())
+    settings = [(policy.mode, policy.cache_ratio) for policy in runner.policies.values()]
+    assert settings == [("off", 0.0), ("fixed", 0.25), ("vla_cache", 0.8)]
+
+
+def test_off_gives_identical_actions_across_runs_and_matches_an_empty_reuse_set(model, frames):
+    runs = [ModeRunner(model, ["off", "fixed:0.0"], unnorm_key="tiny_sim") for _ in range(2)]
+    for runner in runs:
+        for frame in frames:
+            runner.step_frame(frame, INSTRUCTION)
+    first, second = ([(step.action, step.stats.action_tokens) for step in runner.steps["off"]] for runner in runs)
+    for (action, tokens), (again, tokens_again) in zip(first, second):
+        assert np.array_equal(action, again) and np.array_equal(tokens, tokens_again)
+    assert runs[0].identical_action_fraction("fixed:0.0") == 1.0 and runs[0].token_agreement("fixed:0.0") == 1.0
+
+
+def test_warm_up_steps_are_left_out_of_the_timing_medians(model, frames):
+    runner = ModeRunner(model, SPECS, unnorm_key="tiny_sim", warmup=2)
+    runner.step_frame(frames[0], INSTRUCTION)
+    assert runner.timed_steps("off") == runner.steps["off"]  # nothing timed yet: every step counts
+    for frame in frames[1:]:
+        stepped = runner.step_frame(frame, INSTRUCTION)
+    assert [step.timed for step in runner.steps["fixed:0.5"]] == [False, False, True, True]
+    assert all(step.timed for step in stepped) and runner.frames == 4
+    assert runner.timed_steps("fixed:0.5") == runner.steps["fixed:0.5"][2:]
+    for spec in SPECS:
+        assert tuple(runner.median_s(spec)) == STAGES
+        assert np.isfinite(runner.speedup(spec)) and runner.speedup(spec) > 0
+        assert [tuple(step.stats.times_s) for step in runner.steps[spec]] == [STAGES] * 4
+    assert runner.speedup("off") == 1.0 and runner.token_agreement("off") == 1.0
+    assert 0.0 <= runner.token_agreement("vla_cache", timed_only=True) <= 1.0
+
+
+@pytest.mark.parametrize("specs, error, message", [
+    (["off", "fixed:0.5", "fixed:0.5"], CacheModeError, "listed once each"),
+    ([], CacheModeError, "listed once each"),
+    (["off", "turbo"], CacheModeError, "unknown cache mode 'turbo'; available: off, fixed, vla_cache"),
+    (["off", "learned:0.7"], CacheModeError, "'learned' is not available: no trained cache policy is loaded"),
+])
+def test_bad_mode_lists(model, specs, error, message):
+    with pytest.raises(error, match=message):
+        ModeRunner(model, specs)
+
+
+def test_negative_warm_up_is_refused(model):
+    with pytest.raises(ConfigurationError, match="warm-up"):
+        ModeRunner(model, ["off"], warmup=-1)
+
+
+def test_one_device_setup():
+    device, dtype = prepare_compute("cpu", None, 0)
+    assert device.type == "cpu" and dtype is torch.float32
+    assert prepare_compute("cpu", "bfloat16")[1] is torch.bfloat16
+    with pytest.raises(ConfigurationError, match="dtype 'float64'"):
+        prepare_compute("cpu", "float64")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="no CUDA GPU"):
+            prepare_compute("cuda")
