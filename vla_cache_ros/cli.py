@@ -1,7 +1,7 @@
 """The ``vla-cache`` command: one entry point, one subcommand per job.
 
 Each area of the package contributes its subcommands through a ``register(subparsers)``
-function in its own ``cli`` module (``models/cli.py``, ``cache/cli.py``, ``replay/cli.py``,
+function in its own module (``models/cli.py``, ``demo.py``, ``bench.py``, ``replay/cli.py``,
 ``sim/cli.py``, ...); a subcommand's handler returns an exit code. Errors the user can fix
 (``UserFacingError`` and subclasses) are printed as one clear line, never as a traceback.
 """
@@ -18,7 +18,7 @@ from vla_cache_ros.errors import UserFacingError
 SUBCOMMAND_MODULES = (
     "vla_cache_ros.models.cli",
     "vla_cache_ros.demo",
-    "vla_cache_ros.cache.cli",
+    "vla_cache_ros.bench",
     "vla_cache_ros.replay.cli",
     "vla_cache_ros.sim.cli",
 )

@@ -102,12 +102,15 @@ def test_missing_topic_and_unknown_mode_are_clear_errors(bag, model_dir: Path) -
     with pytest.raises(BagError) as error:
         run_replay(_options(bag.path, model_dir, image_topic="/wrist/image_raw"))
     assert "/camera/image_raw" in str(error.value) and "sensor_msgs/msg/JointState" in str(error.value)
-    with pytest.raises(ConfigurationError, match="learned"):
+    with pytest.raises(ConfigurationError, match="'learned' is not available: no trained cache policy"):
         run_replay(_options(bag.path, model_dir, modes="off,learned"))
+    with pytest.raises(ConfigurationError, match="unknown cache mode 'turbo'; available: off, fixed, vla_cache"):
+        run_replay(_options(bag.path, model_dir, modes="off,turbo"))
 
 
 def test_parse_modes() -> None:
     assert parse_modes("fixed:0.5,off") == [("off", "off", 0.0), ("fixed:0.5", "fixed", 0.5)]
+    assert parse_modes("vla_cache:0.8") == [("off", "off", 0.0), ("vla_cache:0.8", "vla_cache", 0.8)]
     assert parse_modes("vla_cache")[0][0] == "off"
     with pytest.raises(ConfigurationError):
         parse_modes("off,off")

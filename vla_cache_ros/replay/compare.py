@@ -2,8 +2,9 @@
 
 Every mode (``off``, ``fixed:R``, ``vla_cache``, ``learned`` when available) gets its own
 :class:`~vla_cache_ros.policy.CachedVLAPolicy` over one shared model (the same code the node
-runs), and every frame of the bag is fed to all of them in turn, in one streaming pass: memory
-stays bounded by one frame, and background load hits all modes alike.
+runs), and every frame of the bag is fed to all of them in turn by
+:class:`vla_cache_ros.runs.ModeRunner`, in one streaming pass: memory stays bounded by one frame,
+and background load hits all modes alike.
 
 Reported per mode:
 
@@ -25,21 +26,25 @@ import csv
 import json
 import math
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vla_cache_ros.cache.modes import DEFAULT_SWEEP, ModeSpec, parse_mode, parse_mode_list
 from vla_cache_ros.errors import BagError, ConfigurationError
 from vla_cache_ros.replay.bag_reader import BagReader
 from vla_cache_ros.replay.frames import AUTO, Frame, FrameReader
+from vla_cache_ros.stages import STAGES
 
-DEFAULT_MODES = "off,fixed:0.5,fixed:0.75,vla_cache"
-STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
+if TYPE_CHECKING:
+    from vla_cache_ros.models.vla import OpenVLA
+    from vla_cache_ros.runs import ModeRunner, ModeStep
+
+DEFAULT_MODES = ",".join(DEFAULT_SWEEP)
 SPEEDUP_DEFINITION = (
     "median total (or prefill) step time of 'off' divided by that of the mode, all modes stepped "
     "in turn on every frame in this run; steps before 'warmup' excluded"
@@ -143,19 +148,15 @@ class ReplayReport:
         return data
 
 
-def parse_modes(text: str) -> list[tuple[str, str, float]]:
-    """``off,fixed:0.5,vla_cache`` -> [(spec, mode, ratio), ...], ``off`` first (added if absent)."""
-    from vla_cache_ros.cache.modes import parse_mode_spec
+def parse_modes(text: str) -> list[ModeSpec]:
+    """``off,fixed:0.5,vla_cache`` -> [ModeSpec(text, name, ratio), ...], ``off`` first (added if absent).
 
-    specs = [part.strip() for part in text.split(",") if part.strip()]
-    if not specs:
-        raise ConfigurationError("--modes is empty")
-    if len(set(specs)) != len(specs):
-        raise ConfigurationError(f"--modes lists a mode twice: {text}")
-    parsed = [(spec, *parse_mode_spec(spec)) for spec in specs]
-    offs = [entry for entry in parsed if entry[1] == "off"]
-    others = [entry for entry in parsed if entry[1] != "off"]
-    return (offs[:1] or [("off", "off", 0.0)]) + others
+    Raises:
+        CacheModeError: no mode, a repeated one, a malformed or unknown spec.
+    """
+    parsed = parse_mode_list(text)
+    offs = [spec for spec in parsed if spec.name == "off"]
+    return (offs[:1] or [parse_mode("off")]) + [spec for spec in parsed if spec.name != "off"]
 
 
 def error_stats(actions: np.ndarray, reference: np.ndarray) -> ErrorStats:
@@ -171,41 +172,31 @@ def error_stats(actions: np.ndarray, reference: np.ndarray) -> ErrorStats:
     )
 
 
-def summarise(
-    specs: list[tuple[str, str, float]], records: dict[str, list[StepRecord]], warmup: int
-) -> list[ModeSummary]:
-    """Per-mode summaries; ``records[spec]`` are the steps of that mode in frame order."""
-    baseline = records[specs[0][0]]
-
-    def medians(steps: list[StepRecord]) -> dict[str, float]:
-        timed = steps[warmup:] or steps
-        return {stage: statistics.median(step.times_ms[stage] for step in timed) for stage in STAGES}
-
-    base_median = medians(baseline)
+def summarise(runner: ModeRunner, records: dict[str, list[StepRecord]]) -> list[ModeSummary]:
+    """Per-mode summaries: timings and agreement with ``off`` from the runner, errors against
+    ``off`` and against the recorded commands from ``records[spec]`` (that mode's steps in frame
+    order)."""
+    baseline = records[runner.baseline]
     summaries = []
-    for spec, mode, ratio in specs:
-        steps = records[spec]
-        median = medians(steps)
+    for spec in runner.specs:
+        steps = records[spec.text]
         actions = np.array([step.action for step in steps])
-        tokens = np.array([step.action_tokens for step in steps])
-        baseline_tokens = np.array([step.action_tokens for step in baseline])
-        is_baseline = spec == specs[0][0]
+        is_baseline = spec.text == runner.baseline
         with_command = [step for step in steps if step.command is not None and len(step.command) == actions.shape[1]]
         summaries.append(ModeSummary(
-            spec=spec,
-            mode=mode,
-            target_ratio=ratio,
+            spec=spec.text,
+            mode=spec.name,
+            target_ratio=spec.ratio,
             steps=len(steps),
-            timed_steps=len(steps[warmup:] or steps),
-            median_ms=median,
-            speedup_total=base_median["total"] / median["total"],
-            speedup_prefill=base_median["prefill"] / median["prefill"],
+            timed_steps=len(runner.timed_steps(spec.text)),
+            median_ms={stage: 1000.0 * value for stage, value in runner.median_s(spec.text).items()},
+            speedup_total=runner.speedup(spec.text, "total"),
+            speedup_prefill=runner.speedup(spec.text, "prefill"),
             mean_actual_ratio=float(np.mean([step.actual_ratio for step in steps])),
             mean_reused_tokens=float(np.mean([step.reused_tokens for step in steps])),
             flops_ratio=float(np.mean([step.flops_ratio for step in steps])),
-            token_agreement=None if is_baseline else float(np.mean(tokens == baseline_tokens)),
-            identical_action_fraction=None if is_baseline else float(np.mean(
-                [np.array_equal(a, b.action) for a, b in zip(actions, baseline)])),
+            token_agreement=None if is_baseline else runner.token_agreement(spec.text),
+            identical_action_fraction=None if is_baseline else runner.identical_action_fraction(spec.text),
             vs_off=None if is_baseline else error_stats(actions, np.array([s.action for s in baseline])),
             vs_recorded=error_stats(
                 np.array([s.action for s in with_command]), np.array([s.command for s in with_command])
@@ -214,26 +205,16 @@ def summarise(
     return summaries
 
 
-def _build_policies(options: ReplayOptions, specs: list[tuple[str, str, float]]) -> tuple[dict[str, Any], Path]:
-    """One CachedVLAPolicy per mode, all on one model; also returns the model directory."""
+def _load_model(options: ReplayOptions) -> tuple[OpenVLA, Path, str | None]:
+    """The model every mode shares, on the requested device / dtype / threads; also its directory
+    and the statistics key."""
+    from vla_cache_ros.models.vla import load_vla
+    from vla_cache_ros.runs import prepare_compute
 
-    from vla_cache_ros.policy import CachedVLAPolicy
-
-    from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
-
-    resolve_device(options.device)
-    set_cpu_threads(options.threads)
-    dtype_name = options.dtype or ("bfloat16" if options.device.startswith("cuda") else "float32")
-    dtype = resolve_dtype(dtype_name)
+    _, dtype = prepare_compute(options.device, options.dtype, options.threads)
     model_path, unnorm_key = _resolve_model(options)
-    first_spec, first_mode, first_ratio = specs[0]
-    first = CachedVLAPolicy.from_pretrained(
-        model_path, mode=first_mode, cache_ratio=first_ratio, unnorm_key=unnorm_key,
-        device=options.device, dtype=dtype, center_crop=options.center_crop)
-    policies = {first_spec: first}
-    for spec, mode, ratio in specs[1:]:
-        policies[spec] = CachedVLAPolicy(first.model, mode=mode, cache_ratio=ratio, unnorm_key=unnorm_key)
-    return policies, model_path
+    model = load_vla(model_path, device=options.device, dtype=dtype, center_crop=options.center_crop)
+    return model, model_path, unnorm_key
 
 
 def _resolve_model(options: ReplayOptions) -> tuple[Path, str | None]:
@@ -245,18 +226,19 @@ def _resolve_model(options: ReplayOptions) -> tuple[Path, str | None]:
     return Path(options.model), options.unnorm_key
 
 
-def _step_record(spec: str, frame: Frame, start_ns: int, action: np.ndarray, stats: Any) -> StepRecord:
+def _step_record(step: ModeStep, frame: Frame, start_ns: int) -> StepRecord:
     command = frame.command.values.tolist() if frame.command is not None else None
+    stats = step.stats
     return StepRecord(
         frame_index=frame.index,
         timestamp_s=(frame.timestamp_ns - start_ns) / 1e9,
-        mode=spec,
+        mode=step.spec,
         target_ratio=float(stats.target_ratio),
         actual_ratio=float(stats.actual_ratio),
         reused_tokens=int(stats.reused_tokens),
         times_ms={stage: 1000.0 * float(stats.times_s[stage]) for stage in STAGES},
-        flops_ratio=float(stats.flops / stats.flops_uncached) if stats.flops_uncached else 1.0,
-        action=np.asarray(action, dtype=np.float64).tolist(),
+        flops_ratio=float(stats.flops_ratio),
+        action=np.asarray(step.action, dtype=np.float64).tolist(),
         action_tokens=np.asarray(stats.action_tokens).astype(int).tolist(),
         command=command,
     )
@@ -273,7 +255,7 @@ class _Overlay:
 
 def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> ReplayReport:
     """Run the comparison, write the outputs (if ``options.out``), return the report."""
-    from vla_cache_ros.cache.bench import machine_description
+    from vla_cache_ros.runs import ModeRunner, machine_description
 
     if options.warmup < 0:
         raise ConfigurationError("--warmup must be >= 0")
@@ -291,10 +273,11 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
             raise ConfigurationError(
                 f"bag {options.bag} has no instruction topic (std_msgs/String); pass --instruction or "
                 f"--instruction-topic. It has:\n{bag.describe_topics()}")
-        policies, model_path = _build_policies(options, specs)
+        model, model_path, unnorm_key = _load_model(options)
+        runner = ModeRunner(model, [spec.text for spec in specs], unnorm_key=unnorm_key, warmup=options.warmup)
         log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(specs)} modes "
-            f"({', '.join(spec for spec, _, _ in specs)}) with {model_path}")
-        records: dict[str, list[StepRecord]] = {spec: [] for spec, _, _ in specs}
+            f"({', '.join(spec.text for spec in specs)}) with {model_path}")
+        records: dict[str, list[StepRecord]] = {spec.text: [] for spec in specs}
         overlay = _Overlay()
         overlay_step = len(frames) // 2
         instruction_used: str | None = None
@@ -313,17 +296,16 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
                 instruction_used = instruction_used or instruction
                 state = frame.joint_state.position if frame.joint_state is not None else None
                 keep_overlay = step_index <= overlay_step  # the middle frame, or the last one seen
-                for spec, policy in policies.items():
-                    action, stats = policy.step(frame.image, instruction, state=state)
-                    records[spec].append(_step_record(spec, frame, start_ns, action, stats))
-                    if keep_overlay and spec != specs[0][0]:
-                        overlay.reused[spec] = np.asarray(stats.reuse_indices).copy()
+                for step in runner.step_frame(frame.image, instruction, state=state):
+                    records[step.spec].append(_step_record(step, frame, start_ns))
+                    if keep_overlay and step.spec != runner.baseline:
+                        overlay.reused[step.spec] = np.asarray(step.stats.reuse_indices).copy()
                 if keep_overlay:
                     overlay.frame_index, overlay.image = frame.index, frame.image
                 progress.update(1)
         finally:
             progress.close()
-        if not records[specs[0][0]]:
+        if not runner.frames:
             raise BagError(f"no camera frames on {frames.topics.image} in bag {options.bag}")
         topics = asdict(frames.topics)
     report = ReplayReport(
@@ -333,14 +315,14 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
         device=options.device,
         instruction=instruction_used,
         topics=topics,
-        frames=len(records[specs[0][0]]),
+        frames=runner.frames,
         warmup=options.warmup,
-        modes=summarise(specs, records, options.warmup),
-        steps=[record for spec, _, _ in specs for record in records[spec]],
+        modes=summarise(runner, records),
+        steps=[record for spec in specs for record in records[spec.text]],
     )
     if options.out is not None:
         report.outputs = write_outputs(report, options.out, overlay if options.plots else None,
-                                       num_visual=next(iter(policies.values())).num_visual)
+                                       num_visual=runner.num_visual)
     return report
 
 

@@ -2,38 +2,40 @@
 
 For each model (the miniature checkpoint, the ``midsize`` preset, or an OpenVLA-7B-shaped random
 model on a GPU) the same frame sequence (static textured scene with a moving block) is fed to one
-``CachedVLAPolicy`` per mode, interleaved frame by frame so that background load hits all modes
-alike. Reported per mode: median per-stage wall times over the measured steps (the first, cold
-step after reset excluded), speedup against ``off`` (ratio of medians from this run), the FLOPs
-ratio (analytic, from the config), the FLOPs-implied prefill speedup and the fraction of it the
-measured prefill speedup reached. The uncached reference ``predict_action`` path (stock
-transformers forward) is timed beside them. Writes JSON and a markdown table.
+``CachedVLAPolicy`` per mode by :class:`vla_cache_ros.runs.ModeRunner`, interleaved frame by frame
+so that background load hits all modes alike. Reported per mode: median per-stage wall times over
+the measured steps (the first, cold step after reset, and ``--warmup`` more excluded), speedup
+against ``off`` (ratio of medians from this run), the FLOPs ratio (analytic, from the config), the
+FLOPs-implied prefill speedup and the fraction of it the measured prefill speedup reached. The
+uncached reference ``predict_action`` path (stock transformers forward) is timed beside them.
+Writes JSON and a markdown table.
+
+Registering the subcommand imports no torch; the model stack is imported when the command runs.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from vla_cache_ros.cache.engine import KVReuseEngine
-from vla_cache_ros.cache.modes import parse_mode_spec
-from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
+from vla_cache_ros.cache.modes import PREPACK_CHOICES, default_sweep, parse_mode_list, parse_prepack
 from vla_cache_ros.errors import ConfigurationError
-from vla_cache_ros.models.tiny import make_tiny_checkpoint, random_model
-from vla_cache_ros.models.vla import OpenVLA, load_vla
-from vla_cache_ros.policy import STAGES, CachedVLAPolicy
+from vla_cache_ros.stages import STAGES, device_sync
 from vla_cache_ros.synthetic import SyntheticScene
 
+if TYPE_CHECKING:
+    import torch
+
+    from vla_cache_ros.cache.engine import KVReuseEngine
+    from vla_cache_ros.models.vla import OpenVLA
+
 BENCH_INSTRUCTION = "push the red block to the green square"
-DEFAULT_MODES = "off,fixed:0.5,fixed:0.75,vla_cache"
 
 
 @dataclass
@@ -56,14 +58,6 @@ class ModeResult:
     fraction_of_implied_isolated: float = 1.0
 
 
-def machine_description(device: str) -> str:
-    """One line naming the hardware the numbers come from."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-
-
 def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray, reuse: np.ndarray,
                        repeats: int) -> float:
     """Median time of back-to-back prefills of ``frame`` reusing ``reuse`` (nothing else between).
@@ -71,6 +65,9 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
     The step-context medians include whatever the previous stages (vision, the last step's
     decode) left in caches and thread pools; this isolates the engine's own prefill cost.
     """
+    import torch
+
+    sync = device_sync(model.device)
     prepared = model.preprocess(frame)
     embeddings = model.assemble_embeddings(model.encode_image(prepared.pixel_values),
                                            model.prompt_ids(BENCH_INSTRUCTION))
@@ -81,8 +78,7 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
     for _ in range(repeats):
         start = time.perf_counter()
         engine.prefill(embeddings, num_visual, indices, cache)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -95,53 +91,30 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
     the same kernels. When the weights are prepacked, the uncached prefill is also timed with the
     plain weights, so the report shows that the baseline was not slowed down by packing.
     """
-    policies = {}
-    for spec in modes:
-        name, ratio = parse_mode_spec(spec)
-        policies[spec] = CachedVLAPolicy(model, mode=name, cache_ratio=ratio, unnorm_key=unnorm_key,
-                                         prepack=prepack)
-    scene = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0)
-    frames = scene.frames(warmup + steps + 1)
-    samples: dict[str, list] = {spec: [] for spec in modes}
+    from vla_cache_ros.cache.engine import KVReuseEngine
+    from vla_cache_ros.runs import ModeRunner
+
+    # the first step computes every token; `warmup` more steps follow before measuring
+    runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack)
+    sync = device_sync(model.device)
+    frames = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0).frames(warmup + steps + 1)
     reference_times = []
-    for index, frame in enumerate(frames):
-        for spec, policy in policies.items():
-            _, stats = policy.step(frame, BENCH_INSTRUCTION)
-            if index > warmup:  # index 0 is the cold full step; then warmup steps
-                samples[spec].append(stats)
-        if index > warmup:
+    for frame in frames:
+        if runner.step_frame(frame, BENCH_INSTRUCTION)[0].timed:
             start = time.perf_counter()
             model.predict_action_tokens(frame, BENCH_INSTRUCTION)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             reference_times.append(time.perf_counter() - start)
-    results = []
-    baseline_spec = modes[0]
-    for spec in modes:
-        stats_list = samples[spec]
-        results.append(ModeResult(
-            spec=spec,
-            median_s={stage: statistics.median(s.times_s[stage] for s in stats_list) for stage in STAGES},
-            mean_reused=float(np.mean([s.reused_tokens for s in stats_list])),
-            flops_ratio=float(np.mean([s.flops / s.flops_uncached for s in stats_list])),
-            prefill_flops_ratio=float(np.mean([s.prefill_flops / s.prefill_flops_uncached for s in stats_list])),
-            action_token_agreement=float(np.mean([
-                np.mean(s.action_tokens == b.action_tokens) for s, b in zip(stats_list, samples[baseline_spec])])),
-            per_step_total_s=[s.times_s["total"] for s in stats_list]))
     repeats = max(3, steps // 2)
-    for result in results:
-        result.prefill_isolated_s = isolated_prefill_s(model, policies[result.spec].engine, frames[-1],
-                                                       samples[result.spec][-1].reuse_indices, repeats)
-    projections = policies[baseline_spec].engine.projections
+    results = [_mode_result(runner, spec.text, frames[-1], repeats) for spec in runner.specs]
+    projections = runner.policies[runner.baseline].engine.projections
     plain_off_s = None
     if projections.prepacked:
         plain_off_s = isolated_prefill_s(model, KVReuseEngine(model.language_model, prepack=False), frames[-1],
-                                         samples[baseline_spec][-1].reuse_indices, repeats)
+                                         runner.steps[runner.baseline][-1].stats.reuse_indices, repeats)
     base = results[0]
     for result in results:
         result.speedup_prefill_isolated = base.prefill_isolated_s / result.prefill_isolated_s
-        result.speedup_total = base.median_s["total"] / result.median_s["total"]
-        result.speedup_prefill = base.median_s["prefill"] / result.median_s["prefill"]
         result.implied_prefill_speedup = (base.prefill_flops_ratio / result.prefill_flops_ratio)
         implied_gain = result.implied_prefill_speedup - 1.0
         result.fraction_of_implied = (result.speedup_prefill / result.implied_prefill_speedup)
@@ -163,6 +136,24 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
         "prefill_off_plain_weights_isolated_s": plain_off_s,
         "modes": [result.__dict__ for result in results],
     }
+
+
+def _mode_result(runner: Any, spec: str, last_frame: np.ndarray, repeats: int) -> ModeResult:
+    """One mode's measurements from a finished :class:`~vla_cache_ros.runs.ModeRunner` run (steps
+    after the warm-up), with the isolated prefill timed on ``last_frame``."""
+    measured = [step.stats for step in runner.timed_steps(spec)]
+    return ModeResult(
+        spec=spec,
+        median_s=runner.median_s(spec),
+        mean_reused=float(np.mean([stats.reused_tokens for stats in measured])),
+        flops_ratio=float(np.mean([stats.flops_ratio for stats in measured])),
+        prefill_flops_ratio=float(np.mean([stats.prefill_flops_ratio for stats in measured])),
+        speedup_total=runner.speedup(spec, "total"),
+        speedup_prefill=runner.speedup(spec, "prefill"),
+        action_token_agreement=runner.token_agreement(spec, timed_only=True),
+        per_step_total_s=[stats.times_s["total"] for stats in measured],
+        prefill_isolated_s=isolated_prefill_s(runner.model, runner.policies[spec].engine, last_frame,
+                                              measured[-1].reuse_indices, repeats))
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -198,6 +189,9 @@ def markdown_table(report: dict[str, Any]) -> str:
 def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path) -> tuple[OpenVLA, str]:
     """``tiny`` / ``midsize``: written to disk and loaded like a real checkpoint; ``openvla-7b``:
     built randomly in memory; anything else: a checkpoint directory."""
+    from vla_cache_ros.models.tiny import make_tiny_checkpoint, random_model
+    from vla_cache_ros.models.vla import load_vla
+
     if name in ("tiny", "midsize"):
         directory = work_dir / f"{name}-seed0"
         if not (directory / "config.json").is_file():
@@ -208,16 +202,27 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path)
     return load_vla(name, device=device, dtype=dtype), f"checkpoint {name}"
 
 
-def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str,
+def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str | None,
               threads: int | None, out_dir: Path, unnorm_key: str | None,
               prepack: bool | None = None) -> list[dict[str, Any]]:
-    """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports."""
-    resolve_device(device)
-    set_cpu_threads(threads)
-    dtype = resolve_dtype(dtype_name)
-    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    if not mode_list or parse_mode_spec(mode_list[0])[0] != "off":
+    """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports.
+
+    ``modes``: comma-separated specs, ``off`` first; ``dtype_name`` None: bfloat16 on CUDA,
+    float32 elsewhere; ``threads`` None: torch's default.
+
+    Raises:
+        ConfigurationError: bad modes (first not ``off``, unknown, repeated), device, dtype,
+            thread count or step counts; CheckpointError: an unreadable checkpoint directory.
+    """
+    from vla_cache_ros.runs import machine_description, prepare_compute
+
+    parsed = parse_mode_list(modes)
+    mode_list = [spec.text for spec in parsed]
+    if parsed[0].name != "off":
         raise ConfigurationError("the first mode must be 'off' (the baseline every ratio is measured against)")
+    if steps < 1 or warmup < 0:
+        raise ConfigurationError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    _, dtype = prepare_compute(device, dtype_name, threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for name in models:
@@ -231,3 +236,30 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     (out_dir / "bench.md").write_text("\n\n".join(markdown_table(r) for r in reports) + "\n")
     print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
     return reports
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand."""
+    parser = subparsers.add_parser("bench", help="uncached vs each cache mode, per stage, in one run")
+    parser.add_argument("--models", default="tiny,midsize",
+                        help="comma-separated: tiny, midsize, openvla-7b (GPU, in memory) or checkpoint dirs")
+    parser.add_argument("--modes", default=",".join(default_sweep()),
+                        help="comma-separated modes, first must be off (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per mode")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps after the cold first step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: float32 on cpu, bfloat16 on cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--unnorm-key", default="tiny_sim", help="norm_stats key for decoding actions")
+    parser.add_argument("--prepack", choices=list(PREPACK_CHOICES), default="auto",
+                        help="CPU: prepacked decoder weights for every mode, off included (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
+    parser.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    run_bench([m.strip() for m in args.models.split(",") if m.strip()], args.modes, args.steps, args.warmup,
+              args.device, args.dtype, args.threads, args.out, args.unnorm_key,
+              prepack=parse_prepack(args.prepack))
+    return 0
