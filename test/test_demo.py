@@ -53,8 +53,9 @@ def test_live_demo_sweeps_records_and_the_bag_replays(tmp_path: Path, demo_env: 
     assert "Traceback" not in output, output
     assert len(STATUS_LINE.findall(demo.stdout)) >= 3, output
     assert re.search(r"^robot: (sim_arm_node|synthetic_camera) ", demo.stdout, re.MULTILINE), output
-    assert re.search(r"^sweep: cache_mode=fixed cache_ratio=0.25 -> accepted$", demo.stdout, re.MULTILINE), output
-    assert "mode=fixed ratio=0.250/" in demo.stdout, output  # the change shows in the status lines
+    # the sweep starts with the first spec of the registry's default sweep
+    assert re.search(r"^sweep: cache_mode=off cache_ratio=0 -> accepted$", demo.stdout, re.MULTILINE), output
+    assert "mode=off ratio=0.000/" in demo.stdout, output  # the change shows in the status lines
     for name in ("vla_cache_node", "recorder"):
         assert (tmp_path / "logs" / f"{name}.log").is_file()
 
@@ -117,5 +118,8 @@ def test_offline_demo(tmp_path: Path, demo_env: dict[str, str]) -> None:
     demo = vla_cache("demo", "--offline", "--steps", "2", "--modes", "off,fixed:0.5", env=demo_env, cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.count("[   fixed:0.5] step") == 2
+    # interleaved: frame 0 through every mode, then frame 1
+    steps = re.findall(r"^\[\s*(\S+)\] step (\d)", demo.stdout, re.MULTILINE)
+    assert steps == [("off", "0"), ("fixed:0.5", "0"), ("off", "1"), ("fixed:0.5", "1")], demo.stdout
     summary = demo.stdout.split("actions equal to first")[1].split()
     assert summary[0] == "off" and "fixed:0.5" in summary

@@ -16,9 +16,10 @@ state, mode, target/actual cache ratio, latency p50, inference and control rate.
 live loop (or Ctrl-C) it stops the children (SIGINT, wait, kill) and prints the command that
 replays the recorded bag offline. A child that dies early ends the demo with a one-line error.
 
-Offline (``--offline``): loads the policy in this process and runs it over the same generated
-frames in every cache mode, printing per-step lines and a per-mode summary (median latency,
-speedup against the first mode in this run, FLOPs ratio, whether actions matched).
+Offline (``--offline``): loads the model in this process and runs every cache mode over the same
+generated frames, interleaved frame by frame (:class:`vla_cache_ros.runs.ModeRunner`, as the
+benchmark and the replay comparison do), printing per-step lines and a per-mode summary (median
+latency, speedup against the first mode in this run, FLOPs ratio, whether actions matched).
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from vla_cache_ros.cache.modes import parse_mode_spec
+from vla_cache_ros.cache.modes import default_sweep, parse_mode_list
 from vla_cache_ros.errors import ConfigurationError, UserFacingError
 from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
 
@@ -116,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     offline.add_argument("--offline", action="store_true",
                          help="no ROS: run the policy in this process over generated frames, per mode")
     offline.add_argument("--steps", type=int, default=8, help="frames per mode (default 8)")
-    offline.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache", help="comma-separated modes")
+    offline.add_argument("--modes", default=",".join(default_sweep()),
+                         help="comma-separated modes; speedups are against the first (default: %(default)s)")
     parser.set_defaults(handler=run_demo)
 
 
@@ -130,43 +132,40 @@ def run_demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ offline
 def run_offline(args: argparse.Namespace) -> int:
-    """Run every mode over the same frames and print per-step lines and a summary."""
-    import numpy as np
-    import torch
+    """Run every mode over the same frames, interleaved frame by frame; print per-step lines and a
+    summary.
 
-    from vla_cache_ros.policy import CachedVLAPolicy
+    Raises:
+        ConfigurationError: bad ``--modes`` or ``--steps``; CheckpointError: an unreadable ``--model``.
+    """
+    import numpy as np
+
+    from vla_cache_ros.models.vla import load_vla
+    from vla_cache_ros.runs import ModeRunner, prepare_compute
+    from vla_cache_ros.stages import STAGES
     from vla_cache_ros.synthetic import SyntheticScene
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    specs = [spec.text for spec in parse_mode_list(args.modes)]
+    if args.steps < 1:
+        raise ConfigurationError(f"--steps must be >= 1, got {args.steps}")
+    prepare_compute("cpu", threads=max(1, min(4, os.cpu_count() or 1)))
     model_dir = args.model or ensure_demo_model()
-    policy = CachedVLAPolicy.from_pretrained(model_dir, mode="off", unnorm_key=args.unnorm_key)
+    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=args.unnorm_key, warmup=1)
     frames = SyntheticScene(seed=7, height=240, width=320).frames(args.steps)
-    print(f"model: {model_dir}  ({policy.num_visual} visual tokens, "
-          f"{policy.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
-    summary = []
-    reference_actions: list[Any] | None = None
-    for spec in args.modes.split(","):
-        mode, ratio = parse_mode_spec(spec)
-        policy.set_mode(mode)
-        policy.set_cache_ratio(ratio)
-        policy.reset()
-        actions, totals, flops = [], [], []
-        for index, frame in enumerate(frames):
-            action, stats = policy.step(frame, DEMO_INSTRUCTION)
-            actions.append(action)
-            totals.append(stats.times_s["total"])
-            flops.append(stats.flops / stats.flops_uncached)
-            stages = " ".join(f"{k}={1000 * v:.1f}" for k, v in stats.times_s.items())
-            print(f"[{spec:>12}] step {index}: reused {stats.reused_tokens:3d}/{policy.num_visual} "
-                  f"ms: {stages}  action={np.array2string(action, precision=4, suppress_small=True)}")
-        if reference_actions is None:
-            reference_actions = actions
-        agree = np.mean([np.allclose(a, b) for a, b in zip(actions, reference_actions)])
-        summary.append((spec, float(np.median(totals[1:] or totals)), float(np.mean(flops[1:] or flops)), agree))
-    base = summary[0][1]
+    print(f"model: {model_dir}  ({runner.num_visual} visual tokens, "
+          f"{runner.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
+    for frame in frames:
+        for step in runner.step_frame(frame, DEMO_INSTRUCTION):
+            stages = " ".join(f"{stage}={1000 * step.stats.times_s[stage]:.1f}" for stage in STAGES)
+            print(f"[{step.spec:>12}] step {step.frame_index}: reused {step.stats.reused_tokens:3d}/"
+                  f"{runner.num_visual} ms: {stages}  "
+                  f"action={np.array2string(step.action, precision=4, suppress_small=True)}")
     print("\nmode          median step ms  speedup vs first  FLOPs ratio  actions equal to first")
-    for spec, median, flops_ratio, agree in summary:
-        print(f"{spec:<13} {1000 * median:14.1f}  {base / median:16.2f}  {flops_ratio:11.3f}  {agree:>8.0%}")
+    for spec in specs:
+        median_ms = 1000 * runner.median_s(spec)["total"]
+        flops_ratio = float(np.mean([step.stats.flops_ratio for step in runner.timed_steps(spec)]))
+        print(f"{spec:<13} {median_ms:14.1f}  {runner.speedup(spec):16.2f}  {flops_ratio:11.3f}  "
+              f"{runner.identical_action_fraction(spec):>8.0%}")
     return 0
 
 
@@ -386,7 +385,7 @@ def recorder_command(directory: Path) -> list[str]:
 
 def describe_bag(directory: Path) -> str:
     """'N messages, M camera frames' of a recorded bag (BagError when unreadable)."""
-    from vla_cache_ros.replay.bag_io import BagReader
+    from vla_cache_ros.replay.bag_reader import BagReader
 
     with BagReader(directory) as bag:
         frames = bag.topics["/camera/image_raw"].message_count if "/camera/image_raw" in bag.topics else 0

@@ -3,7 +3,8 @@
 ``vla-cache demo`` (``vla_cache_ros/demo.py``) starts the robot, the node and the recorder as
 child processes; this module is the monitor it runs in its own process: it prints the node's
 status once a second in the node's own wording and, with ``--sweep``, changes ``cache_mode`` /
-``cache_ratio`` through ``/<node>/set_parameters`` exactly as rqt_reconfigure does.
+``cache_ratio`` through ``/<node>/set_parameters`` exactly as rqt_reconfigure does, cycling
+through the mode registry's default sweep (``off``, ``fixed:0.5``, ``fixed:0.75``, ``vla_cache``).
 """
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 
+from vla_cache_ros.cache.modes import default_sweep, parse_mode
 from vla_cache_ros.control.diagnostics import Level, StatusReport, one_line
 from vla_cache_ros.demo import NODE_NAME, Children, DemoError
 
-# (cache_mode, cache_ratio) pairs the sweep cycles through.
-SWEEP = (("fixed", 0.25), ("fixed", 0.75), ("vla_cache", 1.0), ("off", 0.0), ("fixed", 0.5))
 STALE_STATUS_S = 3.0  # no diagnostics for this long: the status line says STALE
 SWEEP_MARGIN_S = 2.0  # no sweep this close to the end, so no change is in flight at shutdown
 
@@ -46,6 +46,7 @@ class Monitor:
         self.pending: Any = None  # the future of the last sweep request
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._client = node.create_client(SetParameters, f"/{target}/set_parameters")
+        self.sweep = [parse_mode(spec) for spec in default_sweep()]  # cycled through by sweep_step
         self._sweep_index = 0
 
     def _on_diagnostics(self, message: Any) -> None:
@@ -71,8 +72,8 @@ class Monitor:
         return one_line(report)
 
     def sweep_step(self) -> None:
-        """Send the next (cache_mode, cache_ratio) of :data:`SWEEP` through set_parameters."""
-        mode, ratio = SWEEP[self._sweep_index % len(SWEEP)]
+        """Send the next (cache_mode, cache_ratio) of :attr:`sweep` through set_parameters."""
+        _, mode, ratio = self.sweep[self._sweep_index % len(self.sweep)]
         self._sweep_index += 1
         wanted = f"cache_mode={mode} cache_ratio={ratio:g}"
         if not self._client.service_is_ready():
