@@ -76,14 +76,15 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import torch
-
+    from vla_cache_ros.compute import resolve_device, resolve_dtype
     from vla_cache_ros.models.vla import load_vla, read_checkpoint_config
 
     image = read_image(args.image) if args.image else generated_frame()
-    # Statistics and unnorm_key are checked before any weight is read or any step runs.
+    # Device, dtype, statistics and unnorm_key are checked before any weight is read.
+    resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype)
     read_checkpoint_config(args.model).action_statistics().select(args.unnorm_key)
-    model = load_vla(args.model, device=args.device, dtype=getattr(torch, args.dtype), center_crop=args.center_crop)
+    model = load_vla(args.model, device=args.device, dtype=dtype, center_crop=args.center_crop)
     prediction = model.predict_action_tokens(image, args.instruction)
     action = model.decode_action(prediction.tokens.numpy(), args.unnorm_key)
     print(f"tokens {prediction.tokens.tolist()} action {np.array2string(action, precision=5, max_line_width=200)}")
