@@ -1,10 +1,11 @@
-"""interrupt(): SIGINT first, kill only a child that ignores it."""
+"""Child processes: SIGINT first and kill only a child that ignores it; logs; piped output."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
-from vla_cache_ros.subprocesses import interrupt
+from vla_cache_ros.subprocesses import collect, interrupt, python_module, start_child
 
 READY = "import sys, time; print('ready', flush=True); time.sleep(60)"
 STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
@@ -28,3 +29,35 @@ def test_interrupt_kills_a_child_that_ignores_sigint():
     assert interrupt(process, timeout_s=0.5) is False
     assert process.returncode == -9
     assert interrupt(process) is True  # already gone
+
+
+def test_start_child_logs_both_streams_and_stops_on_sigint(tmp_path):
+    code = ("import os, sys, time; print('out', os.environ['EXTRA'], flush=True); "
+            "print('err', file=sys.stderr, flush=True); time.sleep(60)")
+    child = start_child("sleeper", [sys.executable, "-c", code], tmp_path / "logs", env={"EXTRA": "given"})
+    deadline = time.monotonic() + 30
+    while "err" not in child.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.alive() and child.exit_code is None
+    assert child.log_path == tmp_path / "logs" / "sleeper.log"
+    assert child.log_tail(2).splitlines() == ["out given", "err"]
+    assert child.interrupt(timeout_s=10) is True
+    assert not child.alive() and "KeyboardInterrupt" in child.log()
+
+
+def test_python_module_runs_in_this_interpreter(tmp_path):
+    child = start_child("version", python_module("platform"), tmp_path)
+    child.process.wait(timeout=30)
+    assert child.exit_code == 0 and child.log().strip()
+
+
+def test_collect_reads_pipes_and_kills_what_does_not_finish():
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = collect(subprocess.Popen([sys.executable, "-c", "print('done')"], **pipes), timeout_s=30)
+    assert (done.returncode, done.stdout, done.stderr, done.killed) == (0, "done\n", "", False)  # bytes decoded
+    stuck = _start(STUBBORN)
+    assert collect(stuck, timeout_s=0.5, interrupt_first=True).killed and stuck.returncode == -9
+    process = subprocess.Popen([sys.executable, "-c", READY], text=True, **pipes)
+    assert process.stdout.readline().strip() == "ready"
+    stopped = collect(process, timeout_s=10, interrupt_first=True)
+    assert not stopped.killed and "KeyboardInterrupt" in stopped.stderr

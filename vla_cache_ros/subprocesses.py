@@ -1,17 +1,33 @@
-"""Process signals as a terminal user expects them: SIGINT first when stopping a child, and
-SIGTERM handled like Ctrl-C in our own process.
+"""Child processes as a terminal user expects them: output in a log file, SIGINT first when
+stopping one, and SIGTERM handled like Ctrl-C in our own process.
 
 Used wherever this package or its tests run nodes and tools as separate processes (sim-eval, the
-demo, the node tests), so that every child gets the chance to send its safety command and close
-its bag before it is killed; and by every entry point that must shut down cleanly when launch or
-a supervisor sends SIGTERM.
+demo, the node and bag tests), so that every child gets the chance to send its safety command
+and close its bag before it is killed; and by every entry point that must shut down cleanly when
+launch or a supervisor sends SIGTERM.
+
+- :func:`start_child` starts a command with its stdout and stderr in ``<log_dir>/<name>.log``
+  and returns a :class:`ChildProcess` (alive, log, interrupt, kill).
+- :func:`interrupt` stops any ``Popen``: SIGINT, wait, kill if it does not stop.
+- :func:`collect` stops (optionally) and reads a child whose output goes to pipes.
+- :func:`python_module` is the command line of ``python -m module`` in this interpreter.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
+
+
+def python_module(module: str, *arguments: str) -> list[str]:
+    """``[sys.executable, "-m", module, *arguments]``: a module run by this interpreter."""
+    return [sys.executable, "-m", module, *arguments]
 
 
 def interrupt(process: subprocess.Popen, timeout_s: float = 30.0) -> bool:
@@ -29,6 +45,118 @@ def interrupt(process: subprocess.Popen, timeout_s: float = 30.0) -> bool:
         process.kill()
         process.wait()
         return False
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What :func:`collect` read from a finished child."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    killed: bool  # it did not finish within the timeout and was killed
+
+
+def collect(process: subprocess.Popen, timeout_s: float = 30.0, *, interrupt_first: bool = False) -> Collected:
+    """Wait up to ``timeout_s`` for a child whose stdout/stderr are pipes, reading them as it
+    runs (so a full pipe cannot stall it); kill it when it has not finished by then.
+
+    With ``interrupt_first``, a child still running is sent SIGINT first (as Ctrl-C would).
+    Pipes opened in binary mode are decoded as UTF-8; a stream that is not a pipe reads as "".
+    """
+    if interrupt_first and process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    killed = False
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        killed = True
+
+    def text(output: str | bytes | None) -> str:
+        if isinstance(output, bytes):
+            return output.decode("utf-8", errors="replace")
+        return output or ""
+
+    return Collected(process.returncode, text(stdout), text(stderr), killed)
+
+
+@dataclass
+class ChildProcess:
+    """A child process started by :func:`start_child`, its stdout and stderr in ``log_path``."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        """Whether it is still running."""
+        return self.process.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """Its exit code (negative: killed by that signal), or None while it runs."""
+        return self.process.poll()
+
+    def log(self) -> str:
+        """Everything it wrote so far (undecodable bytes replaced)."""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of its log, without trailing blank space."""
+        return "\n".join(self.log().strip().splitlines()[-lines:])
+
+    def interrupt(self, timeout_s: float = 30.0) -> bool:
+        """SIGINT, wait up to ``timeout_s``, kill if still running (see :func:`interrupt`).
+        Returns True when it stopped by itself (or had already exited), False when killed."""
+        return interrupt(self.process, timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL at once (when even waiting is not wanted, e.g. a second Ctrl-C)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the parent dies, so that a killed parent
+    leaves no orphans behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl in this libc: the child simply outlives a crash
+        pass
+
+
+def start_child(
+    name: str,
+    command: Sequence[str],
+    log_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    own_session: bool = False,
+    die_with_parent: bool = False,
+) -> ChildProcess:
+    """Start ``command`` as ``name``, its stdout and stderr going to ``log_dir/<name>.log``.
+
+    The child gets this process's environment plus ``PYTHONUNBUFFERED=1`` (logs written as they
+    happen) plus ``env``, no stdin, and ``cwd``. ``own_session`` puts it in a new session, so a
+    Ctrl-C in the terminal reaches only this process, which then stops its children in order;
+    ``die_with_parent`` (Linux only, ignored elsewhere) sends it SIGTERM if this process dies.
+    ``log_dir`` is created if missing. Raises OSError when the command cannot be started.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=own_session,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
+    return ChildProcess(name, process, log_path)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -2,7 +2,6 @@
 is recorded on the bag's clock and reads back. Three processes over real DDS."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import pytest
 from vla_cache_ros.replay.bag_reader import BagReader
 from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
+from vla_cache_ros.stamps import stamp_nanoseconds
+from vla_cache_ros.subprocesses import collect
 
 pytest.importorskip("rclpy")
 pytest.importorskip("vla_cache_ros.ros.node")
@@ -24,17 +25,6 @@ RECORDED = ("/camera/image_raw", f"{NODE}/preview/twist_cmd", f"{NODE}/cache_rat
 
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _stop(process: subprocess.Popen, timeout: float = 30.0) -> tuple[int, str]:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-    return process.returncode, stderr
 
 
 def test_play_node_record(tmp_path: Path) -> None:
@@ -51,13 +41,14 @@ def test_play_node_record(tmp_path: Path) -> None:
     try:
         player = _start("-m", "vla_cache_ros.replay.cli", "play", str(source.path), "--delay", "1.0",
                         "--wait-for-subscribers", "90")
-        _, play_err = player.communicate(timeout=150)
-        assert player.returncode == 0, play_err
+        play = collect(player, 150)
+        assert play.returncode == 0, play.stderr
         time.sleep(2.0)  # last steps and commands in flight
     finally:
-        record_code, record_err = _stop(recorder)
-        node_code, node_err = _stop(node)
-    assert record_code == 0, record_err
+        record = collect(recorder, interrupt_first=True)
+        node_err = collect(node, interrupt_first=True).stderr
+    record_err = record.stderr
+    assert record.returncode == 0, record_err
     assert "Traceback" not in node_err, node_err
 
     with BagReader(source.path) as original:
@@ -86,5 +77,5 @@ def test_play_node_record(tmp_path: Path) -> None:
         assert stamps == sorted(stamps)
         assert start_ns <= stamps[0] and stamps[-1] <= end_ns + 10**9
     for _, command in commands:
-        stamp = command.header.stamp.sec * 10**9 + command.header.stamp.nanosec
+        stamp = stamp_nanoseconds(command.header.stamp)
         assert start_ns <= stamp <= end_ns + 10**9

@@ -8,9 +8,6 @@ rqt_reconfigure does.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +34,7 @@ from vla_cache_ros.image_conversion import (fill_message, rgb_to_compressed_fiel
                                             rgb_to_image_fields)
 from vla_cache_ros.ros.qos import CLOCK_QOS, LATCHED_QOS, SENSOR_QOS
 from vla_cache_ros.stamps import seconds_to_nanoseconds, time_message
-from vla_cache_ros.subprocesses import interrupt
+from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 from vla_cache_ros.synthetic import SyntheticScene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,25 +61,12 @@ def make_checkpoint(directory: Path, broken_stats: bool = False) -> Path:
     return path
 
 
-@dataclass
-class NodeProcess:
-    """A running ``vla_cache_node`` process."""
-
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        """Everything the process wrote so far (stdout and stderr)."""
-        return self.log_path.read_text(errors="replace")
+class NodeProcess(ChildProcess):
+    """A running ``vla_cache_node`` process (alive, log, interrupt from ChildProcess)."""
 
     def stop(self, timeout_s: float = 30.0) -> tuple[int, str]:
         """SIGINT, wait, return (exit code, output); kills it if it does not stop."""
-        interrupt(self.process, timeout_s)
+        self.interrupt(timeout_s)
         return self.process.returncode, self.log()
 
 
@@ -98,15 +82,11 @@ def start_node(name: str, parameters: dict[str, Any], params_files: list[Path] =
     workdir = Path(workdir or tempfile.mkdtemp(prefix="vla_node_"))
     override = workdir / f"{name}_params.yaml"
     override.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
-    command = [sys.executable, "-m", module, "--ros-args", "-r", f"__node:={name}"]
+    arguments = ["--ros-args", "-r", f"__node:={name}"]
     for params_file in [*params_files, override]:
-        command += ["--params-file", str(params_file)]
-    command += list(extra_args)
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
-    return NodeProcess(name, process, log_path)
+        arguments += ["--params-file", str(params_file)]
+    child = start_child(name, python_module(module, *arguments, *extra_args), workdir, env=env, cwd=REPO)
+    return NodeProcess(child.name, child.process, child.log_path)
 
 
 def parameter_value(value: Any) -> ParameterValue:

@@ -3,7 +3,6 @@ or publishes with rclpy. No timing is asserted; waits are generous deadlines."""
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from vla_cache_ros.replay.bag_reader import BagReader, list_topics
 from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
 from vla_cache_ros.stamps import stamp_nanoseconds
+from vla_cache_ros.subprocesses import collect
 from vla_cache_ros.synthetic import SyntheticScene
 
 rclpy = pytest.importorskip("rclpy")
@@ -37,14 +37,13 @@ def _cli(*args: str) -> subprocess.Popen:
     )
 
 
-def _finish(process: subprocess.Popen, timeout: float = 30.0) -> tuple[int, str]:
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"process did not finish in {timeout} s; stderr:\n{stderr}")
-    return process.returncode, stderr
+def _finish(process: subprocess.Popen, timeout: float = 30.0, ctrl_c: bool = False) -> tuple[int, str]:
+    """Exit code and stderr of ``process`` once it ends (after SIGINT with ``ctrl_c``); fails the
+    test when it has not ended within ``timeout`` seconds."""
+    result = collect(process, timeout, interrupt_first=ctrl_c)
+    if result.killed:
+        pytest.fail(f"process did not finish in {timeout} s; stderr:\n{result.stderr}")
+    return result.returncode, result.stderr
 
 
 @contextlib.contextmanager
@@ -138,8 +137,7 @@ def test_play_loops_until_ctrl_c(source_bag) -> None:
         while len(received[joints]) <= 2 * per_pass and player.poll() is None and time.monotonic() < deadline:
             spin(0.05)
         still_running = player.poll() is None
-        player.send_signal(signal.SIGINT)
-        returncode, stderr = _finish(player)
+        returncode, stderr = _finish(player, ctrl_c=True)
 
     assert still_running, f"play --loop ended by itself: {stderr}"
     assert len(received[joints]) > 2 * per_pass
@@ -164,8 +162,7 @@ def test_record_with_sim_time_from_play(source_bag, tmp_path: Path) -> None:
         assert play_code == 0, play_err
         time.sleep(1.0)  # let the recorder take in the last messages
     finally:
-        recorder.send_signal(signal.SIGINT)
-        record_code, record_err = _finish(recorder)
+        record_code, record_err = _finish(recorder, ctrl_c=True)
     assert record_code == 0, record_err
     assert "Traceback" not in record_err
 
@@ -219,8 +216,7 @@ def test_record_wall_time_from_rclpy_publisher(tmp_path: Path) -> None:
                 spin(0.05)
             spin(1.0)
     finally:
-        recorder.send_signal(signal.SIGINT)
-        returncode, stderr = _finish(recorder)
+        returncode, stderr = _finish(recorder, ctrl_c=True)
     t_after = time.time_ns()
     assert returncode == 0, stderr
 

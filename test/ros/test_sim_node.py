@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +22,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from vla_cache_ros import topics
 from vla_cache_ros.image_conversion import image_to_rgb
 from vla_cache_ros.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
+from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 
 REPO = Path(__file__).resolve().parents[2]
 ARM = ["waist", "shoulder", "elbow", "wrist_pitch", "wrist_roll"]
@@ -96,31 +93,21 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, what: str =
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, Peer, Path]]:
-    log_path = tmp_path_factory.mktemp("sim_node") / "sim_node.log"
-    command = [sys.executable, "-m", "vla_cache_ros.ros.sim_node", "--ros-args",
-               "-p", "seed:=5", "-p", "task_family:=touch", "-p", "camera_rate_hz:=10.0",
-               "-p", "twist_timeout_s:=0.3"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChildProcess, Peer]]:
+    sim = start_child("sim_node", python_module(
+        "vla_cache_ros.ros.sim_node", "--ros-args", "-p", "seed:=5", "-p", "task_family:=touch",
+        "-p", "camera_rate_hz:=10.0", "-p", "twist_timeout_s:=0.3"), tmp_path_factory.mktemp("sim_node"), cwd=REPO)
     peer = Peer()
     try:
         wait_for(lambda: peer.counts["image"] > 0 and peer.counts["joints"] > 0, 30.0, "first messages")
-        yield process, peer, log_path
+        yield sim, peer
     finally:
         peer.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        sim.interrupt(15)
 
 
 def test_images_joint_states_pose_and_instruction_arrive(running) -> None:
-    process, peer, _ = running
+    sim, peer = running
     image = image_to_rgb(peer.latest["image"])
     assert peer.latest["image"].encoding == "rgb8" and image.shape == (224, 224, 3) and image.std() > 20
     assert list(peer.latest["joints"].name)[:5] == ARM
@@ -131,11 +118,11 @@ def test_images_joint_states_pose_and_instruction_arrive(running) -> None:
     start_images, start_joints = peer.counts["image"], peer.counts["joints"]
     time.sleep(1.0)
     assert peer.counts["joints"] - start_joints > 3 * (peer.counts["image"] - start_images) > 0
-    assert process.poll() is None
+    assert sim.alive()
 
 
 def test_commands_move_the_arm(running) -> None:
-    process, peer, _ = running
+    sim, peer = running
     peer.positions.publish(Float64MultiArray(data=[0.5, 0.0, 0.0, 0.0, 0.0]))
     wait_for(lambda: abs(peer.joint("waist") - 0.5) < 0.03, what="waist at 0.5 rad")
 
@@ -161,11 +148,11 @@ def test_commands_move_the_arm(running) -> None:
 
     peer.positions.publish(Float64MultiArray(data=[1.0, 2.0]))  # malformed: ignored, node stays up
     time.sleep(0.3)
-    assert process.poll() is None and abs(peer.joint("waist") - 0.5) < 0.03
+    assert sim.alive() and abs(peer.joint("waist") - 0.5) < 0.03
 
 
 def test_reset_service_starts_a_new_episode(running) -> None:
-    process, peer, log_path = running
+    sim, peer = running
     assert peer.reset_client.wait_for_service(timeout_sec=10)
     first_episode = max(s["episode"] for s in peer.statuses) if peer.statuses else 0
     future = peer.reset_client.call_async(Trigger.Request())
@@ -178,4 +165,4 @@ def test_reset_service_starts_a_new_episode(running) -> None:
     assert peer.statuses[-1]["seed"] == 6 and not peer.statuses[-1]["done"]
     wait_for(lambda: peer.instructions[-1] == summary["instruction"], what="new instruction")
     wait_for(lambda: abs(peer.joint("waist")) < 0.01 and peer.joint("finger_left") > 0.035, what="arm at home")
-    assert process.poll() is None, log_path.read_text()
+    assert sim.alive(), sim.log()

@@ -11,9 +11,6 @@ the same twist and gripper topics a policy uses.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,7 +29,7 @@ from std_srvs.srv import Trigger
 from vla_cache_ros import topics
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.ros.qos import COMMAND_QOS, MONITOR_QOS
-from vla_cache_ros.subprocesses import interrupt
+from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
 from vla_cache_ros.sim.expert import ScriptedExpert
 from vla_cache_ros.geometry import euler_to_rotvec
@@ -45,28 +42,6 @@ POLICY_NODE = "vla_cache_node"
 
 class EvalError(UserFacingError):
     """The evaluation could not run: a node did not start, died, or did not answer."""
-
-
-class _Process:
-    """A node started as ``python -m module`` with its output in a log file."""
-
-    def __init__(self, name: str, module: str, ros_args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", module, "--ros-args", *ros_args], stdout=log,
-                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
-        return "\n".join(text[-lines:])
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        interrupt(self.process, timeout_s)
 
 
 class _Harness:
@@ -161,18 +136,19 @@ class RosEpisodeRunner:
         self.config = config
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._sim: _Process | None = None
-        self._policy: _Process | None = None
+        self._sim: ChildProcess | None = None
+        self._policy: ChildProcess | None = None
         self._harness: _Harness | None = None
 
     def __enter__(self) -> "RosEpisodeRunner":
         config = self.config
         expert = any(mode.is_expert for mode in config.modes)
-        self._sim = _Process(SIM_NODE, "vla_cache_ros.ros.sim_node", [
+        self._sim = start_child(SIM_NODE, python_module(
+            "vla_cache_ros.ros.sim_node", "--ros-args",
             "-p", f"episode_timeout_s:={config.episode_timeout_s}",
             "-p", f"camera_rate_hz:={config.camera_rate_hz}",
             "-p", f"publish_privileged_state:={'true' if expert else 'false'}",
-        ], self.log_dir)
+        ), self.log_dir)
         self._harness = _Harness(config.action_period_s)
         self._wait(lambda: self._harness.status is not None, config.startup_timeout_s,
                    "the simulator's first episode status", self._sim)
@@ -183,9 +159,9 @@ class RosEpisodeRunner:
         if self._harness is not None:
             self._harness.close()
         if self._sim is not None:
-            self._sim.stop()
+            self._sim.interrupt()
 
-    def _wait(self, condition: Any, timeout_s: float, what: str, process: _Process) -> None:
+    def _wait(self, condition: Any, timeout_s: float, what: str, process: ChildProcess) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if not process.alive():
@@ -219,9 +195,10 @@ class RosEpisodeRunner:
         parameters_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": self._policy_parameters(mode)}}))
         with harness.lock:
             harness.latencies.clear()
-        self._policy = _Process(f"{POLICY_NODE}_{mode.label.replace(':', '_')}", "vla_cache_ros.ros.node", [
+        self._policy = start_child(f"{POLICY_NODE}_{mode.label.replace(':', '_')}", python_module(
+            "vla_cache_ros.ros.node", "--ros-args",
             "--params-file", str(parameters_file), *topics.remap_arguments(topics.ARM_TOPICS.items()),
-        ], self.log_dir)
+        ), self.log_dir)
         self._wait(lambda: bool(harness.latencies), self.config.startup_timeout_s,
                    f"the first inference step of {POLICY_NODE} ({mode.label})", self._policy)
 
@@ -229,7 +206,7 @@ class RosEpisodeRunner:
         if self._harness is not None:
             self._harness.set_expert(None)
         if self._policy is not None:
-            self._policy.stop()
+            self._policy.interrupt()
             self._policy = None
 
     def run_episode(self, mode: EvalMode, index: int, seed: int, family: str) -> EpisodeResult:
