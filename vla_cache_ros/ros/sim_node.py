@@ -45,7 +45,7 @@ from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.ros.qos import CLOCK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
 from vla_cache_ros.sim.controller import ControllerSettings, SimCommandError
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
-from vla_cache_ros.sim.recording import PUBLISHED_JOINTS
+from vla_cache_ros.sim.recording import PUBLISHED_JOINTS, published_joint_state
 from vla_cache_ros.sim.runtime import Pacer, SimRuntime, TickOutput, twist_in_tool_frame
 from vla_cache_ros.sim.scene import BASE_FRAME
 from vla_cache_ros.sim.snapshot import SceneSnapshot
@@ -216,8 +216,7 @@ class SimArmNode(Node):
             with self._lock:
                 output = self._runtime.tick()
                 stamp = self._stamp()
-                positions = list(self._sim.joint_positions()) + [self._sim.finger_position()] * 2
-                velocities = list(self._sim.joint_velocities()) + [self._sim.finger_velocity()] * 2
+                positions, velocities = published_joint_state(self._sim)
                 ee_position, ee_quat = self._sim.ee_pose()
                 clock_s = self._runtime.clock_s
                 snapshot = SceneSnapshot.capture(self._sim) \

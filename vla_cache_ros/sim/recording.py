@@ -28,6 +28,16 @@ PUBLISHED_JOINTS = ARM_JOINTS + FINGER_JOINTS
 DEFAULT_START_TIME_NS = 1_700_000_000 * 1_000_000_000
 
 
+def published_joint_state(sim: TabletopSim) -> tuple[list[float], list[float]]:
+    """Positions (rad, finger opening in m) and velocities of :data:`PUBLISHED_JOINTS` now: the arm
+    joints, then both fingers with the same value. The sim node publishes and the recorder
+    records exactly this."""
+    finger, finger_velocity = float(sim.finger_position()), float(sim.finger_velocity())
+    positions = [float(v) for v in sim.joint_positions()] + [finger, finger]
+    velocities = [float(v) for v in sim.joint_velocities()] + [finger_velocity, finger_velocity]
+    return positions, velocities
+
+
 class EpisodeBagRecorder:
     """Writes one episode to a new bag directory; use as a context manager."""
 
@@ -59,9 +69,7 @@ class EpisodeBagRecorder:
     def robot_state(self, sim: TabletopSim) -> None:
         """Joint states (arm + both fingers) and the end-effector pose at the sim's current time."""
         stamp = self._stamp(sim.time)
-        finger, finger_velocity = sim.finger_position(), sim.finger_velocity()
-        position = np.concatenate([sim.joint_positions(), [finger, finger]])
-        velocity = np.concatenate([sim.joint_velocities(), [finger_velocity, finger_velocity]])
+        position, velocity = published_joint_state(sim)
         self._writer.write(topics.JOINT_STATES_TOPIC,
                            joint_state_message(PUBLISHED_JOINTS, position, stamp, velocity), stamp)
         ee_position, ee_quat = sim.ee_pose()
