@@ -65,15 +65,15 @@ class CacheMode:
         return self.selector is not None
 
 
-SELECTORS = "vla_cache_ros.cache.selectors"
+_SELECTORS = "vla_cache_ros.cache.selectors"
 
 BUILTIN_MODES: tuple[CacheMode, ...] = (
     CacheMode("off", "no reuse: every visual token recomputed (the uncached baseline)", bare_ratio=0.0,
-              selector=f"{SELECTORS}:OffSelector", sweep=("off",)),
-    CacheMode("fixed", "reuse the round(r*N) most static tokens", selector=f"{SELECTORS}:FixedRatioSelector",
+              selector=f"{_SELECTORS}:OffSelector", sweep=("off",)),
+    CacheMode("fixed", "reuse the round(r*N) most static tokens", selector=f"{_SELECTORS}:FixedRatioSelector",
               sweep=("fixed:0.5", "fixed:0.75")),
     CacheMode("vla_cache", "VLA-Cache's rule: static minus task-relevant tokens, capped at r*N",
-              selector=f"{SELECTORS}:VLACacheSelector", sweep=("vla_cache",)),
+              selector=f"{_SELECTORS}:VLACacheSelector", sweep=("vla_cache",)),
     CacheMode("learned", "a trained token selector and ratio predictor; r bounds the predicted ratio",
               unavailable_reason="no trained cache policy is loaded", sweep=("learned",)),
 )
