@@ -18,17 +18,25 @@ from vla_cache_ros.ros.process import run_node
 
 
 def faulty_node() -> VlaCacheNode:
-    """The real node, its policy step raising while the fault file exists."""
+    """The real node, its policy step raising while the fault file exists (wrapped once the
+    policy is loaded by the configure transition, after its warm-up)."""
     node = VlaCacheNode()
     fault_file = Path(os.environ["VLA_TEST_FAULT_FILE"])
-    real_step = node._policy.step
+    runtime = node._runtime
+    real_load = runtime.load
 
-    def step(image: Any, instruction: str) -> Any:
-        if fault_file.exists():
-            raise RuntimeError(fault_file.read_text() or "injected fault")
-        return real_step(image, instruction)
+    def load(policy: Any = None) -> None:
+        real_load(policy)
+        real_step = runtime.policy.step
 
-    node._policy.step = step
+        def step(image: Any, instruction: str) -> Any:
+            if fault_file.exists():
+                raise RuntimeError(fault_file.read_text() or "injected fault")
+            return real_step(image, instruction)
+
+        runtime.policy.step = step
+
+    runtime.load = load
     return node
 
 

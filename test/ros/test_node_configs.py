@@ -93,22 +93,32 @@ def test_bad_setup_exits_with_one_clear_line(checkpoint: Path, tmp_path: Path) -
 ])
 def test_bad_setup_raises_user_facing_error(parameters: dict, message: str,
                                             checkpoint: Path) -> None:
-    """In-process (real rclpy, no subprocess): construction refuses with a clear message."""
+    """In-process (real rclpy, no subprocess): construction (parameters) or the configure
+    transition (model, device, statistics) refuses with a clear message."""
     import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from vla_cache_ros.errors import UserFacingError
     from vla_cache_ros.ros.node import VlaCacheNode
 
     values = {"model_path": str(checkpoint), "unnorm_key": "tiny_sim", "num_threads": 1,
-              **parameters}
+              "autostart": False, **parameters}
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
-        with pytest.raises(UserFacingError) as info:
-            VlaCacheNode(context=context, parameter_overrides=[
+        try:
+            node = VlaCacheNode(context=context, parameter_overrides=[
                 Parameter(name, value=value) for name, value in values.items()])
-        assert message in str(info.value)
+        except UserFacingError as error:
+            assert message in str(error)
+            return
+        try:
+            assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+            assert isinstance(node.startup_error, UserFacingError)
+            assert message in str(node.startup_error)
+        finally:
+            node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
 

@@ -9,6 +9,7 @@ instructions are refused with a clipped reason and do not reach the model.
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -160,10 +161,10 @@ def test_joint_states_from_arm_split_and_gripper_driver(running: Peer, node: Nod
     before = peer.wait_status(NAME, lambda s, v: v.get("state") == "running", 15, "running", node)
     rejected = {kv.key: kv.value for kv in before.values}.get("rejected_joint_states", "0")
     publisher = peer.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-    peer.joint_names, peer.joint_positions = JOINTS[:3], MEASURED[:3]
-    try:
-        start = time.monotonic()
-        while time.monotonic() - start < 3.0:
+    stop = threading.Event()
+
+    def second_publishers() -> None:
+        while not stop.is_set():
             for names, values in (([JOINTS[5], "finger_left", JOINTS[3], JOINTS[4]],
                                    [MEASURED[5], 0.01, MEASURED[3], MEASURED[4]]),
                                   (["finger_left", "finger_right"], [0.01, 0.01])):
@@ -171,6 +172,13 @@ def test_joint_states_from_arm_split_and_gripper_driver(running: Peer, node: Nod
                 message.header.stamp = peer.now_stamp()
                 publisher.publish(message)
             time.sleep(0.02)
+
+    thread = threading.Thread(target=second_publishers, daemon=True)
+    thread.start()
+    peer.joint_names, peer.joint_positions = JOINTS[:3], MEASURED[:3]
+    try:
+        start = time.monotonic()
+        time.sleep(3.0)
         assert len(policy_commands(peer, start + 1.0)) >= 3
         status = peer.wait_status(NAME, lambda s, v: v.get("state") == "running", 10,
                                   "running", node)
@@ -178,6 +186,8 @@ def test_joint_states_from_arm_split_and_gripper_driver(running: Peer, node: Nod
         assert values.get("rejected_joint_states", "0") == rejected
         assert "joint" not in status.message, status.message  # no warning about joints
     finally:
+        stop.set()
+        thread.join()
         peer.node.destroy_publisher(publisher)
         peer.joint_names, peer.joint_positions = list(JOINTS), list(MEASURED)
 

@@ -1,12 +1,15 @@
-"""Node settings as plain data: defaults build a valid controller, changes are checked."""
+"""The node's configuration as plain data: the parameter table is complete, defaults build a
+valid config, changes are validated into a new config (one request at a time, as rqt sends them)."""
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from vla_cache_ros.control.actions import CommandInterface
-from vla_cache_ros.control.settings import (NODE_PARAMETERS, SPECS, check_change,
-                                            controller_config, defaults)
-from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.runtime.config import NodeConfig
+from vla_cache_ros.runtime.parameters import NODE_PARAMETERS, SPECS, coerce_parameter, defaults
 
 MODES = ["off", "fixed", "vla_cache"]
 JOINTS = ["a", "b", "c", "d", "e", "f"]
@@ -27,27 +30,65 @@ def test_every_parameter_is_described_and_numeric_ones_have_ranges() -> None:
 
 
 def test_defaults_build_a_dry_run_twist_controller() -> None:
-    values = defaults()
-    assert values["enable_actuation"] is False
-    config = controller_config(values)
-    assert config.action.interface is CommandInterface.EE_TWIST
-    assert config.min_duration_s == pytest.approx(1.0 / values["control_rate_hz"])
-    assert config.required_inputs == ("camera",)
+    config = NodeConfig.from_values({})
+    assert config.enable_actuation is False and config.autostart is True
+    assert config.controller.action.interface is CommandInterface.EE_TWIST
+    assert config.interface.command_interface is CommandInterface.EE_TWIST
+    assert config.controller.min_duration_s == pytest.approx(1.0 / config.interface.control_rate_hz)
+    assert config.controller.required_inputs == ("camera",)
+    assert config.cache.mode == defaults()["cache_mode"] and config.model.unnorm_key is None
 
 
 def test_joint_config_requires_matching_names_and_limits() -> None:
-    values = {**defaults(), "command_interface": "joint_trajectory",
-              "action_semantics": "joint_delta"}
-    with pytest.raises(InvalidInputError, match="needs joint_names with 6 joints"):
-        controller_config(values)
+    values = {"command_interface": "joint_trajectory", "action_semantics": "joint_delta"}
+    with pytest.raises(ConfigurationError, match="needs joint_names with 6 joints"):
+        NodeConfig.from_values(values)
     values["joint_names"] = JOINTS
-    assert controller_config(values).required_inputs == ("camera", "joint_states")
+    assert NodeConfig.from_values(values).controller.required_inputs == ("camera", "joint_states")
     values.update(joint_lower_limits=[-1.0] * 5, joint_upper_limits=[1.0] * 5)
-    with pytest.raises(InvalidInputError, match="upper_limits have 5 values but joint_names has 6"):
-        controller_config(values)
+    with pytest.raises(ConfigurationError, match="upper_limits have 5 values but joint_names has 6"):
+        NodeConfig.from_values(values)
     values.update(joint_lower_limits=[], joint_upper_limits=[1.0] * 5)
-    with pytest.raises(InvalidInputError, match="joint_upper_limits has 5 values but joint_names"):
-        controller_config(values)
+    with pytest.raises(ConfigurationError, match="joint_upper_limits has 5 values but joint_names"):
+        NodeConfig.from_values(values)
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("cache_ratio", 1, 1.0), ("joint_lower_limits", [-3, 0, 3], [-3.0, 0.0, 3.0]),
+    ("max_token_age", 5, 5), ("instruction", "go", "go"), ("enable_actuation", True, True),
+])
+def test_whole_numbers_are_accepted_for_doubles(name: str, value: Any, expected: Any) -> None:
+    coerced = coerce_parameter(SPECS[name], value)
+    assert coerced == expected and type(coerced) is type(expected)
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("cache_ratio", "0.5", "got '0.5' (str), expected a number"),
+    ("cache_ratio", float("nan"), "expected a finite number"),
+    ("cache_ratio", True, "got True (bool), expected a number"),
+    ("control_rate_hz", 2000.0, "expected a value in [1, 1000]"),
+    ("max_token_age", 2.0, "expected an integer"),
+    ("joint_names", ["a", 1], "expected a list of strings"),
+    ("cache_mode", "turbo", "expected one of"),
+    ("instruction", 5, "expected a string"),
+    ("joint_names", ["x" * 5000, 1], "... (5007 characters)"),  # user text is clipped
+])
+def test_bad_values_are_refused_naming_the_parameter(name: str, value: Any, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        coerce_parameter(SPECS[name], value)
+    assert str(info.value).startswith(f"parameter {name}: ") and fragment in str(info.value)
+    assert len(str(info.value)) < 400
+
+
+def test_config_is_frozen_and_changes_make_a_new_one() -> None:
+    config = NodeConfig.from_values({})
+    changed = config.with_changes({"cache_ratio": 0.25, "max_obs_age_s": 2}, MODES)
+    assert changed.cache.ratio == 0.25 and changed.controller.watchdog.max_obs_age_s == 2.0
+    assert config.cache.ratio == defaults()["cache_ratio"]  # the old one is untouched
+    with pytest.raises(AttributeError):
+        config.cache = changed.cache  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.values["cache_ratio"] = 0.1  # type: ignore[index]
 
 
 @pytest.mark.parametrize("changes, fragment", [
@@ -60,27 +101,47 @@ def test_joint_config_requires_matching_names_and_limits() -> None:
     ({"bogus": 1}, "unknown parameters: bogus"),
 ])
 def test_refused_changes(changes: dict, fragment: str) -> None:
-    reason = check_change(defaults(), changes, MODES)
-    assert reason is not None and fragment in reason
+    with pytest.raises(ConfigurationError) as info:
+        NodeConfig.from_values({}).with_changes(changes, MODES)
+    assert fragment in str(info.value)
 
 
 def test_accepted_changes() -> None:
-    assert check_change(defaults(), {"cache_mode": "vla_cache", "cache_ratio": 0.7}, MODES) is None
-    assert check_change(defaults(), {"workspace_min": [0.0, 0.0, 0.0],
-                                     "workspace_max": [1.0, 1.0, 1.0]}, MODES) is None
+    config = NodeConfig.from_values({})
+    assert config.with_changes({"cache_mode": "vla_cache", "cache_ratio": 0.7}, MODES).cache.mode \
+        == "vla_cache"
+    box = config.with_changes({"workspace_min": [0.0, 0.0, 0.0],
+                               "workspace_max": [1.0, 1.0, 1.0]}, MODES)
+    assert box.controller.limits.workspace_max == (1.0, 1.0, 1.0)
+    assert config.with_changes({"cache_mode": "learned"}).cache.mode == "learned"  # not loaded yet
 
 
-def apply_one_by_one(current: dict, name: str, value: object) -> str | None:
+class Current:
+    """What the node holds: the config in force; rqt sends one parameter per request."""
+
+    def __init__(self, **values: Any) -> None:
+        self.config = NodeConfig.from_values(values)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.config.values[name]
+
+
+def apply_one_by_one(current: Current, name: str, value: object) -> str | None:
     """What rqt_reconfigure does: one parameter per request; apply it when accepted."""
-    reason = check_change(current, {name: value}, MODES)
-    if reason is None:
-        current[name] = value
-    return reason
+    try:
+        current.config = current.config.with_changes({name: value}, MODES)
+    except ConfigurationError as error:
+        return str(error)
+    return None
+
+
+def controller_config(current: Current) -> Any:
+    return current.config.controller
 
 
 def test_workspace_sides_set_one_request_at_a_time_like_rqt() -> None:
     """Issue 10 item 4: workspace_min alone used to be refused ("must be set together")."""
-    current = defaults()
+    current = Current()
     assert apply_one_by_one(current, "workspace_min", [0.0, -0.5, 0.0]) is None
     assert controller_config(current).required_inputs == ("camera", "ee_pose")
     assert controller_config(current).limits.workspace_max is None
@@ -108,8 +169,8 @@ def test_workspace_sides_set_one_request_at_a_time_like_rqt() -> None:
 
 
 def test_joint_limits_set_one_request_at_a_time_like_rqt() -> None:
-    current = {**defaults(), "command_interface": "joint_trajectory",
-               "action_semantics": "joint_delta", "joint_names": JOINTS}
+    current = Current(command_interface="joint_trajectory", action_semantics="joint_delta",
+                      joint_names=JOINTS)
     assert apply_one_by_one(current, "joint_lower_limits", [-1.0] * 6) is None
     assert controller_config(current).limits.joint_upper == ()
     assert apply_one_by_one(current, "joint_upper_limits", [1.0] * 6) is None

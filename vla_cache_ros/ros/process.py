@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -48,6 +48,9 @@ def restore_sigint() -> None:
 def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None = None) -> int:
     """Create the node with ``factory`` and spin it until Ctrl-C / SIGTERM; returns the exit code.
 
+    A node may offer ``start()`` (called once spinning can begin) and ``startup_error`` (a
+    :class:`UserFacingError` from a background start-up, reported like a construction error).
+
     Exit codes: 0 after Ctrl-C / SIGTERM, 2 for a configuration error (one line on stderr), 1 for
     a bug (traceback).
     """
@@ -64,15 +67,23 @@ def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None 
 
 def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
     node: Node | None = None
+    # Two threads: a managed node's lifecycle services have their own callback group, so a
+    # long transition (loading a model) does not block its parameter services.
+    executor = MultiThreadedExecutor(num_threads=2)
     code = 0
     try:
         node = factory()
-        executor = SingleThreadedExecutor()
         executor.add_node(node)
+        start = getattr(node, "start", None)
+        if start is not None:
+            start()  # e.g. autostart: configure -> activate in the background
         while rclpy.ok():
             # Bounded waits: Python's own SIGINT/SIGTERM handling (rclpy's is off, so the node can
             # still publish its safety command) only runs when control returns to the interpreter.
             executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+            failed = getattr(node, "startup_error", None)
+            if failed is not None:
+                raise failed
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except SystemError as error:
@@ -86,6 +97,7 @@ def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
     finally:
         if node is not None:
             _stop(node)
+        executor.shutdown(timeout_sec=5.0)
         rclpy.try_shutdown()
     return code
 

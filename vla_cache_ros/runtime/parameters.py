@@ -1,33 +1,31 @@
-"""The node's parameters as plain data: names, types, defaults, ranges, and how they combine.
+"""The node's parameter table and the check of one value against it.
 
-The ROS node turns :data:`NODE_PARAMETERS` into declared parameters with descriptors (so
-rqt_reconfigure shows descriptions, sliders for ranges and greys out read-only ones), and calls
-:func:`controller_config` / :func:`check_change` so the rules for valid settings live here,
-ROS-free and testable. Array parameters use an empty list for "not set".
+:data:`NODE_PARAMETERS` names every parameter with its type, default, description, range, choices
+and whether it may change at run time; the node turns it into declared parameters with
+descriptors (so rqt_reconfigure shows descriptions, sliders for ranges and greys out read-only
+ones). :func:`coerce_parameter` checks one value against its entry: used for values from params
+files before rclpy declares them (rclpy itself would stop with a traceback on an integer written
+for a double, and lets NaN through a range) and for every live change. Users write YAML the way
+they think of numbers, so whole numbers are accepted where doubles are expected
+(``cache_ratio: 1``, ``joint_lower_limits: [-3, -3, 3]``); strings are never taken for numbers
+(``"0.5"`` is refused), nor booleans. Array parameters use an empty list for "not set".
 
-Parameters that belong together (:data:`PARAMETER_PAIRS`: ``workspace_min`` / ``workspace_max``,
-``joint_lower_limits`` / ``joint_upper_limits``) can each be set alone, as rqt_reconfigure does
-(one parameter per request): an unset side is unbounded, and a side that is set is checked
-against the current value of its partner.
+How the values combine into a configuration lives in :mod:`vla_cache_ros.runtime.config`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from vla_cache_ros.cache.modes import PREPACK_CHOICES
-from vla_cache_ros.control.actions import ActionConfig, ActionSemantics, CommandInterface
-from vla_cache_ros.control.controller import ControllerConfig, SafetyCommand
-from vla_cache_ros.control.gripper import GripperConfig
-from vla_cache_ros.control.safety import SafetyLimits
-from vla_cache_ros.control.validation import InvalidInputError
-from vla_cache_ros.control.watchdog import WatchdogConfig
+from vla_cache_ros.control.actions import ActionSemantics, CommandInterface
+from vla_cache_ros.control.controller import SafetyCommand
+from vla_cache_ros.errors import ConfigurationError, clip_text
 
 CACHE_MODES = ("off", "fixed", "vla_cache", "learned")
 IMAGE_TYPES = ("raw", "compressed")
 DTYPES = ("float32", "bfloat16", "float16")
-OPENVLA_ACTION_DIM = 7
 
 
 @dataclass(frozen=True)
@@ -157,6 +155,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("telemetry_window", "int", 100, "steps / ticks in the rolling statistics",
                   read_only=True, minimum=2, maximum=100000),
     ParameterSpec("log_status", "bool", False, "log a one-line status every second"),
+    # --- lifecycle -------------------------------------------------------------------------
+    ParameterSpec("autostart", "bool", True,
+                  "walk configure -> activate at start (false: a lifecycle manager drives it)",
+                  read_only=True),
 )
 
 SPECS = {spec.name: spec for spec in NODE_PARAMETERS}
@@ -171,121 +173,82 @@ def defaults() -> dict[str, Any]:
     return {spec.name: spec.default for spec in NODE_PARAMETERS}
 
 
-def _optional_box(values: Mapping[str, Any]) -> tuple[Any, Any]:
-    low, high = list(values["workspace_min"]), list(values["workspace_max"])
-    return (tuple(low) if low else None), (tuple(high) if high else None)
+_KIND_WORDS = {
+    "bool": "true or false", "int": "an integer", "double": "a number",
+    "string": "a string", "double_array": "a list of numbers",
+    "string_array": "a list of strings",
+}
 
 
-def safety_limits(values: Mapping[str, Any]) -> SafetyLimits:
-    """SafetyLimits from parameter values (an empty array leaves that side unbounded).
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _refuse(spec: Any, value: Any, expected: str) -> ConfigurationError:
+    shown = clip_text(repr(value))
+    return ConfigurationError(f"parameter {spec.name}: got {shown} ({type(value).__name__}), "
+                              f"expected {expected}")
+
+
+def _in_range(spec: Any, number: float) -> None:
+    if not math.isfinite(number):
+        raise ConfigurationError(f"parameter {spec.name}: got {number}, expected a finite number")
+    low, high = spec.minimum, spec.maximum
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ConfigurationError(f"parameter {spec.name}: got {number:g}, expected a value in "
+                                 f"[{low:g}, {high:g}]")
+
+
+def coerce_parameter(spec: Any, value: Any) -> Any:
+    """Return ``value`` in the parameter's declared type, or raise why it cannot be used.
+
+    Args:
+        spec: the parameter's ``ParameterSpec`` (``kind``, ``minimum``/``maximum``, ``choices``).
+        value: a plain Python value as parsed from YAML or received from a parameter service.
+
+    Returns:
+        The value with whole numbers turned into floats for ``double`` / ``double_array``;
+        lists as lists.
 
     Raises:
-        InvalidInputError: invalid limits (see :class:`SafetyLimits`).
+        ConfigurationError: wrong type (a string for a number, a float for an integer, ...),
+            NaN / inf, out of the spec's range, or not one of its choices.
     """
-    low, high = _optional_box(values)
-    return SafetyLimits(
-        max_translation_m=float(values["max_translation_m"]),
-        max_rotation_rad=float(values["max_rotation_rad"]),
-        max_joint_delta_rad=float(values["max_joint_delta_rad"]),
-        joint_lower=tuple(values["joint_lower_limits"]),
-        joint_upper=tuple(values["joint_upper_limits"]),
-        workspace_min=low, workspace_max=high)
-
-
-def watchdog_config(values: Mapping[str, Any]) -> WatchdogConfig:
-    """WatchdogConfig from parameter values."""
-    return WatchdogConfig(max_obs_age_s=float(values["max_obs_age_s"]),
-                          max_inference_s=float(values["max_inference_s"]))
-
-
-def controller_config(values: Mapping[str, Any]) -> ControllerConfig:
-    """Build and cross-check the controller configuration from parameter values.
-
-    Raises:
-        InvalidInputError: any invalid or inconsistent setting, with a message naming it.
-    """
-    for name, spec in SPECS.items():
-        if spec.choices and values[name] not in spec.choices:
-            raise InvalidInputError(
-                f"{name} must be one of {', '.join(spec.choices)}, got {values[name]!r}")
-    action = ActionConfig(
-        semantics=values["action_semantics"], interface=values["command_interface"],
-        action_dim=OPENVLA_ACTION_DIM, scale=tuple(values["action_scale"]),
-        period_s=float(values["action_period_s"]), has_gripper=True)
-    joint_names = tuple(values["joint_names"])
-    if action.interface is not CommandInterface.EE_TWIST:
-        if len(joint_names) != action.arm_dim:
-            raise InvalidInputError(
-                f"command_interface {action.interface.value} needs joint_names with "
-                f"{action.arm_dim} joints (the policy's arm dimensions), got {list(joint_names)}")
-    wrong = [name for name in ("joint_lower_limits", "joint_upper_limits")
-             if joint_names and len(values[name]) not in (0, len(joint_names))]
-    if wrong:
-        counts = sorted({len(values[name]) for name in wrong})
-        verb = "has" if len(wrong) == 1 else "have"
-        raise InvalidInputError(
-            f"{' / '.join(wrong)} {verb} {' / '.join(map(str, counts))} values but joint_names "
-            f"has {len(joint_names)}")
-    limits = safety_limits(values)
-    gripper = GripperConfig(
-        action_open=float(values["gripper_action_open"]),
-        action_closed=float(values["gripper_action_closed"]),
-        hysteresis=float(values["gripper_hysteresis"]),
-        command_open=float(values["gripper_command_open"]),
-        command_closed=float(values["gripper_command_closed"]))
-    rate = float(values["control_rate_hz"])
-    if not math.isfinite(rate) or rate <= 0:
-        raise InvalidInputError(f"control_rate_hz must be > 0, got {rate}")
-    return ControllerConfig(action=action, limits=limits, gripper=gripper,
-                            watchdog=watchdog_config(values),
-                            safety_command=values["safety_command"], joint_names=joint_names,
-                            min_duration_s=1.0 / rate)
-
-
-def check_change(current: Mapping[str, Any], changes: Mapping[str, Any],
-                 available_modes: Sequence[str]) -> str | None:
-    """Return why ``changes`` must be refused (None if acceptable).
-
-    Checks types loosely (rclpy already enforces declared types and ranges), choices, the cache
-    mode against what the loaded policy offers, non-empty instructions, and that the combined
-    configuration (``current`` updated by ``changes``) is valid. One side of a
-    :data:`PARAMETER_PAIRS` pair may change alone; when it conflicts with its partner's current
-    value, the reason names both values and says to change the partner first (or both in one
-    request).
-    """
-    unknown = [name for name in changes if name not in SPECS]
-    if unknown:
-        return f"unknown parameters: {', '.join(unknown)}"
-    read_only = [name for name in changes if SPECS[name].read_only]
-    if read_only:
-        return f"read-only parameters cannot change at run time: {', '.join(read_only)}"
-    if "cache_mode" in changes and changes["cache_mode"] not in available_modes:
-        mode = changes["cache_mode"]
-        hint = " (no trained cache policy is loaded)" if mode == "learned" else ""
-        return (f"cache_mode {mode!r} is not available{hint}; available: "
-                f"{', '.join(available_modes)}")
-    if "instruction" in changes and not str(changes["instruction"]).strip():
-        return "instruction must not be empty"
-    merged = {**current, **changes}
-    try:
-        controller_config(merged)
-    except InvalidInputError as error:
-        return str(error) + _partner_hint(merged, changes)
-    return None
-
-
-def _partner_hint(merged: Mapping[str, Any], changes: Mapping[str, Any]) -> str:
-    """Advice for a refused one-sided change of a pair whose conflict is with the partner."""
-    for pair in PARAMETER_PAIRS:
-        changed = [name for name in pair if name in changes]
-        if len(changed) != 1:
-            continue
-        partner = pair[1] if changed[0] == pair[0] else pair[0]
-        if not list(merged[partner]):
-            continue
-        try:
-            controller_config({**merged, partner: []})
-        except InvalidInputError:
-            continue  # wrong on its own: the partner is not the problem
-        return f" (change {partner} first, or both in one request)"
-    return ""
+    kind = spec.kind
+    expected = _KIND_WORDS[kind]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _refuse(spec, value, expected)
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _refuse(spec, value, expected)
+        _in_range(spec, float(value))
+        return value
+    if kind == "double":
+        if not _is_number(value):
+            raise _refuse(spec, value, expected)
+        number = float(value)
+        _in_range(spec, number)
+        return number
+    if kind == "string":
+        if not isinstance(value, str):
+            raise _refuse(spec, value, expected)
+        if spec.choices and value not in spec.choices:
+            raise ConfigurationError(f"parameter {spec.name}: got {clip_text(repr(value))}, "
+                                     f"expected one of {', '.join(spec.choices)}")
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise _refuse(spec, value, expected)
+    if kind == "double_array":
+        if not all(_is_number(item) for item in value):
+            raise _refuse(spec, value, expected)
+        numbers = [float(item) for item in value]
+        bad = [number for number in numbers if not math.isfinite(number)]
+        if bad:
+            raise ConfigurationError(f"parameter {spec.name}: contains {bad[0]}, expected "
+                                     "finite numbers")
+        return numbers
+    if not all(isinstance(item, str) for item in value):  # string_array
+        raise _refuse(spec, value, expected)
+    return list(value)

@@ -1,0 +1,239 @@
+"""The node's configuration as one frozen, validated value built from its parameter values.
+
+:class:`NodeConfig` groups the settings by who uses them (model loading, cache, message
+interfaces, the controller, reporting). A change is two steps, as rclpy's parameter callbacks
+want it: :meth:`NodeConfig.with_changes` validates the changed values against everything else
+and returns a new config (or raises with the reason), and only then does the runtime apply it.
+Nothing here imports rclpy.
+
+Parameters that belong together (``workspace_min`` / ``workspace_max``, ``joint_lower_limits`` /
+``joint_upper_limits``) can each be set alone, as rqt_reconfigure does (one parameter per
+request): an unset side is unbounded, and a side that is set is checked against the current
+value of its partner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+from vla_cache_ros.control.actions import ActionConfig, CommandInterface
+from vla_cache_ros.control.controller import ControllerConfig
+from vla_cache_ros.control.gripper import GripperConfig
+from vla_cache_ros.control.safety import SafetyLimits
+from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.control.watchdog import WatchdogConfig
+from vla_cache_ros.errors import ConfigurationError, clip_text
+from vla_cache_ros.models.norm_stats import ACTION_DIM
+from vla_cache_ros.runtime.parameters import PARAMETER_PAIRS, SPECS, coerce_parameter, defaults
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where and how the policy is loaded (fixed once configured)."""
+
+    model_path: str
+    device: str
+    dtype: str
+    unnorm_key: str | None
+    center_crop: bool
+    num_threads: int
+    cpu_weight_prepack: str
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Visual-token cache settings (live)."""
+
+    mode: str
+    ratio: float
+    max_token_age: int
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    """Message types, topics' meaning and rates (fixed once configured)."""
+
+    image_type: str
+    command_interface: CommandInterface
+    joint_names: tuple[str, ...]
+    twist_frame_id: str
+    control_rate_hz: float
+    publish_gripper: bool
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Every setting of the node, validated together.
+
+    Attributes:
+        model, cache, interface: see their classes.
+        controller: the ROS-free controller's configuration (action mapping, limits, gripper,
+            watchdog, safety command).
+        instruction: the task ("" until one is given).
+        enable_actuation: whether commands go to the command topics (else preview only).
+        telemetry_window: steps / ticks in the rolling statistics.
+        log_status: log a one-line status every second.
+        autostart: walk configure -> activate at start.
+        values: the parameter values this config was built from (read-only mapping).
+    """
+
+    model: ModelConfig
+    cache: CacheConfig
+    interface: InterfaceConfig
+    controller: ControllerConfig
+    instruction: str
+    enable_actuation: bool
+    telemetry_window: int
+    log_status: bool
+    autostart: bool
+    values: Mapping[str, Any]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "NodeConfig":
+        """Build and cross-check a config from parameter values (missing ones take defaults).
+
+        Raises:
+            ConfigurationError: a value of the wrong type or out of range, or an inconsistent
+                combination, with a message naming the parameter(s).
+        """
+        merged = {**defaults(), **values}
+        unknown = sorted(set(merged) - set(SPECS))
+        if unknown:
+            raise ConfigurationError(f"unknown parameters: {', '.join(unknown)}")
+        merged = {name: coerce_parameter(SPECS[name], value) for name, value in merged.items()}
+        try:
+            controller = controller_config(merged)
+        except InvalidInputError as error:
+            raise ConfigurationError(str(error)) from None
+        return cls(
+            model=ModelConfig(
+                model_path=str(merged["model_path"]), device=str(merged["device"]),
+                dtype=str(merged["dtype"]), unnorm_key=str(merged["unnorm_key"]) or None,
+                center_crop=bool(merged["center_crop"]), num_threads=int(merged["num_threads"]),
+                cpu_weight_prepack=str(merged["cpu_weight_prepack"])),
+            cache=CacheConfig(mode=str(merged["cache_mode"]), ratio=float(merged["cache_ratio"]),
+                              max_token_age=int(merged["max_token_age"])),
+            interface=InterfaceConfig(
+                image_type=str(merged["image_type"]),
+                command_interface=controller.action.interface,
+                joint_names=tuple(merged["joint_names"]),
+                twist_frame_id=str(merged["twist_frame_id"]),
+                control_rate_hz=float(merged["control_rate_hz"]),
+                publish_gripper=bool(merged["publish_gripper"])),
+            controller=controller,
+            instruction=str(merged["instruction"]).strip(),
+            enable_actuation=bool(merged["enable_actuation"]),
+            telemetry_window=int(merged["telemetry_window"]),
+            log_status=bool(merged["log_status"]),
+            autostart=bool(merged["autostart"]),
+            values=MappingProxyType(merged))
+
+    def with_changes(self, changes: Mapping[str, Any],
+                     available_modes: Sequence[str] | None = None) -> "NodeConfig":
+        """The config after ``changes`` (parameter name -> new value), validated; ``self`` is
+        unchanged.
+
+        Args:
+            changes: new values; read-only parameters may not change.
+            available_modes: cache modes the loaded policy can run (None: not loaded yet, any
+                known mode is accepted).
+
+        Raises:
+            ConfigurationError: unknown or read-only parameter, a bad value, a mode the policy
+                cannot run, an empty instruction, or an inconsistent combination. One side of
+                a limit pair may change alone; when it conflicts with its partner's current
+                value, the reason names both and says to change the partner first (or both in
+                one request).
+        """
+        unknown = [name for name in changes if name not in SPECS]
+        if unknown:
+            raise ConfigurationError(f"unknown parameters: {', '.join(unknown)}")
+        read_only = [name for name in changes if SPECS[name].read_only]
+        if read_only:
+            raise ConfigurationError(
+                f"read-only parameters cannot change at run time: {', '.join(read_only)}")
+        mode = changes.get("cache_mode")
+        if isinstance(mode, str) and available_modes is not None and mode not in available_modes:
+            hint = " (no trained cache policy is loaded)" if mode == "learned" else ""
+            raise ConfigurationError(f"cache_mode {clip_text(repr(mode))} is not available"
+                                     f"{hint}; available: {', '.join(available_modes)}")
+        changes = {name: coerce_parameter(SPECS[name], value) for name, value in changes.items()}
+        if "instruction" in changes and not str(changes["instruction"]).strip():
+            raise ConfigurationError("instruction must not be empty")
+        merged = {**self.values, **changes}
+        try:
+            return NodeConfig.from_values(merged)
+        except ConfigurationError as error:
+            raise ConfigurationError(str(error) + _partner_hint(merged, changes)) from None
+
+
+def safety_limits(values: Mapping[str, Any]) -> SafetyLimits:
+    """SafetyLimits from parameter values (an empty array leaves that side unbounded).
+
+    Raises:
+        InvalidInputError: invalid limits (see :class:`SafetyLimits`).
+    """
+    low, high = list(values["workspace_min"]), list(values["workspace_max"])
+    return SafetyLimits(
+        max_translation_m=float(values["max_translation_m"]),
+        max_rotation_rad=float(values["max_rotation_rad"]),
+        max_joint_delta_rad=float(values["max_joint_delta_rad"]),
+        joint_lower=tuple(values["joint_lower_limits"]),
+        joint_upper=tuple(values["joint_upper_limits"]),
+        workspace_min=tuple(low) if low else None, workspace_max=tuple(high) if high else None)
+
+
+def controller_config(values: Mapping[str, Any]) -> ControllerConfig:
+    """Build and cross-check the controller configuration from (coerced) parameter values.
+
+    Raises:
+        InvalidInputError: any invalid or inconsistent setting, with a message naming it.
+    """
+    action = ActionConfig(
+        semantics=values["action_semantics"], interface=values["command_interface"],
+        action_dim=ACTION_DIM, scale=tuple(values["action_scale"]),
+        period_s=float(values["action_period_s"]), has_gripper=True)
+    joint_names = tuple(values["joint_names"])
+    if action.interface is not CommandInterface.EE_TWIST:
+        if len(joint_names) != action.arm_dim:
+            raise InvalidInputError(
+                f"command_interface {action.interface.value} needs joint_names with "
+                f"{action.arm_dim} joints (the policy's arm dimensions), got {list(joint_names)}")
+    wrong = [name for name in ("joint_lower_limits", "joint_upper_limits")
+             if joint_names and len(values[name]) not in (0, len(joint_names))]
+    if wrong:
+        counts = sorted({len(values[name]) for name in wrong})
+        verb = "has" if len(wrong) == 1 else "have"
+        raise InvalidInputError(
+            f"{' / '.join(wrong)} {verb} {' / '.join(map(str, counts))} values but joint_names "
+            f"has {len(joint_names)}")
+    gripper = GripperConfig(
+        action_open=float(values["gripper_action_open"]),
+        action_closed=float(values["gripper_action_closed"]),
+        hysteresis=float(values["gripper_hysteresis"]),
+        command_open=float(values["gripper_command_open"]),
+        command_closed=float(values["gripper_command_closed"]))
+    return ControllerConfig(
+        action=action, limits=safety_limits(values), gripper=gripper,
+        watchdog=WatchdogConfig(max_obs_age_s=float(values["max_obs_age_s"]),
+                                max_inference_s=float(values["max_inference_s"])),
+        safety_command=values["safety_command"], joint_names=joint_names,
+        min_duration_s=1.0 / float(values["control_rate_hz"]))
+
+
+def _partner_hint(merged: Mapping[str, Any], changes: Mapping[str, Any]) -> str:
+    """Advice for a refused one-sided change of a pair whose conflict is with the partner."""
+    for pair in PARAMETER_PAIRS:
+        changed = [name for name in pair if name in changes]
+        if len(changed) != 1:
+            continue
+        partner = pair[1] if changed[0] == pair[0] else pair[0]
+        if not list(merged[partner]):
+            continue
+        try:
+            controller_config({**merged, partner: []})
+        except InvalidInputError:
+            continue  # wrong on its own: the partner is not the problem
+        return f" (change {partner} first, or both in one request)"
+    return ""
