@@ -43,6 +43,7 @@ from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
 WARM_UP_INSTRUCTION = "pick up the object"
 TAKE_TIMEOUT_S = 0.2  # the worker wakes this often to notice shutdown / deactivation
 INACTIVE_REASON = "inactive (lifecycle): activate the node to run the policy"
+UNCONFIGURED_REASON = "unconfigured (lifecycle): the model is not loaded (yet)"
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,8 @@ class PolicyRuntime:
         reason = self._controller.fault_reason
         if state is WatchdogState.WAITING or not active:
             missing = (["instruction"] if not instruction else []) + self._controller.waiting_for()
-            reason = (INACTIVE_REASON if not active
+            reason = (UNCONFIGURED_REASON if self._policy is None
+                      else INACTIVE_REASON if not active
                       else f"waiting for {', '.join(missing)}" if missing
                       else "waiting for the first inference step")
             state = WatchdogState.WAITING if not active else state

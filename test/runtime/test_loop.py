@@ -1,0 +1,326 @@
+"""The policy runner's loop without ROS: a real miniature policy, a fake clock, plain data in.
+
+Each test drives :class:`PolicyRuntime` the way the node does (images, joint states,
+instructions, ticks, parameter changes, lifecycle transitions) and checks what would be
+published: stale inputs, clock jumps, worker errors, overruns, bad inputs, parameter changes,
+and the stop-then-safety order of deactivation.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.image_conversion import ImageConversionError
+from vla_cache_ros.runtime.config import NodeConfig
+from vla_cache_ros.runtime.loop import PolicyRuntime
+from vla_cache_ros.runtime.reporting import LOG_REPEAT_S, ProblemLog
+
+JOINTS = ["j1", "j2", "j3", "j4", "j5", "j6"]
+MEASURED = [0.1, -0.2, 0.3, -0.4, 0.5, -0.6]
+FRAME = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+
+
+class FakeClock:
+    """ROS time the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Lines:
+    """A log sink that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+    def count(self, fragment: str) -> int:
+        return sum(fragment in line for line in self.lines)
+
+
+class Harness:
+    """A loaded, active runtime with its clock and log sinks."""
+
+    def __init__(self, checkpoint: Path, **values: Any) -> None:
+        self.clock = FakeClock()
+        self.warnings, self.errors, self.info = Lines(), Lines(), Lines()
+        config = NodeConfig.from_values({
+            "model_path": str(checkpoint), "unnorm_key": "tiny_sim",
+            "command_interface": "joint_positions", "action_semantics": "joint_delta",
+            "joint_names": JOINTS, "enable_actuation": True, "max_obs_age_s": 0.5,
+            "max_inference_s": 2.0, "instruction": "pick up the red cube", **values})
+        self.runtime = PolicyRuntime(config, self.clock, ProblemLog(self.warnings, self.errors),
+                                     info=self.info)
+        self.runtime.load()
+        self.runtime.activate()
+
+    def inputs(self, frame: np.ndarray = FRAME) -> None:
+        """A camera frame and a joint state stamped now."""
+        self.runtime.on_joint_state(JOINTS, MEASURED, self.clock.now)
+        self.runtime.on_image(lambda: frame, self.clock.now)
+
+    def step(self, dt: float = 0.05) -> Any:
+        """A moment later, fresh inputs and one step; then ``dt`` seconds pass."""
+        self.clock.now += 0.001
+        self.inputs()
+        stats = self.runtime.serve_one(timeout_s=0.0)
+        self.clock.now += dt
+        return stats
+
+    def status(self) -> tuple[int, str, dict[str, str]]:
+        report = self.runtime.status_report()
+        return int(report.level), report.message, report.as_dict()
+
+
+def is_hold(publication: Any) -> bool:
+    return publication.arm is not None and publication.arm.is_safety and np.array_equal(
+        publication.arm.joint_positions, MEASURED)
+
+
+def is_policy(publication: Any) -> bool:
+    return publication.arm is not None and not publication.arm.is_safety
+
+
+@pytest.fixture
+def harness(tiny_checkpoint: Path) -> Harness:
+    return Harness(tiny_checkpoint)
+
+
+def faulty(harness: Harness, fault: Callable[[], None]) -> Callable[[], None]:
+    """Wrap the loaded policy's step: ``fault()`` runs first (it may raise or move the clock)."""
+    policy = harness.runtime.policy
+    real_step = policy.step
+
+    def step(image: np.ndarray, instruction: str) -> Any:
+        fault()
+        return real_step(image, instruction)
+
+    policy.step = step
+    return lambda: setattr(policy, "step", real_step)
+
+
+def test_a_step_on_fresh_inputs_becomes_the_command(harness: Harness) -> None:
+    assert harness.runtime.tick().arm is None  # nothing before the first step
+    stats = harness.step()
+    assert stats is not None and stats.reused_tokens == 0  # first step: nothing cached
+    publication = harness.runtime.tick()
+    assert is_policy(publication) and publication.actuate
+    assert np.all(np.abs(publication.arm.joint_positions - MEASURED) <= 0.2 + 1e-9)
+    assert harness.step().reused_tokens > 0  # the same frame again: tokens reused
+    level, message, values = harness.status()
+    assert (level, values["state"], values["steps"]) == (0, "running", "2")
+    assert values["instruction"] == "pick up the red cube"
+
+
+def test_stale_camera_faults_and_sends_the_hold_then_recovers(harness: Harness) -> None:
+    harness.step()
+    assert is_policy(harness.runtime.tick())
+    harness.clock.now += 0.6  # > max_obs_age_s without a frame
+    harness.runtime.on_joint_state(JOINTS, MEASURED, harness.clock.now)
+    publication = harness.runtime.tick()
+    assert is_hold(publication) and publication.entered_fault
+    assert "camera is stale" in publication.reason
+    assert not harness.runtime.tick().entered_fault  # announced once
+    level, message, _ = harness.status()
+    assert level == 2 and "camera is stale" in message
+    harness.step()  # a fresh frame and a successful step
+    assert is_policy(harness.runtime.tick())
+
+
+def test_clock_jump_back_drops_the_command_until_a_fresh_frame(harness: Harness) -> None:
+    harness.step()
+    harness.runtime.on_image(lambda: FRAME, harness.clock.now)  # queued, pre-jump
+    harness.clock.now -= 15.0
+    harness.runtime.on_clock_jump(-15.0)
+    publication = harness.runtime.tick()
+    assert is_hold(publication) and "jumped back by 15" in publication.reason
+    assert harness.runtime.serve_one(timeout_s=0.0) is None  # the pre-jump frame is gone
+    for _ in range(20):  # time passes on the new timeline: still no policy command
+        harness.clock.now += 0.05
+        assert not is_policy(harness.runtime.tick())
+    _, _, values = harness.status()
+    assert not values["camera_age_s"].startswith("-")
+    stats = harness.step()
+    assert stats is not None and stats.cache_reset  # the visual cache was dropped too
+    assert is_policy(harness.runtime.tick())
+    assert harness.errors.count("clock jump") == 1
+
+
+def test_a_jump_noticed_only_by_the_tick_is_handled_the_same(harness: Harness) -> None:
+    harness.step()
+    harness.runtime.tick()
+    harness.clock.now -= 10.0  # no jump callback (e.g. it was missed)
+    publication = harness.runtime.tick()
+    assert is_hold(publication) and "jumped back" in publication.reason
+    assert harness.step().cache_reset
+
+
+def test_worker_errors_fault_and_recover_when_the_cause_goes_away(harness: Harness) -> None:
+    failing = {"on": True}
+
+    def fault() -> None:
+        if failing["on"]:
+            raise RuntimeError("CUDA error: device lost")
+
+    faulty(harness, fault)
+    harness.step()
+    for _ in range(30):  # fails again and again, with warnings from other inputs in between
+        assert harness.step() is None
+        harness.runtime.on_joint_state(JOINTS, [float("nan")] + MEASURED[1:], harness.clock.now)
+        harness.runtime.on_instruction_message("   ")
+        assert not is_policy(harness.runtime.tick())
+    level, message, values = harness.status()
+    assert level == 2 and "inference failed: RuntimeError: CUDA error: device lost" in message
+    assert harness.errors.count("inference failed") == 1  # logged once, not 31 times
+    assert harness.warnings.count("rejected joint_states") == 1
+    failing["on"] = False
+    assert harness.step() is not None
+    assert is_policy(harness.runtime.tick())
+    assert harness.status()[2]["state"] == "running"
+
+
+def test_the_worker_thread_outlives_errors_outside_the_step(harness: Harness) -> None:
+    """Anything escaping one iteration (here the step callback) is an internal error: reported
+    with its traceback once, the watchdog faults, the thread keeps serving."""
+    calls = {"n": 0}
+
+    def on_step(stats: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise ValueError("bug in a publisher")
+
+    harness.runtime._on_step = on_step
+    harness.runtime.start_worker()
+    try:
+        deadline = time.monotonic() + 30.0
+        while calls["n"] < 6 and time.monotonic() < deadline:
+            harness.inputs()
+            time.sleep(0.05)
+            harness.clock.now += 0.05
+        assert calls["n"] >= 6 and harness.runtime.worker_alive
+    finally:
+        assert harness.runtime.stop_worker()
+    assert harness.errors.count("internal error in inference worker: ValueError: bug") == 1
+    assert harness.errors.count("Traceback (most recent call last)") == 1
+
+
+def test_an_overrunning_step_is_not_used(harness: Harness) -> None:
+    harness.step()
+    restore = faulty(harness, lambda: setattr(harness.clock, "now", harness.clock.now + 3.0))
+    assert harness.step() is not None
+    publication = harness.runtime.tick()
+    assert is_hold(publication) and "overran" in publication.reason
+    restore()
+    harness.step()
+    assert is_policy(harness.runtime.tick())
+
+
+def test_bad_inputs_are_counted_and_never_commands(harness: Harness) -> None:
+    def bad_frame() -> np.ndarray:
+        raise ImageConversionError("unsupported encoding '16UC1'")
+
+    harness.runtime.on_image(bad_frame, harness.clock.now)
+    harness.runtime.on_joint_state(JOINTS, MEASURED[:5], harness.clock.now)
+    harness.runtime.on_joint_state(["finger_left"], [0.01], harness.clock.now)  # not ours: fine
+    harness.runtime.on_instruction_message("x " * 20_000)  # longer than the context
+    _, _, values = harness.status()
+    assert values["rejected_image"] == "1" and values["rejected_joint_states"] == "1"
+    assert values["rejected_instruction"] == "1"
+    assert values["instruction"] == "pick up the red cube"  # kept
+    assert "cannot fit" in values["last_error"] and len(values["last_error"]) <= 700
+    assert harness.runtime.serve_one(timeout_s=0.0) is None and harness.runtime.tick().arm is None
+
+
+def test_parameter_changes_are_validated_then_applied(harness: Harness) -> None:
+    runtime = harness.runtime
+    runtime.apply(runtime.validate({"cache_mode": "off", "cache_ratio": 0.25}))
+    assert runtime.policy.mode == "off" and runtime.policy.cache_ratio == 0.25
+    assert harness.step().reused_tokens == 0
+    for changes, fragment in (({"cache_mode": "learned"}, "no trained cache policy"),
+                              ({"cache_ratio": float("nan")}, "finite"),
+                              ({"model_path": "/elsewhere"}, "read-only"),
+                              ({"instruction": "go " * 10_000}, "cannot fit")):
+        with pytest.raises(ConfigurationError, match=fragment):
+            runtime.validate(changes)
+    assert runtime.config.cache.ratio == 0.25  # nothing changed
+    harness.step()
+    assert is_policy(runtime.tick())
+    runtime.apply(runtime.validate({"enable_actuation": False}))
+    publication = runtime.tick()
+    assert publication.safety_first is not None and publication.safety_first.is_safety
+    assert not publication.actuate and runtime.tick().safety_first is None  # once
+
+
+def test_deactivate_stops_output_before_the_safety_command(harness: Harness) -> None:
+    harness.step()
+    assert is_policy(harness.runtime.tick())
+    harness.inputs()  # a frame waiting for the worker
+    safety = harness.runtime.deactivate()
+    assert safety is not None and safety.is_safety
+    assert np.array_equal(safety.joint_positions, MEASURED)
+    assert harness.runtime.serve_one(timeout_s=0.0) is None  # no step while inactive
+    assert harness.runtime.tick().arm is None  # and no output: the safety command went out
+    level, message, _ = harness.status()
+    assert level == 1 and "inactive (lifecycle)" in message
+    harness.runtime.activate()
+    harness.step()
+    assert is_policy(harness.runtime.tick())
+
+
+def test_release_drops_the_model(harness: Harness) -> None:
+    harness.runtime.release()
+    assert harness.runtime.policy is None
+    assert "unconfigured" in harness.status()[1]
+
+
+def test_problem_log_throttles_per_key_and_counts_repeats() -> None:
+    now = {"t": 0.0}
+    warnings, errors = Lines(), Lines()
+    log = ProblemLog(warnings, errors, clock=lambda: now["t"])
+    for i in range(50):
+        log.warn("camera", f"rejected image: frame {i} is 0x0")
+        now["t"] += 0.1
+    assert warnings.lines == ["rejected image: frame 0 is 0x0",
+                              "rejected image: frame 49 is 0x0 (and 49 more like it)"][:len(
+                                  warnings.lines)]
+    assert len(warnings.lines) == 1 + int(5.0 // LOG_REPEAT_S)
+    log.error("camera", "a different problem")
+    assert errors.lines == ["a different problem"] and log.last == "a different problem"
+    assert log.recent(within_s=1.0) == "a different problem"
+    now["t"] += 2.0
+    assert log.recent(within_s=1.0) is None
+
+
+def test_sinks_run_on_their_own_threads_safely(harness: Harness) -> None:
+    """Inputs from the executor thread while the worker steps: no exception, steps happen."""
+    harness.runtime.start_worker()
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            harness.inputs()
+            harness.runtime.tick()
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20.0
+        while harness.status()[2]["steps"] in ("0", "1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+        assert harness.runtime.stop_worker()
+    assert int(harness.status()[2]["steps"]) >= 2 and not harness.errors.lines
