@@ -38,6 +38,8 @@ from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32, Float64MultiArray, String
 
@@ -78,6 +80,8 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             config, self._now, ProblemLog(warn=logger.warning, error=logger.error),
             info=logger.info, on_step=self._publish_step)
         self._entities: list[Any] = []
+        self._command_pub: Any = None
+        self._gripper_pubs: Any = None
         self.startup_error: UserFacingError | None = None
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS,
                                                       DIAGNOSTICS_QOS)
@@ -132,8 +136,10 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._runtime.release()
-        for entity in self._entities:
-            entity.destroy()
+        self._command_pub = self._gripper_pubs = None
+        for entity in self._entities:  # through the node, so the executor forgets them too
+            {Subscription: self.destroy_subscription, Publisher: self.destroy_publisher}.get(
+                type(entity), self.destroy_timer)(entity)
         self._entities = []
         return SUCCESS
 
@@ -230,14 +236,14 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._latency_pub.publish(Float32(data=float(stats.times_s["total"] * 1000.0)))
 
     def _publish(self, arm: ArmCommand | None, gripper: float | None, actuate: bool) -> None:
-        if arm is not None and hasattr(self, "_command_pub"):
+        if arm is not None and self._command_pub is not None:
             interface = self._runtime.config.interface
             message = command_message(arm, interface.joint_names, interface.twist_frame_id,
                                       self.get_clock().now().to_msg())
             self._preview_pub.publish(message)
             if actuate:
                 self._command_pub.publish(message)
-        if gripper is not None and getattr(self, "_gripper_pubs", None):
+        if gripper is not None and self._gripper_pubs is not None:
             message = Float64MultiArray(data=[float(gripper)])
             self._gripper_pubs[1].publish(message)
             if actuate:
@@ -260,7 +266,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         """Stop inference first, then send the safety command if actuation is enabled."""
         stopped = self._runtime.stop_worker()
         command = self._runtime.shutdown_command()
-        if command is not None and hasattr(self, "_command_pub"):
+        if command is not None and self._command_pub is not None:
             self._publish(command, None, actuate=True)
             self._command_pub.wait_for_all_acked(Duration(seconds=1.0))
             self.get_logger().info("shutdown: safety command sent")
