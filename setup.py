@@ -25,7 +25,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "vla-cache = vla_cache_ros.cli:main",
+            "vla-cache = vla_cache_ros.apps.cli:main",
             "vla_cache_node = vla_cache_ros.ros.node:main",
             "sim_arm_node = vla_cache_ros.ros.sim_node:main",
         ],

@@ -23,3 +23,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     from vla_cache_ros.models.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"), seed=0)
+
+
+TIERS = ("ros", "sim", "slow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under test/ros are ``ros`` and under test/sim ``sim``; a test with none of the
+    tier markers is ``unit`` (``tools/test.sh -m unit`` runs only those)."""
+    for item in items:
+        parts = item.path.parts
+        if "ros" in parts[parts.index("test"):]:
+            item.add_marker(pytest.mark.ros)
+        if "sim" in parts[parts.index("test"):]:
+            item.add_marker(pytest.mark.sim)
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)

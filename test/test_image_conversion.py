@@ -11,11 +11,18 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from vla_cache_ros.errors import UserFacingError
-from vla_cache_ros.image_conversion import (CHANNELS, CompressedFormat, ImageConversionError,
-                                            compressed_image_to_rgb, encoding_problem,
-                                            fill_message, image_to_rgb,
-                                            parse_compressed_format, rgb_to_compressed_fields,
-                                            rgb_to_image_fields)
+from vla_cache_ros.image_conversion import (
+    CHANNELS,
+    CompressedFormat,
+    ImageConversionError,
+    compressed_image_to_rgb,
+    encoding_problem,
+    fill_message,
+    image_to_rgb,
+    parse_compressed_format,
+    rgb_to_compressed_fields,
+    rgb_to_image_fields,
+)
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Code style gates: flake8 clean, and every module says what it is for in a docstring."""
+"""Code style gates: ruff clean (lint and import order), and every module says what it is for in a docstring."""
 from __future__ import annotations
 
 import ast
@@ -19,10 +19,11 @@ def python_files() -> list[Path]:
     return files
 
 
-def test_flake8_clean():
-    pytest.importorskip("flake8", reason="flake8 is not installed")
-    result = subprocess.run([sys.executable, "-m", "flake8", *SOURCE_DIRS, "setup.py"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+def test_ruff_clean():
+    """Lint and import order (ruff.toml): pyflakes, pycodestyle and isort rules."""
+    pytest.importorskip("ruff", reason="ruff is not installed")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *SOURCE_DIRS, "setup.py"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

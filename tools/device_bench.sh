@@ -13,4 +13,4 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMER
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
 python3 -m pytest -q -x -p no:cacheprovider test/cache
-python3 -m vla_cache_ros.cli bench --device cuda --models midsize,openvla-7b --steps 20 --warmup 3 --out "$out"
+python3 -m vla_cache_ros.apps.cli bench --device cuda --models midsize,openvla-7b --steps 20 --warmup 3 --out "$out"

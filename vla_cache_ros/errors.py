@@ -18,6 +18,10 @@ class ConfigurationError(UserFacingError):
     """An option, parameter or configuration value is out of range or inconsistent."""
 
 
+class DemoError(UserFacingError):
+    """The live demo cannot go on (a child died, the node never reported, ...)."""
+
+
 def one_line(error: object) -> str:
     """An exception's text on one line (library messages can span several; the CLI prints one)."""
     return " ".join(str(error).split())

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # -- the node's names (relative; remapped onto an arm's topics) ------------------------------
+VLA_CACHE_NODE = "vla_cache_node"  # the policy runner's default node name
+
 IMAGE = "image"  # sensor_msgs/Image or CompressedImage in
 JOINT_STATES = "joint_states"  # sensor_msgs/JointState in
 INSTRUCTION = "instruction"  # std_msgs/String in (latched or volatile)

@@ -8,8 +8,20 @@ import pytest
 
 from vla_cache_ros.cache import modes
 from vla_cache_ros.cache.modes import (
-    DEFAULT_SWEEP, MODE_NAMES, CacheMode, CacheModeError, build_selector, check_available, default_sweep,
-    parse_mode, parse_mode_list, parse_mode_spec, parse_prepack, register_mode, runnable_modes, unregister_mode,
+    DEFAULT_SWEEP,
+    MODE_NAMES,
+    CacheMode,
+    CacheModeError,
+    build_selector,
+    check_available,
+    default_sweep,
+    parse_mode,
+    parse_mode_list,
+    parse_mode_spec,
+    parse_prepack,
+    register_mode,
+    runnable_modes,
+    unregister_mode,
 )
 from vla_cache_ros.cache.selectors import FixedRatioSelector, OffSelector, VLACacheSelector
 from vla_cache_ros.errors import ConfigurationError

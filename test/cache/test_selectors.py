@@ -4,8 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_cache_ros.cache.selectors import (FixedRatioSelector, OffSelector, SelectionContext, VLACacheSelector,
-                                           stable_descending)
+from vla_cache_ros.cache.selectors import (
+    FixedRatioSelector,
+    OffSelector,
+    SelectionContext,
+    VLACacheSelector,
+    stable_descending,
+)
 from vla_cache_ros.cache.tokens import TokenStates, cosine_similarity, extract_patches
 from vla_cache_ros.policy import CachedVLAPolicy
 from vla_cache_ros.synthetic import SyntheticScene

@@ -6,9 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from vla_cache_ros.control.validation import (InvalidInputError, finite_scalar, finite_vector,
-                                              message_joint_positions, pick_joint_positions,
-                                              positive_scalar)
+from vla_cache_ros.control.validation import (
+    InvalidInputError,
+    finite_scalar,
+    finite_vector,
+    message_joint_positions,
+    pick_joint_positions,
+    positive_scalar,
+)
 from vla_cache_ros.errors import UserFacingError
 
 

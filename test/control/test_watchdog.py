@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vla_cache_ros.control.watchdog import (Watchdog, WatchdogConfig, WatchdogState,
-                                            effective_stamp)
+from vla_cache_ros.control.watchdog import Watchdog, WatchdogConfig, WatchdogState, effective_stamp
 
 
 def running_watchdog(required: tuple[str, ...] = ("camera",)) -> Watchdog:

@@ -14,10 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from test.models.helpers import read_tensors
 from vla_cache_ros.models.tiny import make_tiny_checkpoint
 from vla_cache_ros.models.vla import OpenVLA, load_vla
-
-from test.models.helpers import read_tensors
 
 torch.set_num_threads(1)
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized
 from vla_cache_ros.errors import CheckpointError, ConfigurationError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer, select_action_stats
 from vla_cache_ros.models.norm_stats import ActionStats, parse_action_stats
 from vla_cache_ros.models.vla import OpenVLA
-
-from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized
 
 # id -> d = 32000 - id -> idx = clip(d - 1, 0, 254) -> centre -1 + (2 idx + 1) / 255
 HAND_IDS = [31999, 31998, 31872, 31745, 31744, 32000, 31000, 31871]

@@ -13,12 +13,11 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from vla_cache_ros import cli
+from test.models.helpers import read_tensors
+from vla_cache_ros.apps import cli
 from vla_cache_ros.errors import CheckpointError
 from vla_cache_ros.models.tiny import make_tiny_checkpoint
 from vla_cache_ros.models.vla import load_vla
-
-from test.models.helpers import read_tensors
 
 Copy = Callable[..., Path]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -224,9 +223,9 @@ def test_cli_missing_image_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.C
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``vla-cache`` entry point when present, else ``python -m vla_cache_ros.cli``."""
+    """The installed ``vla-cache`` entry point when present, else ``python -m vla_cache_ros.apps.cli``."""
     script = Path(sys.executable).parent / "vla-cache"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "vla_cache_ros.cli"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "vla_cache_ros.apps.cli"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, env=env, check=False)
 

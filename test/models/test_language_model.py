@@ -9,11 +9,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from test.models.helpers import INSTRUCTION, read_tensors
 from vla_cache_ros.models.config import parse_config
 from vla_cache_ros.models.tiny import DINOV2_ID, SIGLIP_ID
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA
-
-from test.models.helpers import INSTRUCTION, read_tensors
 
 PREFIX = "language_model."
 

@@ -19,12 +19,11 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from vla_cache_ros import cli
+from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized
+from vla_cache_ros.apps import cli
 from vla_cache_ros.errors import CheckpointError, ConfigurationError
 from vla_cache_ros.models.norm_stats import ActionStats, NormStats, parse_action_stats
 from vla_cache_ros.models.vla import load_vla
-
-from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized
 
 Copy = Callable[..., Path]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +46,7 @@ def other_pipeline_checkpoint(copy: Copy, statistics: dict[str, Any], keep_confi
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``vla-cache`` in a real process (the entry point when installed)."""
     script = Path(sys.executable).parent / "vla-cache"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "vla_cache_ros.cli"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "vla_cache_ros.apps.cli"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=180, env=env, check=False)
 

@@ -21,12 +21,11 @@ from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from transformers import PreTrainedTokenizerFast
 
+from test.models.helpers import INSTRUCTION
 from vla_cache_ros.errors import CheckpointError, ConfigurationError
 from vla_cache_ros.models.processor import ImageProcessor, build_prompt, prompt_token_ids
 from vla_cache_ros.models.tiny import DINOV2_ID, SIGLIP_ID
 from vla_cache_ros.models.vla import OpenVLA, load_vla
-
-from test.models.helpers import INSTRUCTION
 
 # OpenVLA's saved preprocessor_config.json constants (bf16-rounded DINOv2; SigLIP 0.5).
 DINOV2_MEAN_BF16 = [0.484375, 0.455078125, 0.40625]

@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized, read_tensors
 from vla_cache_ros.models.checkpoint import weight_files
 from vla_cache_ros.models.tiny import make_tiny_checkpoint
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
-
-from test.models.helpers import INSTRUCTION, expected_normalized, expected_unnormalized, read_tensors
 
 SHARD_BYTES = 2_000_000
 

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from test.models.helpers import INSTRUCTION, exact_gelu, linear, read_tensors
 from vla_cache_ros.models.vision import checkpoint_key_to_module_key, module_key_to_checkpoint_key
 from vla_cache_ros.models.vla import OpenVLA
-
-from test.models.helpers import INSTRUCTION, exact_gelu, linear, read_tensors
 
 SLOTS = ("featurizer", "fused_featurizer")
 

@@ -11,12 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
+from vla_cache_ros.apps.bag_commands import main
 from vla_cache_ros.errors import BagError
 from vla_cache_ros.replay.bag_reader import BagReader, ros2_typestore
 from vla_cache_ros.replay.bag_writer import BagWriter
 from vla_cache_ros.replay.frames import FrameReader
 from vla_cache_ros.replay.messages import COMPRESSED_IMAGE_TYPE, header_message, string_message
-from vla_cache_ros.replay.cli import main
 
 DEPTH_FORMAT = "16UC1; png compressed "
 COLOUR_FORMAT = "rgb8; png compressed bgr8"

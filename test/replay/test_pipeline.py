@@ -27,6 +27,7 @@ def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.ros
 def test_play_node_record(tmp_path: Path) -> None:
     from vla_cache_ros.models.tiny import make_tiny_checkpoint
 
@@ -36,10 +37,10 @@ def test_play_node_record(tmp_path: Path) -> None:
     node = _start("-m", "vla_cache_ros.ros.node", "--ros-args", "-p", f"model_path:={model}",
                   "-p", "unnorm_key:=tiny_sim", "-p", "use_sim_time:=true", "-p", "max_obs_age_s:=10.0",
                   "-r", "image:=/camera/image_raw")
-    recorder = _start("-m", "vla_cache_ros.replay.cli", "record", str(tmp_path / "recorded"), "--topics",
+    recorder = _start("-m", "vla_cache_ros.apps.bag_commands", "record", str(tmp_path / "recorded"), "--topics",
                       *RECORDED, "--use-sim-time")
     try:
-        player = _start("-m", "vla_cache_ros.replay.cli", "play", str(source.path), "--delay", "1.0",
+        player = _start("-m", "vla_cache_ros.apps.bag_commands", "play", str(source.path), "--delay", "1.0",
                         "--wait-for-subscribers", "90")
         play = collect(player, 150)
         assert play.returncode == 0, play.stderr

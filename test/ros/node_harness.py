@@ -30,8 +30,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from vla_cache_ros import topics
-from vla_cache_ros.image_conversion import (fill_message, rgb_to_compressed_fields,
-                                            rgb_to_image_fields)
+from vla_cache_ros.image_conversion import fill_message, rgb_to_compressed_fields, rgb_to_image_fields
 from vla_cache_ros.ros.qos import CLOCK_QOS, LATCHED_QOS, SENSOR_QOS
 from vla_cache_ros.stamps import seconds_to_nanoseconds, time_message
 from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child

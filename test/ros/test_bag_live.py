@@ -30,7 +30,7 @@ TOPICS = (topics.CAMERA_TOPIC, topics.JOINT_STATES_TOPIC, topics.INSTRUCTION_TOP
 
 def _cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "vla_cache_ros.replay.cli", *args],
+        [sys.executable, "-m", "vla_cache_ros.apps.bag_commands", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,8 +17,16 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
-from test.ros.node_harness import (JOINTS, MEASURED, NodeProcess, Peer, make_checkpoint,
-                                   positions, start_node, wait_until)
+from test.ros.node_harness import (
+    JOINTS,
+    MEASURED,
+    NodeProcess,
+    Peer,
+    make_checkpoint,
+    positions,
+    start_node,
+    wait_until,
+)
 
 NAME = "vla_node_jtc"
 MAX_DELTA = 0.2
@@ -123,7 +131,7 @@ def test_parameters_through_services_like_rqt(running: Peer, node: NodeProcess) 
 
     refusals = {
         "cache_ratio": (1.5, ""),  # out of range: rclpy refuses before the node's callback
-        "cache_mode": ("turbo", "'turbo' is not available"),
+        "cache_mode": ("turbo", "unknown cache mode 'turbo'"),
         "model_path": ("/elsewhere", "read-only"),
         "instruction": ("   ", "must not be empty"),
         "max_inference_s": (-1.0, ""),

@@ -22,8 +22,7 @@ import pytest
 from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64MultiArray
 
-from test.ros.node_harness import (JOINTS, MEASURED, REPO, Peer, make_checkpoint, positions,
-                                   start_node, wait_until)
+from test.ros.node_harness import JOINTS, MEASURED, REPO, Peer, make_checkpoint, positions, start_node, wait_until
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, write_synthetic_bag
 from vla_cache_ros.subprocesses import interrupt
 
@@ -99,7 +98,6 @@ def test_jump_back_then_joints_stop_holds_at_once(peer: Peer, checkpoint: Path,
         **COMMON, "model_path": str(checkpoint), "command_interface": "joint_positions",
         "action_semantics": "joint_delta", "joint_names": JOINTS, "enable_actuation": True},
         workdir=tmp_path)
-    is_hold = (lambda m: np.array_equal(positions(m), MEASURED))
     try:
         start = time.monotonic()
         wait_until(lambda: sum(not is_hold(m) for m in commands.since(start)) >= 3, 60,
@@ -124,6 +122,10 @@ def test_jump_back_then_joints_stop_holds_at_once(peer: Peer, checkpoint: Path,
     assert code == 0 and "Traceback" not in log, log[-3000:]
 
 
+def is_hold(message: Float64MultiArray) -> bool:
+    return bool(np.array_equal(positions(message), MEASURED))
+
+
 def test_bag_loop_sends_no_twist_before_the_first_frame(peer: Peer, checkpoint: Path,
                                                         tmp_path: Path) -> None:
     """``vla-cache play --loop`` on a 5 s bag whose camera starts 2 s in."""
@@ -140,7 +142,7 @@ def test_bag_loop_sends_no_twist_before_the_first_frame(peer: Peer, checkpoint: 
     play = None
     try:
         wait_until(lambda: "ready:" in node.log(), 60, "the node", node.log)
-        play = subprocess.Popen([sys.executable, "-m", "vla_cache_ros.replay.cli", "play",
+        play = subprocess.Popen([sys.executable, "-m", "vla_cache_ros.apps.bag_commands", "play",
                                  str(info.path), "--loop", "--rate", "2"], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Three restarts at rate 2 take ~8 s of wall time.

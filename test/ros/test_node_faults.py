@@ -18,8 +18,16 @@ import numpy as np
 import pytest
 from std_msgs.msg import Float64MultiArray
 
-from test.ros.node_harness import (JOINTS, MEASURED, NodeProcess, Peer, make_checkpoint,
-                                   positions, start_node, wait_until)
+from test.ros.node_harness import (
+    JOINTS,
+    MEASURED,
+    NodeProcess,
+    Peer,
+    make_checkpoint,
+    positions,
+    start_node,
+    wait_until,
+)
 
 NAME = "vla_node_faults"
 pytestmark = pytest.mark.timeout(180)

@@ -15,8 +15,7 @@ import pytest
 from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64MultiArray
 
-from test.ros.node_harness import (JOINTS, MEASURED, Peer, make_checkpoint, positions,
-                                   start_node, wait_until)
+from test.ros.node_harness import JOINTS, MEASURED, Peer, make_checkpoint, positions, start_node, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 COMMON = {"unnorm_key": "tiny_sim", "num_threads": 1, "max_obs_age_s": 1.0,

@@ -16,8 +16,16 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from std_msgs.msg import Float64MultiArray
 
-from test.ros.node_harness import (JOINTS, MEASURED, NodeProcess, Peer, make_checkpoint,
-                                   positions, start_node, wait_until)
+from test.ros.node_harness import (
+    JOINTS,
+    MEASURED,
+    NodeProcess,
+    Peer,
+    make_checkpoint,
+    positions,
+    start_node,
+    wait_until,
+)
 
 NAME = "vla_node_lifecycle"
 pytestmark = pytest.mark.timeout(180)

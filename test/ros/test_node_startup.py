@@ -19,8 +19,7 @@ import pytest
 import yaml
 from std_msgs.msg import Float64MultiArray
 
-from test.ros.node_harness import (JOINTS, MEASURED, REPO, Peer, make_checkpoint, positions,
-                                   start_node, wait_until)
+from test.ros.node_harness import JOINTS, MEASURED, REPO, Peer, make_checkpoint, positions, start_node, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vla_cache_ros.cli import main as cli_main
+from vla_cache_ros.apps.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # In a child process: importing triton (via torch / timm) into a process that has already
     # rendered with Mesa's EGL (the simulator tests) crashes it (conflicting LLVM builds).
     path = tmp_path_factory.mktemp("tiny") / "model"
-    subprocess.run([sys.executable, "-m", "vla_cache_ros.cli", "make-tiny", str(path)], check=True,
+    subprocess.run([sys.executable, "-m", "vla_cache_ros.apps.cli", "make-tiny", str(path)], check=True,
                    capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return path
 

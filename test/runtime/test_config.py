@@ -92,8 +92,8 @@ def test_config_is_frozen_and_changes_make_a_new_one() -> None:
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"cache_mode": "turbo"}, "cache_mode 'turbo' is not available; available: off"),
-    ({"cache_mode": "learned"}, "no trained cache policy"),
+    ({"cache_mode": "turbo"}, "unknown cache mode 'turbo'; available: off"),
+    ({"cache_mode": "learned"}, "'learned' is not available: no trained cache policy"),
     ({"model_path": "/x"}, "read-only parameters cannot change at run time: model_path"),
     ({"instruction": "  "}, "instruction must not be empty"),
     ({"workspace_min": [0.0, 0.0]}, "workspace_min must have 3 values"),

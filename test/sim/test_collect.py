@@ -10,11 +10,16 @@ import pytest
 from rosbags.interfaces import QosDurability
 
 from vla_cache_ros import topics
-from vla_cache_ros.cli import main as cli_main
+from vla_cache_ros.apps.cli import main as cli_main
 from vla_cache_ros.replay.bag_reader import BagReader
 from vla_cache_ros.sim.collect import BAGS_DIR
 from vla_cache_ros.sim.dataset import (
-    STATISTICS_FILE, DatasetError, episode_path, iter_episodes, read_episode, read_norm_stats,
+    STATISTICS_FILE,
+    DatasetError,
+    episode_path,
+    iter_episodes,
+    read_episode,
+    read_norm_stats,
 )
 
 

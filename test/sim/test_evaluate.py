@@ -8,7 +8,13 @@ import pytest
 
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.sim.evaluate import (
-    EpisodeResult, EvalConfig, EvalMode, parse_modes, summarize, wilson_interval, write_reports,
+    EpisodeResult,
+    EvalConfig,
+    EvalMode,
+    parse_modes,
+    summarize,
+    wilson_interval,
+    write_reports,
 )
 
 

@@ -6,10 +6,15 @@ That clock can jump (bag loop, simulator reset): every age and expiry is taken w
 :func:`vla_cache_ros.control.clock.elapsed_s`, and the node reports jumps to
 :meth:`Controller.on_clock_jump`.
 """
-from vla_cache_ros.control.actions import (ActionConfig, ActionMapper, ActionSemantics,
-                                           ArmCommand, CommandInterface)
-from vla_cache_ros.control.controller import (Controller, ControllerConfig, JointStateUpdate,
-                                              SafetyCommand, StepOutcome, TickOutput)
+from vla_cache_ros.control.actions import ActionConfig, ActionMapper, ActionSemantics, ArmCommand, CommandInterface
+from vla_cache_ros.control.controller import (
+                                           Controller,
+                                           ControllerConfig,
+                                           JointStateUpdate,
+                                           SafetyCommand,
+                                           StepOutcome,
+                                           TickOutput,
+)
 from vla_cache_ros.control.gripper import GripperConfig, GripperHysteresis
 from vla_cache_ros.control.observation import LatestObservation, Observation
 from vla_cache_ros.control.safety import CLAMP_KINDS, SafetyGuard, SafetyLimits

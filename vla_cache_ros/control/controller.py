@@ -35,13 +35,16 @@ from typing import Sequence
 
 import numpy as np
 
-from vla_cache_ros.control.actions import (ActionConfig, ActionMapper, ArmCommand,
-                                           CommandInterface, parse_enum)
+from vla_cache_ros.control.actions import ActionConfig, ActionMapper, ArmCommand, CommandInterface, parse_enum
 from vla_cache_ros.control.clock import elapsed_s, went_back
 from vla_cache_ros.control.gripper import GripperConfig, GripperHysteresis
 from vla_cache_ros.control.safety import SafetyGuard, SafetyLimits
-from vla_cache_ros.control.validation import (InvalidInputError, finite_vector,
-                                              message_joint_positions, pick_joint_positions)
+from vla_cache_ros.control.validation import (
+    InvalidInputError,
+    finite_vector,
+    message_joint_positions,
+    pick_joint_positions,
+)
 from vla_cache_ros.control.watchdog import Watchdog, WatchdogConfig, WatchdogState
 
 CAMERA, JOINT_STATES, EE_POSE = "camera", "joint_states", "ee_pose"

@@ -19,8 +19,8 @@ import numpy as np
 
 from vla_cache_ros.control.clock import went_back
 from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.stages import STAGES
 
-STAGES = ("preprocess", "vision", "select", "prefill", "decode", "total")
 """The stages a policy step reports in ``StepStats.times_s``."""
 
 

@@ -16,8 +16,7 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
-from vla_cache_ros.errors import CheckpointError
-from vla_cache_ros.errors import one_line
+from vla_cache_ros.errors import CheckpointError, one_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

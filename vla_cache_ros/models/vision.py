@@ -13,8 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from vla_cache_ros.errors import CheckpointError
-from vla_cache_ros.errors import one_line
+from vla_cache_ros.errors import CheckpointError, one_line
 
 # Checkpoint key prefix per backbone slot, as in OpenVLA's export.
 BACKBONE_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -19,7 +19,16 @@ from rclpy.executors import SingleThreadedExecutor
 
 from vla_cache_ros.cache.modes import default_sweep, parse_mode
 from vla_cache_ros.control.diagnostics import Level, StatusReport, one_line
-from vla_cache_ros.demo import NODE_NAME, Children, DemoError
+from vla_cache_ros.errors import DemoError
+from vla_cache_ros.topics import VLA_CACHE_NODE as NODE_NAME
+
+
+class RunningChildren(Protocol):
+    """The demo's child processes, as far as the monitor needs them."""
+
+    def check_running(self) -> None:
+        """Raise :class:`DemoError` naming the first child that has exited."""
+
 
 STALE_STATUS_S = 3.0  # no diagnostics for this long: the status line says STALE
 SWEEP_MARGIN_S = 2.0  # no sweep this close to the end, so no change is in flight at shutdown
@@ -97,7 +106,7 @@ class Monitor:
         self.pending.add_done_callback(on_reply)
 
 
-def monitor_loop(node: Any, children: Children, options: LiveOptions) -> None:
+def monitor_loop(node: Any, children: RunningChildren, options: LiveOptions) -> None:
     """Spin the monitor, print one status line per second, sweep; return after the duration.
 
     Raises DemoError when a child exits early or the node never reports.

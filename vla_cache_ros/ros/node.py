@@ -51,15 +51,30 @@ from vla_cache_ros.image_conversion import compressed_image_to_rgb, image_to_rgb
 from vla_cache_ros.ros.commands import COMMAND_TOPICS, command_message
 from vla_cache_ros.ros.parameters import declare_from_table, parameter_values
 from vla_cache_ros.ros.process import run_node
-from vla_cache_ros.ros.qos import (COMMAND_QOS, DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS,
-                                   TELEMETRY_QOS, VOLATILE_QOS, ignore_incompatible_qos)
+from vla_cache_ros.ros.qos import (
+    COMMAND_QOS,
+    DIAGNOSTICS_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    TELEMETRY_QOS,
+    VOLATILE_QOS,
+    ignore_incompatible_qos,
+)
 from vla_cache_ros.runtime.config import NodeConfig
 from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, check_model_path
 from vla_cache_ros.runtime.parameters import SPECS
 from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
 from vla_cache_ros.stamps import stamp_seconds
-from vla_cache_ros.topics import (CACHE_RATIO, DIAGNOSTICS, EE_POSE, GRIPPER_COMMAND, IMAGE,
-                                  INFERENCE_LATENCY_MS, INSTRUCTION, JOINT_STATES)
+from vla_cache_ros.topics import (
+    CACHE_RATIO,
+    DIAGNOSTICS,
+    EE_POSE,
+    GRIPPER_COMMAND,
+    IMAGE,
+    INFERENCE_LATENCY_MS,
+    INSTRUCTION,
+    JOINT_STATES,
+)
 
 NODE_NAME = "vla_cache_node"
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE

@@ -23,7 +23,6 @@ from rclpy.signals import SignalHandlerOptions
 from vla_cache_ros.errors import UserFacingError, one_line
 from vla_cache_ros.subprocesses import sigterm_as_keyboard_interrupt
 
-
 SIGNAL_POLL_S = 0.1
 
 

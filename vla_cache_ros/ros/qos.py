@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 try:  # Jazzy and later
     from rclpy.event_handler import SubscriptionEventCallbacks

@@ -28,13 +28,13 @@ from std_srvs.srv import Trigger
 
 from vla_cache_ros import topics
 from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.ros.qos import COMMAND_QOS, MONITOR_QOS
-from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
 from vla_cache_ros.sim.expert import ScriptedExpert
-from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.sim.scene import BASE_FRAME
 from vla_cache_ros.sim.snapshot import SceneSnapshot
+from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 
 SIM_NODE = "sim_arm_node"
 POLICY_NODE = "vla_cache_node"

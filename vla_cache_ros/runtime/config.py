@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from vla_cache_ros.cache.modes import check_available
 from vla_cache_ros.control.actions import ActionConfig, CommandInterface
 from vla_cache_ros.control.controller import ControllerConfig
 from vla_cache_ros.control.gripper import GripperConfig
@@ -154,10 +155,8 @@ class NodeConfig:
             raise ConfigurationError(
                 f"read-only parameters cannot change at run time: {', '.join(read_only)}")
         mode = changes.get("cache_mode")
-        if isinstance(mode, str) and available_modes is not None and mode not in available_modes:
-            hint = " (no trained cache policy is loaded)" if mode == "learned" else ""
-            raise ConfigurationError(f"cache_mode {clip_text(repr(mode))} is not available"
-                                     f"{hint}; available: {', '.join(available_modes)}")
+        if isinstance(mode, str) and available_modes is not None:
+            check_available(clip_text(mode), available_modes)
         changes = {name: coerce_parameter(SPECS[name], value) for name, value in changes.items()}
         if "instruction" in changes and not str(changes["instruction"]).strip():
             raise ConfigurationError("instruction must not be empty")

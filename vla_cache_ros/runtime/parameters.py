@@ -18,12 +18,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from vla_cache_ros.cache.modes import PREPACK_CHOICES
+from vla_cache_ros.cache.modes import MODE_NAMES, PREPACK_CHOICES
 from vla_cache_ros.control.actions import ActionSemantics, CommandInterface
 from vla_cache_ros.control.controller import SafetyCommand
 from vla_cache_ros.errors import ConfigurationError, clip_text
 
-CACHE_MODES = ("off", "fixed", "vla_cache", "learned")
 IMAGE_TYPES = ("raw", "compressed")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -73,7 +72,7 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
     # --- cache (live) ----------------------------------------------------------------------
-    _choice("cache_mode", "fixed", CACHE_MODES,
+    _choice("cache_mode", "fixed", MODE_NAMES,
             "visual-token cache mode; learned needs a trained cache policy", read_only=False),
     ParameterSpec("cache_ratio", "double", 0.5,
                   "fraction of visual tokens whose K/V are reused (fixed: target; learned / "

@@ -24,8 +24,14 @@ from tqdm import tqdm
 
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim.dataset import (
-    ACTION_MASK, EpisodeRecord, compute_norm_stats, episode_files, episode_path, read_episode,
-    write_episode, write_norm_stats,
+    ACTION_MASK,
+    EpisodeRecord,
+    compute_norm_stats,
+    episode_files,
+    episode_path,
+    read_episode,
+    write_episode,
+    write_norm_stats,
 )
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
 from vla_cache_ros.sim.expert import ScriptedExpert

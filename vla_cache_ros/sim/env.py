@@ -19,12 +19,21 @@ import mujoco
 import numpy as np
 
 from vla_cache_ros.errors import UserFacingError
-from vla_cache_ros.sim.controller import ArmController, ControllerSettings, SimCommandError
 from vla_cache_ros.geometry import euler_from_matrix, euler_to_rotvec, quat_from_matrix
+from vla_cache_ros.sim.controller import ArmController, ControllerSettings, SimCommandError
 from vla_cache_ros.sim.ik import DifferentialIK
 from vla_cache_ros.sim.scene import (
-    ARM_JOINTS, CAMERA_NAME, GRIPPER_ACTUATOR, GRIPPER_BODIES, GRIPPER_JOINT, GRIPPER_MAX_OPENING_M,
-    HOME_JOINT_POSITIONS, IMAGE_SIZE, OBJECTS, TCP_SITE, build_scene_xml,
+    ARM_JOINTS,
+    CAMERA_NAME,
+    GRIPPER_ACTUATOR,
+    GRIPPER_BODIES,
+    GRIPPER_JOINT,
+    GRIPPER_MAX_OPENING_M,
+    HOME_JOINT_POSITIONS,
+    IMAGE_SIZE,
+    OBJECTS,
+    TCP_SITE,
+    build_scene_xml,
 )
 from vla_cache_ros.sim.tasks import Task, family_of, sample_episode
 

@@ -20,7 +20,12 @@ from typing import Protocol
 from tqdm import tqdm
 
 from vla_cache_ros.cache.modes import (
-    CacheModeError, default_sweep, describe_modes, mode_names, parse_mode, split_mode_list,
+    CacheModeError,
+    default_sweep,
+    describe_modes,
+    mode_names,
+    parse_mode,
+    split_mode_list,
 )
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.sim.tasks import FAMILIES

@@ -17,10 +17,15 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from vla_cache_ros.sim.env import ACTION_DIM, EpisodeStatus, TabletopSim
 from vla_cache_ros.geometry import (
-    clip_norm, euler_from_matrix, rot_z, rotvec_from_matrix, rotvec_to_euler, wrap_angle,
+    clip_norm,
+    euler_from_matrix,
+    rot_z,
+    rotvec_from_matrix,
+    rotvec_to_euler,
+    wrap_angle,
 )
+from vla_cache_ros.sim.env import ACTION_DIM, EpisodeStatus, TabletopSim
 from vla_cache_ros.sim.scene import OBJECTS_BY_NAME
 from vla_cache_ros.sim.tasks import PAD_NAME
 

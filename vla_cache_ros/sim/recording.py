@@ -13,13 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from vla_cache_ros import topics
+from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.replay.bag_writer import LATCHED_QOS, BagWriter
 from vla_cache_ros.replay.messages import (
-    STRING_TYPE, float64_array_message, image_message, joint_state_message, pose_stamped_message,
-    string_message, twist_stamped_message,
+    STRING_TYPE,
+    float64_array_message,
+    image_message,
+    joint_state_message,
+    pose_stamped_message,
+    string_message,
+    twist_stamped_message,
 )
 from vla_cache_ros.sim.env import EpisodeStatus, TabletopSim
-from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.sim.scene import ARM_JOINTS, BASE_FRAME
 from vla_cache_ros.stamps import seconds_to_nanoseconds
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from vla_cache_ros.apps.bag_commands import main
 from vla_cache_ros.replay.bag_reader import BagReader
 from vla_cache_ros.replay.frames import FrameReader
-from vla_cache_ros.replay.cli import main
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -50,14 +50,15 @@ def test_replay_modules_import_without_ros() -> None:
         "import sys\n"
         "import vla_cache_ros.replay.bag_reader, vla_cache_ros.replay.frames, vla_cache_ros.replay.bag_writer\n"
         "import vla_cache_ros.replay.messages, vla_cache_ros.replay.synthetic_bag\n"
-        "import vla_cache_ros.replay.cli\n"
+        "import vla_cache_ros.apps.bag_commands\n"
         "assert not [m for m in sys.modules if m.startswith('rclpy')], 'rclpy imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_full_vla_cache_cli_has_the_bag_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from vla_cache_ros.cli import build_parser, main as vla_cache_main
+    from vla_cache_ros.apps.cli import build_parser
+    from vla_cache_ros.apps.cli import main as vla_cache_main
 
     help_text = build_parser().format_help()
     for command in ("play", "record", "replay", "bag-info", "synthetic-bag"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from vla_cache_ros.cli import build_parser
+from vla_cache_ros.apps.cli import build_parser
 
 SCRIPT = """
 import sys
 sys.modules["mujoco"] = None  # as if MuJoCo were not installed
-from vla_cache_ros.cli import build_parser
+from vla_cache_ros.apps.cli import build_parser
 parser = build_parser()
 commands = parser._subparsers._group_actions[0].choices
 print("bench" in commands, "replay" in commands, "sim-collect" in commands)

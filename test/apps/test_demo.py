@@ -40,10 +40,11 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) ->
 
 def vla_cache(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180.0) -> subprocess.CompletedProcess:
     """Run ``vla-cache ARGS`` to completion (output captured as text)."""
-    return subprocess.run([sys.executable, "-m", "vla_cache_ros.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "vla_cache_ros.apps.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.ros
 def test_live_demo_sweeps_records_and_the_bag_replays(tmp_path: Path, demo_env: dict[str, str]) -> None:
     bag = tmp_path / "demo_bag"
     demo = vla_cache("demo", "--duration", "12", "--sweep", "--sweep-period", "4", "--record", str(bag),
@@ -73,9 +74,10 @@ def _read_lines(stream: object, lines: list[str]) -> None:
         lines.append(line)
 
 
+@pytest.mark.ros
 def test_synthetic_camera_stopped_with_ctrl_c(tmp_path: Path, demo_env: dict[str, str]) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "vla_cache_ros.cli", "demo", "--source", "synthetic", "--duration", "120",
+        [sys.executable, "-m", "vla_cache_ros.apps.cli", "demo", "--source", "synthetic", "--duration", "120",
          "--no-record"], env=demo_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
@@ -105,6 +107,7 @@ def test_synthetic_camera_stopped_with_ctrl_c(tmp_path: Path, demo_env: dict[str
     assert "Traceback" not in (logs / "vla_cache_node.log").read_text() + (logs / "synthetic_camera.log").read_text()
 
 
+@pytest.mark.ros
 def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: dict[str, str]) -> None:
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()

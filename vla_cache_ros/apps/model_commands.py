@@ -14,7 +14,6 @@ import numpy as np
 
 from vla_cache_ros.errors import ConfigurationError, one_line
 
-
 # Presets small enough to write to disk (``openvla-7b`` exists only in memory, for GPU benchmarks).
 # Kept here as names so that building the parser does not import torch.
 DISK_PRESETS = ("tiny", "midsize")

@@ -35,15 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from vla_cache_ros import topics
 from vla_cache_ros.cache.modes import default_sweep, parse_mode_list
-from vla_cache_ros.errors import ConfigurationError, UserFacingError
+from vla_cache_ros.errors import ConfigurationError, DemoError
 from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("VLA_CACHE_HOME", Path.home() / ".cache" / "vla_cache_ros")) / "tiny-seed0"
 DEMO_INSTRUCTION = "pick up the red cube"
 PACKAGE = "vla_cache_ros"
 CONFIG_NAME = "miniature_demo.yaml"
-NODE_NAME = "vla_cache_node"
+NODE_NAME = topics.VLA_CACHE_NODE
 
 # The node's relative topic names -> the simulated arm's (and a usual ros2_control / MoveIt
 # Servo arm's) topics; the launch file's defaults. joint_states, instruction and ee_pose
@@ -170,10 +171,6 @@ def run_offline(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ live: setup
-class DemoError(UserFacingError):
-    """The live demo cannot go on (a child died, the node never reported, ...)."""
-
-
 def prepare_ros_environment() -> dict[str, str]:
     """Private domain (unless ROS_DOMAIN_ID is set), localhost-only discovery, large-data DDS.
 
@@ -198,7 +195,7 @@ def find_config(name: str = CONFIG_NAME) -> Path:
     except ImportError:
         pass
     candidates += [Path(sys.prefix) / "share" / PACKAGE / "config" / name,
-                   Path(__file__).resolve().parents[1] / "config" / name]
+                   Path(__file__).resolve().parents[2] / "config" / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -380,7 +377,7 @@ def node_command(config: Path, model: Path, unnorm_key: str, actuation: bool,
 
 def recorder_command(directory: Path) -> list[str]:
     """Python arguments of the bag recorder (the bag tools alone, without the model stack)."""
-    return ["-m", "vla_cache_ros.replay.cli", "record", str(directory), "--topics", *RECORDED_TOPICS]
+    return ["-m", "vla_cache_ros.apps.bag_commands", "record", str(directory), "--topics", *RECORDED_TOPICS]
 
 
 def describe_bag(directory: Path) -> str:

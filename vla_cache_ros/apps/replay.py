@@ -220,7 +220,7 @@ def _load_model(options: ReplayOptions) -> tuple[OpenVLA, Path, str | None]:
 def _resolve_model(options: ReplayOptions) -> tuple[Path, str | None]:
     """``tiny`` is the demo's miniature checkpoint (made once, un-normalised with ``tiny_sim``)."""
     if options.model == "tiny":
-        from vla_cache_ros.demo import ensure_demo_model
+        from vla_cache_ros.apps.demo import ensure_demo_model
 
         return ensure_demo_model(), options.unnorm_key or "tiny_sim"
     return Path(options.model), options.unnorm_key

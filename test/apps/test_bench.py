@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vla_cache_ros.bench import bench_model, markdown_table, run_bench
+from vla_cache_ros.apps.bench import bench_model, markdown_table, run_bench
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.tiny import random_model
 

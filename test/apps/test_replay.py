@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vla_cache_ros.apps.replay import ReplayOptions, parse_modes, reuse_mask, run_replay
 from vla_cache_ros.errors import BagError, ConfigurationError
-from vla_cache_ros.replay.compare import ReplayOptions, parse_modes, reuse_mask, run_replay
 from vla_cache_ros.replay.synthetic_bag import SyntheticBagSpec, synthetic_action, write_synthetic_bag
 from vla_cache_ros.synthetic import SyntheticScene
 
@@ -126,7 +126,7 @@ def test_reuse_mask_maps_patch_ids_to_the_frame() -> None:
 
 
 def test_replay_command_line(bag, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from vla_cache_ros.replay.cli import main
+    from vla_cache_ros.apps.bag_commands import main
 
     code = main(["replay", str(bag.path), "--model", str(model_dir), "--modes", "off,fixed:0.5",
                  "--unnorm-key", "tiny_sim", "--out", str(tmp_path / "cli"), "--no-plots", "--no-progress",

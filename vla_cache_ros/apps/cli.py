@@ -1,8 +1,8 @@
 """The ``vla-cache`` command: one entry point, one subcommand per job.
 
-Each area of the package contributes its subcommands through a ``register(subparsers)``
-function in its own module (``models/cli.py``, ``demo.py``, ``bench.py``, ``replay/cli.py``,
-``sim/cli.py``, ...); a subcommand's handler returns an exit code. Errors the user can fix
+Each app module contributes its subcommands through a ``register(subparsers)`` function
+(``model_commands``, ``demo``, ``bench``, ``bag_commands``, ``sim_commands``); a subcommand's
+handler returns an exit code. Errors the user can fix
 (``UserFacingError`` and subclasses) are printed as one clear line, never as a traceback.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ from vla_cache_ros.errors import UserFacingError
 
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES = (
-    "vla_cache_ros.models.cli",
-    "vla_cache_ros.demo",
-    "vla_cache_ros.bench",
-    "vla_cache_ros.replay.cli",
-    "vla_cache_ros.sim.cli",
+    "vla_cache_ros.apps.model_commands",
+    "vla_cache_ros.apps.demo",
+    "vla_cache_ros.apps.bench",
+    "vla_cache_ros.apps.bag_commands",
+    "vla_cache_ros.apps.sim_commands",
 )
 
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             missing = error.name or "?"
             if missing.startswith("vla_cache_ros") and missing != module_name:
                 raise  # a broken import inside the package is a bug, not a missing dependency
-            area = module_name.removeprefix("vla_cache_ros.").removesuffix(".cli")
+            area = module_name.removeprefix("vla_cache_ros.apps.").removesuffix("_commands")
             unavailable.append(f"{area} (needs {missing})")
             continue
         module.register(subparsers)

@@ -2,7 +2,7 @@
 ``replay`` (offline comparison of cache modes).
 
 Registration is cheap: handlers import their modules (rosbags, rclpy, torch) only when run.
-``python -m vla_cache_ros.replay.cli`` runs these subcommands alone, without loading the model
+``python -m vla_cache_ros.apps.bag_commands`` runs these subcommands alone, without loading the model
 stack the full ``vla-cache`` parser registers (seconds faster to start, e.g. in launch files).
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _topic(text: str) -> str | None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from vla_cache_ros.replay.compare import ReplayOptions, print_summary, run_replay
+    from vla_cache_ros.apps.replay import ReplayOptions, print_summary, run_replay
 
     options = ReplayOptions(
         bag=args.bag,
@@ -206,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one bag subcommand without importing the model stack (fast start)."""
-    from vla_cache_ros.cli import run_command
+    from vla_cache_ros.apps.cli import run_command
 
     parser = argparse.ArgumentParser(prog="vla-cache", description="rosbag2 tools of vla-cache")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
