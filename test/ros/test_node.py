@@ -101,7 +101,7 @@ def test_commands_out_at_control_rate(running: Peer, node: NodeProcess) -> None:
     status = peer.wait_status(NAME, lambda s, v: v.get("state") == "running", 10,
                               "a running status", node)
     values = {kv.key: kv.value for kv in status.values}
-    assert status.level == b"\x00", status.message
+    assert status.level in (b"\x00", b"\x01"), status.message  # WARN: e.g. a step refused
     assert values["actuation_enabled"] == "true" and values["inference_hz"] != "n/a"
     assert values["control_hz"] != "n/a" and values["latency_total_p95_ms"] != "n/a"
     assert values["instruction"] == "pick up the red cube"

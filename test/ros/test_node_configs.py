@@ -115,8 +115,8 @@ def test_bad_setup_raises_user_facing_error(parameters: dict, message: str,
             return
         try:
             assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-            assert isinstance(node.startup_error, UserFacingError)
-            assert message in str(node.startup_error)
+            assert isinstance(node._configure_error, UserFacingError)
+            assert message in str(node._configure_error)
         finally:
             node.destroy_node()
     finally:

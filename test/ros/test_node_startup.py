@@ -40,8 +40,10 @@ def expect_one_line_exit_2(parameters: dict, fragment: str, tmp_path: Path,
                            params_files: list[Path] = ()) -> str:
     node = start_node("vla_startup_bad", parameters, params_files=params_files,
                       workdir=tmp_path)
-    wait_until(lambda: not node.alive(), 60, "the node to exit", node.log)
-    code, log = node.stop()
+    try:
+        wait_until(lambda: not node.alive(), 60, "the node to exit", node.log)
+    finally:
+        code, log = node.stop()
     assert code == 2, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     last = log.strip().splitlines()[-1]

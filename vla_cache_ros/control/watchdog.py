@@ -160,9 +160,13 @@ class Watchdog:
 
     def _dated_before_jump(self, stamp_s: float, received_s: float) -> bool:
         """Whether a message stamped ``stamp_s`` and received at ``received_s`` predates the
-        latest backward clock jump (stamped after its arrival, but not after the jump)."""
-        return (self._jumped_from is not None and went_back(received_s, stamp_s)
-                and not went_back(self._jumped_from, stamp_s))
+        latest backward clock jump: stamped after its arrival, and either not after the jump or
+        more than ``max_obs_age_s`` ahead of its arrival (a frame from the end of the previous bag
+        pass, stamped a little after the clock value at which the jump was noticed)."""
+        if self._jumped_from is None or not went_back(received_s, stamp_s):
+            return False
+        return (not went_back(self._jumped_from, stamp_s)
+                or stamp_s - received_s > self.config.max_obs_age_s)
 
     def _parts_of(self, name: str) -> tuple[str, ...]:
         return self.input_parts.get(name, (name,))

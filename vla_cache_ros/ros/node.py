@@ -97,7 +97,8 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._entities: list[Any] = []
         self._command_pub: Any = None
         self._gripper_pubs: Any = None
-        self.startup_error: UserFacingError | None = None
+        self.startup_error: UserFacingError | None = None  # autostart failed: the process ends
+        self._configure_error: UserFacingError | None = None
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS,
                                                       DIAGNOSTICS_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -118,7 +119,10 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             threading.Thread(target=self._autostart, name="vla_autostart", daemon=True).start()
 
     def _autostart(self) -> None:
-        if self.trigger_configure() == SUCCESS and self.startup_error is None:
+        # startup_error is set only once the transition is over, so the process may stop then.
+        if self.trigger_configure() != SUCCESS:
+            self.startup_error = self._configure_error or ConfigurationError("configure failed")
+        else:
             self.trigger_activate()
 
     # -------------------------------------------------------------------------- lifecycle
@@ -129,7 +133,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             self._runtime.load()
         except UserFacingError as error:
             self.get_logger().error(f"configure failed: {error}")
-            self.startup_error = error
+            self._configure_error = error
             return FAILURE
         self._create_interfaces(self._runtime.config)
         self._runtime.start_worker()

@@ -94,9 +94,9 @@ def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
         print(f"{name}: error: {one_line(error)}", file=sys.stderr)
         code = 2
     finally:
+        executor.shutdown(timeout_sec=5.0)  # no callback may run on a node being destroyed
         if node is not None:
             _stop(node)
-        executor.shutdown(timeout_sec=5.0)
         rclpy.try_shutdown()
     return code
 

@@ -314,7 +314,9 @@ class PolicyRuntime:
             self._policy.reset()
         self._slot.clear()
         self._telemetry.clock_jumped()
-        self.log.error("clock", f"clock jump: {self._controller.fault_reason}")
+        reason = self._controller.fault_reason
+        if reason is not None:  # None: nothing was commanded yet (e.g. the first /clock)
+            self.log.error("clock", f"clock jump: {reason}")
 
     def internal_error(self, where: str, error: BaseException) -> None:
         """Something escaped a callback or the worker: report it (traceback once per kind),
