@@ -100,7 +100,7 @@ def test_worker_survives_repeated_failures_mixed_with_warnings(
     assert node.alive(), node.log()[-3000:]
     settled = failing + 0.5
     held = peer.recorded["/joint_commands"].since(settled)
-    assert len(held) >= 10 and all(is_hold(m) for m in held)  # only the safety command
+    assert len(held) >= 3 and all(is_hold(m) for m in held)  # only the safety command
     log = node.log()
     failures_logged = log.count(f"inference failed: RuntimeError: {FAULT_TEXT}")
     assert 1 <= failures_logged <= 3, failures_logged  # once, not once per step
@@ -186,8 +186,8 @@ def test_joint_states_from_arm_split_and_gripper_driver(running: Peer, node: Nod
     peer.joint_names, peer.joint_positions = JOINTS[:3], MEASURED[:3]
     try:
         start = time.monotonic()
-        time.sleep(3.0)
-        assert len(policy_commands(peer, start + 1.0)) >= 3
+        wait_until(lambda: len(policy_commands(peer, start + 1.0)) >= 3, 20,
+                   "policy commands from merged joint states", node.log)
         status = peer.wait_status(NAME, lambda s, v: v.get("state") == "running", 10,
                                   "running", node)
         values = {kv.key: kv.value for kv in status.values}
