@@ -10,8 +10,9 @@ import torch
 
 from vla_cache_ros.apps.cli import build_parser
 from vla_cache_ros.apps.replay import parse_modes as replay_modes
-from vla_cache_ros.cache.modes import CacheMode, CacheModeError, register_mode, unregister_mode
+from vla_cache_ros.cache.modes import CacheMode, register_mode, unregister_mode
 from vla_cache_ros.cache.selectors import FixedRatioSelector
+from vla_cache_ros.errors import CacheModeError
 from vla_cache_ros.models import load_vla
 from vla_cache_ros.policy import CachedVLAPolicy
 from vla_cache_ros.runs import ModeRunner

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vla_cache_ros.cache.modes import CacheModeError
-from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.errors import CacheModeError, ConfigurationError
 from vla_cache_ros.models import load_vla
 from vla_cache_ros.runs import ModeRunner, prepare_compute
 from vla_cache_ros.stages import STAGES

@@ -1,4 +1,10 @@
-"""Exceptions whose message is meant for the user: the CLI and the node print them as one line."""
+"""Every exception whose message is meant for the user, in one place.
+
+The CLI and the node print a :class:`UserFacingError` as one line (exit code 2 for commands and
+start-up); it is raised where the input is read (a file, an option, a parameter, a message). A
+plain ``ValueError`` / ``KeyError`` / ``TypeError`` means a bug in this package and surfaces as
+one, with its traceback.
+"""
 from __future__ import annotations
 
 
@@ -20,6 +26,42 @@ class ConfigurationError(UserFacingError):
 
 class DemoError(UserFacingError):
     """The live demo cannot go on (a child died, the node never reported, ...)."""
+
+
+class CacheModeError(ConfigurationError):
+    """A cache mode name or spec is not known, malformed, or names a mode that cannot run here."""
+
+
+class ImageConversionError(UserFacingError):
+    """An image message cannot be converted (unsupported encoding, inconsistent size/step/data)."""
+
+
+class DatasetError(UserFacingError):
+    """A dataset directory or episode file is missing, malformed or inconsistent."""
+
+
+class SimCommandError(UserFacingError):
+    """A command for the simulated arm is malformed (wrong size, unknown joint, bad timing)."""
+
+
+class RenderingUnavailableError(UserFacingError):
+    """No offscreen OpenGL context could be created for MuJoCo."""
+
+
+class UnknownTaskError(UserFacingError):
+    """A task family or target object name that the simulator does not know."""
+
+
+class EvalError(UserFacingError):
+    """The evaluation could not run: a node did not start, died, or did not answer."""
+
+
+class InvalidInputError(UserFacingError):
+    """A value given to the control layer (action, joint state, pose, setting) is unusable."""
+
+
+class InstructionError(ConfigurationError):
+    """An instruction is empty or does not fit in the model's context."""
 
 
 def one_line(error: object) -> str:

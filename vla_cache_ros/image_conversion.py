@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import ImageConversionError
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 """Supported raw encodings and their channel counts (all 8 bits per channel)."""
@@ -55,10 +55,6 @@ converts them to 8-bit ``rgb8``/``bgr8`` first, so as the *source* of such a pay
 _GENERIC_ENCODING = re.compile(r"^(8|16|32|64)([USF])C([1-4])$", re.IGNORECASE)
 # Named encodings with a bit depth suffix: mono16, rgb16, bgra16, bayer_rggb16, ...
 _NAMED_WITH_BITS = re.compile(r"^(mono|rgb|bgr|rgba|bgra|bayer_[a-z]{4})(8|16)$", re.IGNORECASE)
-
-
-class ImageConversionError(UserFacingError, ValueError):
-    """An image message cannot be converted (unsupported encoding, inconsistent size/step/data)."""
 
 
 def encoding_problem(encoding: str) -> str | None:

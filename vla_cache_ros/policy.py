@@ -26,7 +26,7 @@ from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_f
 from vla_cache_ros.cache.modes import build_selector, check_available, get_mode, runnable_modes
 from vla_cache_ros.cache.selectors import SelectionContext, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
-from vla_cache_ros.errors import ConfigurationError, clip_text
+from vla_cache_ros.errors import ConfigurationError, InstructionError, clip_text
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
 from vla_cache_ros.stages import STAGES, StageClock, device_sync
 
@@ -35,10 +35,6 @@ CHARS_PER_TOKEN_BOUND = 16
 """No Llama SentencePiece token spans more than 16 characters of ordinary text: an instruction
 longer than 16 characters per free context position cannot fit, and is refused before it is
 tokenised at all."""
-
-
-class InstructionError(ConfigurationError):
-    """An instruction is empty or does not fit in the model's context."""
 
 
 @dataclass
@@ -326,4 +322,4 @@ class CachedVLAPolicy:
         return action, stats
 
 
-__all__ = ["CachedVLAPolicy", "InstructionError", "StepStats", "StepFlops", "STAGES"]
+__all__ = ["CachedVLAPolicy", "StepStats", "StepFlops", "STAGES"]

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.modes import CacheModeError, ModeSpec, parse_mode
+from vla_cache_ros.cache.modes import ModeSpec, parse_mode
 from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
-from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.errors import CacheModeError, ConfigurationError
 from vla_cache_ros.models.vla import OpenVLA
 from vla_cache_ros.policy import CachedVLAPolicy, StepStats
 from vla_cache_ros.stages import STAGES

@@ -8,7 +8,7 @@ import pytest
 
 from vla_cache_ros.control.actions import ActionConfig, ActionMapper, ActionSemantics, CommandInterface
 from vla_cache_ros.control.safety import SafetyGuard, SafetyLimits
-from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.errors import InvalidInputError
 from vla_cache_ros.geometry import matrix_from_rotvec, rot_x, rot_y, rot_z
 
 

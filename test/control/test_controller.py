@@ -10,8 +10,8 @@ from vla_cache_ros.control.actions import ActionConfig, CommandInterface
 from vla_cache_ros.control.controller import Controller, ControllerConfig
 from vla_cache_ros.control.gripper import GripperConfig
 from vla_cache_ros.control.safety import SafetyLimits
-from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogConfig, WatchdogState
+from vla_cache_ros.errors import InvalidInputError
 
 JOINTS = ("j1", "j2", "j3", "j4", "j5", "j6")
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from vla_cache_ros.control.gripper import GripperConfig, GripperHysteresis
-from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.errors import InvalidInputError
 
 
 def test_openvla_convention_with_hysteresis() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from vla_cache_ros.control.actions import ActionConfig
 from vla_cache_ros.control.controller import Controller, ControllerConfig, JointStateUpdate
-from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogConfig, WatchdogState
+from vla_cache_ros.errors import InvalidInputError
 
 JOINTS = ("j1", "j2", "j3", "j4", "j5", "j6")
 FINGERS = ("finger_left", "finger_right")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vla_cache_ros.control.safety import CLAMP_KINDS, SafetyGuard, SafetyLimits
-from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.errors import InvalidInputError
 
 
 def test_unlimited_guard_passes_through_and_counts_nothing() -> None:

@@ -5,8 +5,8 @@ import pytest
 
 from vla_cache_ros.control.diagnostics import Level, build_status, one_line
 from vla_cache_ros.control.telemetry import STAGES, Telemetry
-from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogState
+from vla_cache_ros.errors import InvalidInputError
 
 
 def filled_telemetry() -> Telemetry:

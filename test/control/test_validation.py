@@ -36,7 +36,8 @@ def test_finite_vector_rejects(values: object, size: int | None, fragment: str) 
     with pytest.raises(InvalidInputError, match="action") as info:
         finite_vector(values, "action", size=size)
     assert fragment in str(info.value)
-    assert isinstance(info.value, UserFacingError) and isinstance(info.value, ValueError)
+    # User input, not a bug: never mistaken for a ValueError (which means a bug here).
+    assert isinstance(info.value, UserFacingError) and not isinstance(info.value, ValueError)
 
 
 def test_scalars() -> None:

@@ -15,8 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from vla_cache_ros.errors import ConfigurationError
-from vla_cache_ros.image_conversion import ImageConversionError
+from vla_cache_ros.errors import ConfigurationError, ImageConversionError
 from vla_cache_ros.runtime.config import NodeConfig
 from vla_cache_ros.runtime.loop import PolicyRuntime
 from vla_cache_ros.runtime.reporting import LOG_REPEAT_S, ProblemLog

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import SimCommandError, UserFacingError
 from vla_cache_ros.geometry import euler_from_matrix, rot_z
-from vla_cache_ros.sim.controller import SimCommandError
 from vla_cache_ros.sim.env import TabletopSim
 from vla_cache_ros.sim.scene import ARM_JOINTS, GRIPPER_MAX_OPENING_M, HOME_JOINT_POSITIONS
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vla_cache_ros.errors import ConfigurationError
-from vla_cache_ros.sim.controller import SimCommandError
+from vla_cache_ros.errors import ConfigurationError, SimCommandError
 from vla_cache_ros.sim.env import TabletopSim
 from vla_cache_ros.sim.runtime import SimRuntime, twist_in_tool_frame
 

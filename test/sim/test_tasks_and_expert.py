@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vla_cache_ros.errors import UnknownTaskError
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
 from vla_cache_ros.sim.expert import ScriptedExpert, run_expert_episode
-from vla_cache_ros.sim.tasks import FAMILIES, UnknownTaskError, sample_episode
+from vla_cache_ros.sim.tasks import FAMILIES, sample_episode
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

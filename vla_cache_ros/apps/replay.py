@@ -261,14 +261,11 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
         raise ConfigurationError("--warmup must be >= 0")
     specs = parse_modes(options.modes)
     with BagReader(options.bag) as bag:
-        try:
-            frames = FrameReader(
-                bag, image_topic=options.image_topic, joint_topic=options.joint_topic,
-                instruction_topic=options.instruction_topic, command_topic=options.command_topic,
-                instruction=options.instruction, joint_alignment=options.joint_alignment,
-                every=options.every, max_frames=options.max_frames)
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+        frames = FrameReader(
+            bag, image_topic=options.image_topic, joint_topic=options.joint_topic,
+            instruction_topic=options.instruction_topic, command_topic=options.command_topic,
+            instruction=options.instruction, joint_alignment=options.joint_alignment,
+            every=options.every, max_frames=options.max_frames)
         if options.instruction is None and frames.topics.instruction is None:
             raise ConfigurationError(
                 f"bag {options.bag} has no instruction topic (std_msgs/String); pass --instruction or "

@@ -19,14 +19,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.errors import CacheModeError, ConfigurationError
 
 SelectorFactory = Callable[..., Any]
 """Builds a selector (see :class:`vla_cache_ros.cache.selectors.Selector`) from keyword options."""
-
-
-class CacheModeError(ConfigurationError):
-    """A cache mode name or spec is not known, malformed, or names a mode that cannot run here."""
 
 
 @dataclass(frozen=True)

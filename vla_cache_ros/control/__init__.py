@@ -19,8 +19,8 @@ from vla_cache_ros.control.gripper import GripperConfig, GripperHysteresis
 from vla_cache_ros.control.observation import LatestObservation, Observation
 from vla_cache_ros.control.safety import CLAMP_KINDS, SafetyGuard, SafetyLimits
 from vla_cache_ros.control.telemetry import Telemetry, TelemetrySnapshot
-from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import Watchdog, WatchdogConfig, WatchdogState
+from vla_cache_ros.errors import InvalidInputError
 
 __all__ = [
     "ActionConfig", "ActionMapper", "ActionSemantics", "ArmCommand", "CommandInterface",

@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from vla_cache_ros.control.safety import SafetyGuard
-from vla_cache_ros.control.validation import InvalidInputError, finite_vector, positive_scalar
+from vla_cache_ros.control.validation import finite_vector, positive_scalar
+from vla_cache_ros.errors import InvalidInputError
 from vla_cache_ros.geometry import euler_to_rotvec
 
 

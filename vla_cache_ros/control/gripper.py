@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vla_cache_ros.control.validation import InvalidInputError, finite_scalar
+from vla_cache_ros.control.validation import finite_scalar
+from vla_cache_ros.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

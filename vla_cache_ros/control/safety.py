@@ -27,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vla_cache_ros.control.validation import InvalidInputError, finite_vector
+from vla_cache_ros.control.validation import finite_vector
+from vla_cache_ros.errors import InvalidInputError
 
 CLAMP_KINDS = ("translation", "rotation", "workspace", "workspace_unknown", "joint_delta",
                "joint_limit")

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from vla_cache_ros.control.clock import went_back
-from vla_cache_ros.control.validation import InvalidInputError
+from vla_cache_ros.errors import InvalidInputError
 from vla_cache_ros.stages import STAGES
 
 """The stages a policy step reports in ``StepStats.times_s``."""

@@ -13,11 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from vla_cache_ros.errors import UserFacingError
-
-
-class InvalidInputError(UserFacingError, ValueError):
-    """A value given to the control layer (action, joint state, pose, setting) is unusable."""
+from vla_cache_ros.errors import InvalidInputError
 
 
 def finite_vector(values: Any, name: str, size: int | None = None) -> np.ndarray:

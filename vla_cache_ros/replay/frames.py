@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from vla_cache_ros import topics
-from vla_cache_ros.errors import BagError, ConfigurationError
-from vla_cache_ros.image_conversion import ImageConversionError, compressed_image_to_rgb, image_to_rgb
+from vla_cache_ros.errors import BagError, ConfigurationError, ImageConversionError
+from vla_cache_ros.image_conversion import compressed_image_to_rgb, image_to_rgb
 from vla_cache_ros.replay.bag_reader import BagReader, RawMessage
 from vla_cache_ros.replay.messages import (
     COMPRESSED_IMAGE_TYPE,

@@ -27,7 +27,7 @@ from std_msgs.msg import Float32, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_cache_ros import topics
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import EvalError
 from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.ros.qos import COMMAND_QOS, MONITOR_QOS
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
@@ -38,10 +38,6 @@ from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 
 SIM_NODE = "sim_arm_node"
 POLICY_NODE = "vla_cache_node"
-
-
-class EvalError(UserFacingError):
-    """The evaluation could not run: a node did not start, died, or did not answer."""
 
 
 class _Harness:

@@ -39,11 +39,11 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_cache_ros import topics
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import SimCommandError, UserFacingError
 from vla_cache_ros.image_conversion import fill_message, rgb_to_image_fields
 from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.ros.qos import CLOCK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
-from vla_cache_ros.sim.controller import ControllerSettings, SimCommandError
+from vla_cache_ros.sim.controller import ControllerSettings
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
 from vla_cache_ros.sim.recording import PUBLISHED_JOINTS, published_joint_state
 from vla_cache_ros.sim.runtime import Pacer, SimRuntime, TickOutput, twist_in_tool_frame

@@ -22,9 +22,8 @@ from vla_cache_ros.control.actions import ActionConfig, CommandInterface
 from vla_cache_ros.control.controller import ControllerConfig
 from vla_cache_ros.control.gripper import GripperConfig
 from vla_cache_ros.control.safety import SafetyLimits
-from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogConfig
-from vla_cache_ros.errors import ConfigurationError, clip_text
+from vla_cache_ros.errors import ConfigurationError, InvalidInputError, clip_text
 from vla_cache_ros.models.norm_stats import ACTION_DIM
 from vla_cache_ros.runtime.parameters import PARAMETER_PAIRS, SPECS, coerce_parameter, defaults
 

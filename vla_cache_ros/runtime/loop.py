@@ -34,9 +34,8 @@ from vla_cache_ros.control.controller import CAMERA, EE_POSE, JOINT_STATES, Cont
 from vla_cache_ros.control.diagnostics import StatusReport, build_status
 from vla_cache_ros.control.observation import LatestObservation
 from vla_cache_ros.control.telemetry import Telemetry
-from vla_cache_ros.control.validation import InvalidInputError
 from vla_cache_ros.control.watchdog import WatchdogState
-from vla_cache_ros.errors import ConfigurationError, UserFacingError, clip_text
+from vla_cache_ros.errors import ConfigurationError, InvalidInputError, UserFacingError, clip_text
 from vla_cache_ros.runtime.config import NodeConfig
 from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
 

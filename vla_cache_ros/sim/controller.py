@@ -22,12 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import SimCommandError
 from vla_cache_ros.sim.ik import DifferentialIK
-
-
-class SimCommandError(UserFacingError):
-    """A command for the simulated arm is malformed (wrong size, unknown joint, bad timing)."""
 
 
 class CommandMode(enum.Enum):

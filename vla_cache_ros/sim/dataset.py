@@ -26,17 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import DatasetError
 
 EPISODES_DIR = "episodes"
 STATISTICS_FILE = "dataset_statistics.json"
 ACTION_MASK = (True, True, True, True, True, True, False)
 _ARRAY_FIELDS = ("images", "actions", "proprio", "joint_positions")
 _SCALAR_FIELDS = ("instruction", "family", "target", "seed", "success")
-
-
-class DatasetError(UserFacingError):
-    """A dataset directory or episode file is missing, malformed or inconsistent."""
 
 
 @dataclass

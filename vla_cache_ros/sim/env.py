@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 import mujoco
 import numpy as np
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import RenderingUnavailableError, SimCommandError, UserFacingError
 from vla_cache_ros.geometry import euler_from_matrix, euler_to_rotvec, quat_from_matrix
-from vla_cache_ros.sim.controller import ArmController, ControllerSettings, SimCommandError
+from vla_cache_ros.sim.controller import ArmController, ControllerSettings
 from vla_cache_ros.sim.ik import DifferentialIK
 from vla_cache_ros.sim.scene import (
     ARM_JOINTS,
@@ -38,10 +38,6 @@ from vla_cache_ros.sim.scene import (
 from vla_cache_ros.sim.tasks import Task, family_of, sample_episode
 
 ACTION_DIM = 7
-
-
-class RenderingUnavailableError(UserFacingError):
-    """No offscreen OpenGL context could be created for MuJoCo."""
 
 
 @dataclass(frozen=True)

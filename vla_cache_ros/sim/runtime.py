@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_cache_ros.errors import ConfigurationError
-from vla_cache_ros.sim.controller import SimCommandError
+from vla_cache_ros.errors import ConfigurationError, SimCommandError
 from vla_cache_ros.sim.env import EpisodeStatus, TabletopSim
 from vla_cache_ros.sim.scene import BASE_FRAME, TCP_SITE
 from vla_cache_ros.sim.tasks import Task

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.errors import UnknownTaskError
 from vla_cache_ros.sim.scene import OBJECTS, OBJECTS_BY_NAME
 
 WORKSPACE_X = (0.16, 0.32)
@@ -26,10 +26,6 @@ MIN_OBJECT_SEPARATION_M = 0.09
 MIN_PAD_SEPARATION_M = 0.11
 PAD_NAME = "green_square"
 LIFT_SUCCESS_HEIGHT_M = 0.05
-
-
-class UnknownTaskError(UserFacingError):
-    """A task family or target object name that the simulator does not know."""
 
 
 class SceneQueries(Protocol):
