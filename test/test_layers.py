@@ -19,14 +19,15 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"models"}),
     frozenset({"cache"}),
     frozenset({"policy", "control"}),
-    frozenset({"runs", "runtime", "replay", "sim"}),
+    frozenset({"runs", "runtime", "replay", "sim", "training"}),
     frozenset({"ros"}),
     frozenset({"apps"}),
 )
 """Areas from the bottom up: top-level modules and sub-packages of ``vla_cache_ros``."""
 
-SAME_LAYER = {("sim", "replay")}
-"""Imports allowed between areas of one layer (the simulator records bags)."""
+SAME_LAYER = {("sim", "replay"), ("training", "sim")}
+"""Imports allowed between areas of one layer (the simulator records bags; training reads its
+dataset)."""
 
 
 def layer_of(area: str) -> int:

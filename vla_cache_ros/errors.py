@@ -64,6 +64,11 @@ class InstructionError(ConfigurationError):
     """An instruction is empty or does not fit in the model's context."""
 
 
+class TrainingError(UserFacingError):
+    """A training run cannot start or resume: unusable data, bad options, or a --out that holds
+    another run or something else."""
+
+
 def one_line(error: object) -> str:
     """An exception's text on one line (library messages can span several; the CLI prints one)."""
     return " ".join(str(error).split())

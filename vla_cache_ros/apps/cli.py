@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "vla_cache_ros.apps.bench",
     "vla_cache_ros.apps.bag_commands",
     "vla_cache_ros.apps.sim_commands",
+    "vla_cache_ros.apps.train_policy",
 )
 
 

@@ -1,0 +1,58 @@
+"""``vla-cache train-policy``: a short run writes a loadable checkpoint; user errors are one line, exit 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test.training.conftest import make_episode, write_dataset
+from vla_cache_ros.apps.cli import main
+from vla_cache_ros.apps.train_policy import PRECISIONS, PRESET_NAMES, SAVE_DTYPES
+from vla_cache_ros.models.vla import load_vla
+from vla_cache_ros.training import loop, model
+
+SHORT = ["--preset", "micro", "--batch-size", "2", "--val-frames", "2", "--greedy-frames", "1", "--threads", "2",
+         "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("cli_data"), episodes=4)
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("vla-cache train-policy: error: "), error
+    return error
+
+
+def test_train_policy_writes_a_checkpoint_and_resumes(data: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "policy"
+    argv = ["train-policy", "--data", str(data), "--out", str(out), "--steps", "3", *SHORT]
+    assert main([*argv, "--stop-at-step", "2"]) == 0
+    assert "(step 2/3)" in capsys.readouterr().out
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "(step 3/3)" in printed and "held-out: loss" in printed
+    assert load_vla(out).predict_action(make_episode(9, "pick").images[0], "pick up the red cube").shape == (7,)
+
+
+def test_user_errors_are_one_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "out")
+    assert "not a directory" in one_line_error(
+        capsys, ["train-policy", "--data", str(tmp_path / "missing"), "--out", out, *SHORT])
+    assert "--val-fraction" in one_line_error(
+        capsys, ["train-policy", "--data", str(data), "--out", out, "--val-fraction", "1.5", *SHORT])
+    assert "--steps" in one_line_error(
+        capsys, ["train-policy", "--data", str(data), "--out", out, "--steps", "0", *SHORT])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file.txt").write_text("x")
+    assert "not empty" in one_line_error(
+        capsys, ["train-policy", "--data", str(data), "--out", str(tmp_path / "busy"), "--steps", "1", *SHORT])
+
+
+def test_the_parser_offers_what_the_library_accepts() -> None:
+    assert PRESET_NAMES == tuple(model.PRESETS)
+    assert PRECISIONS == loop.PRECISIONS and SAVE_DTYPES == loop.SAVE_DTYPES

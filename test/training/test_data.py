@@ -1,0 +1,79 @@
+"""Training data: seed-wise split, action normalisation that inverts OpenVLA's, batch order, errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test.training.conftest import DATASET_KEY, EPISODES, STEPS, write_dataset
+from vla_cache_ros.errors import TrainingError
+from vla_cache_ros.models.action_tokenizer import ActionTokenizer
+from vla_cache_ros.sim.dataset import STATISTICS_FILE
+from vla_cache_ros.training.data import (
+    action_tokens,
+    batch_rows,
+    evenly_spaced,
+    load_training_data,
+    normalize_actions,
+    split_seeds,
+    steps_for_epochs,
+)
+
+
+def test_split_holds_out_whole_episodes_per_family(tiny_dataset: Path) -> None:
+    data = load_training_data(tiny_dataset, val_fraction=0.34, seed=3)
+    assert data.dataset_key == DATASET_KEY and list(data.norm_stats) == [DATASET_KEY]
+    assert not set(data.train_seeds) & set(data.val_seeds)
+    assert sorted(data.train_seeds + data.val_seeds) == list(range(EPISODES))
+    assert {seed % 2 for seed in data.val_seeds} == {0, 1}  # one held out from each family
+    assert set(data.val.episode_seed) == set(data.val_seeds) and set(data.train.episode_seed) == set(data.train_seeds)
+    assert len(data.train) + len(data.val) == EPISODES * STEPS
+    assert load_training_data(tiny_dataset, 0.34, 3).val_seeds == data.val_seeds  # seeded
+    assert load_training_data(tiny_dataset, 0.0, 3).val_seeds == []
+
+
+def test_split_keeps_a_single_episode_family_for_training() -> None:
+    train, val = split_seeds({1: "pick", 2: "pick", 3: "touch"}, 0.5, seed=0)
+    assert 3 in train and len(val) == 1 and val[0] in (1, 2)
+
+
+def test_normalisation_is_inverted_by_the_models_unnormalisation(tiny_dataset: Path) -> None:
+    data = load_training_data(tiny_dataset, 0.0, 0)
+    stats = data.action_stats
+    tokenizer = ActionTokenizer(32064)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(stats.low, stats.high, size=(200, 7))
+    actions[:, 6] = rng.integers(0, 2, 200)
+    normalized = normalize_actions(stats, actions)
+    np.testing.assert_allclose(stats.unnormalize(normalized), actions, atol=1e-12)
+    decoded = stats.unnormalize(tokenizer.tokens_to_normalized(action_tokens(tokenizer, stats, actions)))
+    # One bin is 2/255 wide in [-1, 1]; its centre is at most half of that from the value.
+    half_bin = np.where(stats.mask, (stats.high - stats.low) / 255, 1 / 255)
+    assert np.all(np.abs(decoded - actions) <= half_bin + 1e-9)
+    # Out-of-range actions land in the outermost bins; a constant dimension (roll, pitch here) at 0.
+    moving = stats.high > stats.low
+    assert list(moving) == [True, True, True, False, False, True, True]
+    np.testing.assert_array_equal(normalize_actions(stats, stats.high + 1)[:6], np.where(moving, 1.0, 0.0)[:6])
+
+
+def test_batch_order_is_a_function_of_seed_and_step() -> None:
+    rows = np.concatenate([batch_rows(step, 4, 10, seed=5) for step in range(5)])
+    assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))  # epochs
+    np.testing.assert_array_equal(batch_rows(3, 4, 10, seed=5), rows[12:16])
+    assert not np.array_equal(batch_rows(0, 4, 10, seed=6), rows[:4])
+    assert steps_for_epochs(2, 10, 4) == 5
+    assert list(evenly_spaced(5, 10)) == list(range(5)) and list(evenly_spaced(10, 3)) == [0, 4, 9]
+
+
+def test_unusable_data_is_a_training_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="not a directory"):
+        load_training_data(tmp_path / "missing", 0.1, 0)
+    with pytest.raises(TrainingError, match="no episodes"):
+        load_training_data(tmp_path, 0.1, 0)
+    data = write_dataset(tmp_path / "data", episodes=2)
+    with pytest.raises(TrainingError, match="unknown_key|no norm stats"):
+        load_training_data(data, 0.1, 0, dataset_key="unknown_key")
+    (data / STATISTICS_FILE).unlink()
+    with pytest.raises(TrainingError, match="dataset_statistics.json"):
+        load_training_data(data, 0.1, 0)

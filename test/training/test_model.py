@@ -1,0 +1,80 @@
+"""The action-token loss is OpenVLA's (full-sequence labels, -100 elsewhere); state round-trips exactly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_cache_ros.models.norm_stats import ACTION_DIM
+from vla_cache_ros.models.processor import prompt_token_ids
+from vla_cache_ros.training.data import action_tokens, load_training_data
+from vla_cache_ros.training.loop import make_optimizer
+from vla_cache_ros.training.model import (
+    IGNORE_INDEX,
+    action_logits,
+    action_loss,
+    build_policy,
+    make_batch,
+    sequence_embeddings,
+)
+from vla_cache_ros.training.state import (
+    TrainingState,
+    load_optimizer_state,
+    load_state,
+    optimizer_state_by_name,
+    save_state,
+)
+
+
+def test_loss_equals_full_sequence_cross_entropy_with_ignored_labels(tiny_dataset: Path, tmp_path: Path) -> None:
+    data = load_training_data(tiny_dataset, 0.0, 0)
+    model = build_policy("micro", data.norm_stats, tmp_path, seed=0)
+    targets = torch.from_numpy(action_tokens(model.action_tokenizer, data.action_stats, data.train.actions))
+    rows = [0, 7]  # one pick and one touch frame: different prompt lengths, so one is padded
+    instructions = [data.train.instruction(r) for r in rows]
+    assert len(set(len(prompt_token_ids(model.tokenizer, text)) for text in instructions)) == 2
+    batch = make_batch(model, [data.train.images[r] for r in rows], instructions, targets[rows])
+    loss = action_loss(action_logits(model, batch), batch.targets)
+    per_frame = []
+    for row, text in zip(rows, instructions):
+        # OpenVLA's layout: the whole sequence with all 7 action tokens, labels -100 except on them.
+        prompt = torch.tensor(prompt_token_ids(model.tokenizer, text))
+        ids = torch.cat([prompt, targets[row]])[None]
+        pixels = model.processor(data.train.images[row]).pixel_values
+        embeddings = sequence_embeddings(model, pixels, ids)
+        labels = torch.full(embeddings.shape[:2], IGNORE_INDEX)
+        labels[0, -ACTION_DIM:] = targets[row]
+        per_frame.append(model.language_model(inputs_embeds=embeddings, labels=labels).loss)
+    torch.testing.assert_close(loss, torch.stack(per_frame).mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_training_state_round_trips_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
+    data = load_training_data(tiny_dataset, 0.0, 0)
+    model = build_policy("micro", data.norm_stats, tmp_path / "model", seed=0)
+    optimizer = make_optimizer(model, 1e-3, 0.01)
+    targets = torch.from_numpy(action_tokens(model.action_tokenizer, data.action_stats, data.train.actions))
+    batch = make_batch(model, list(data.train.images[:2]), [data.train.instruction(0)] * 2, targets[:2])
+    action_loss(action_logits(model, batch), batch.targets).backward()
+    optimizer.step()
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved = TrainingState(step=1, settings={"seed": 0}, history={"train": [{"step": 1, "loss": 2.0}]},
+                          model=dict(model.state_dict()), optimizer=optimizer_state_by_name(optimizer, names),
+                          rng={"cpu": torch.get_rng_state()})
+    save_state(tmp_path / "state", saved)
+    save_state(tmp_path / "state", saved)  # replacing an existing state
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "state"]
+    assert not any(p.suffix in (".pt", ".bin", ".pkl") for p in (tmp_path / "state").iterdir())
+    loaded = load_state(tmp_path / "state")
+    assert loaded.step == 1 and loaded.settings == {"seed": 0} and loaded.history == saved.history
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model[name], tensor), name
+    assert torch.equal(loaded.rng["cpu"], saved.rng["cpu"])
+    fresh = make_optimizer(model, 1e-3, 0.01)
+    load_optimizer_state(fresh, loaded.optimizer)
+    original, restored = optimizer.state_dict(), fresh.state_dict()
+    assert restored["param_groups"] == original["param_groups"]
+    for index, entries in original["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(restored["state"][index][key], value), (index, key)
+    assert np.isclose(float(restored["state"][0]["step"]), 1.0)

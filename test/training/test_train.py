@@ -1,0 +1,101 @@
+"""A few training steps: deterministic, loss falls, resume equals the uninterrupted run, the
+checkpoint loads with ``load_vla`` and acts as training evaluated it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_cache_ros.errors import TrainingError
+from vla_cache_ros.models.vla import load_vla
+from vla_cache_ros.training.data import evenly_spaced, load_training_data
+from vla_cache_ros.training.loop import TrainConfig, TrainResult, train
+from vla_cache_ros.training.state import load_state
+
+STEPS = 6
+
+
+def config(data: Path, out: Path, **changes) -> TrainConfig:
+    settings = dict(preset="micro", steps=STEPS, batch_size=4, lr=3e-3, warmup_steps=0, seed=1,
+                    val_fraction=0.34, val_frames=8, greedy_frames=3, eval_every=3, save_every=2, threads=2,
+                    device="cpu", progress=False)
+    settings.update(changes)
+    return TrainConfig(data, out, **settings)
+
+
+def quiet(_: str) -> None:
+    """Swallows the run's log lines."""
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    return train(config(tiny_dataset, tmp_path_factory.mktemp("bc") / "full"), log=quiet)
+
+
+def test_losses_fall_and_repeat_with_the_seed(full_run: TrainResult, tiny_dataset: Path, tmp_path: Path) -> None:
+    assert full_run.complete and full_run.resumed_from == 0 and len(full_run.losses) == STEPS
+    assert all(np.isfinite(full_run.losses))
+    assert full_run.losses[-1] < full_run.losses[0] - 0.5  # ln(32064) = 10.4 nats at the start
+    again = train(config(tiny_dataset, tmp_path / "again"), log=quiet)
+    assert again.losses == full_run.losses
+    other = train(config(tiny_dataset, tmp_path / "other", seed=2), log=quiet)
+    assert other.losses != full_run.losses
+
+
+def test_resume_continues_with_the_uninterrupted_losses(full_run: TrainResult, tiny_dataset: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    first = train(config(tiny_dataset, out), until_step=3, log=quiet)
+    assert first.step == 3 and not first.complete and first.losses == full_run.losses[:3]
+    assert load_state(out / "training" / "state").step == 3
+    lines: list[str] = []
+    second = train(config(tiny_dataset, out), log=lines.append)
+    assert second.resumed_from == 3 and second.complete
+    assert second.losses == full_run.losses[3:]
+    assert lines[0] == f"resuming {out} at step 3/{STEPS}"
+    resumed, uninterrupted = load_state(out / "training" / "state"), load_state(full_run.out_dir / "training" / "state")
+    for name, tensor in uninterrupted.model.items():
+        assert torch.equal(resumed.model[name], tensor), name
+    assert [r["loss"] for r in resumed.history["train"]] == full_run.losses
+    summary = json.loads((out / "training" / "summary.json").read_text())
+    assert [s["start_step"] for s in summary["sessions"]] == [0, 3] and summary["complete"]
+    # A finished run asked again does nothing more.
+    assert train(config(tiny_dataset, out), log=quiet).losses == []
+
+
+def test_checkpoint_loads_and_acts_as_training_evaluated(full_run: TrainResult, tiny_dataset: Path) -> None:
+    out = full_run.out_dir
+    assert (out / "training" / "learning_curves.png").stat().st_size > 0
+    model = load_vla(out)
+    data = load_training_data(tiny_dataset, 0.34, 1)
+    stats = model.action_statistics.select("tiny_bc")  # the dataset's norm stats, under its key
+    np.testing.assert_allclose(stats.low, data.action_stats.low)
+    rows = evenly_spaced(len(data.val), 3)
+    tokens = np.array([model.predict_action_tokens(data.val.images[r], data.val.instruction(r)).tokens.numpy()
+                       for r in rows])
+    np.testing.assert_array_equal(tokens, full_run.evaluation.greedy_tokens)
+    for row in rows:
+        action = model.predict_action(data.val.images[row], data.val.instruction(row))
+        assert action.shape == (7,) and np.all(np.isfinite(action))
+        masked = stats.mask
+        assert np.all((action[masked] >= stats.low[masked]) & (action[masked] <= stats.high[masked]))
+        assert -1 <= action[6] <= 1
+
+
+def test_a_resume_with_other_settings_or_a_foreign_out_dir_is_refused(full_run: TrainResult, tiny_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="other settings.*lr"):
+        train(config(tiny_dataset, full_run.out_dir, lr=1e-3), log=quiet)
+    (tmp_path / "something").write_text("not a run")
+    with pytest.raises(TrainingError, match="not empty"):
+        train(config(tiny_dataset, tmp_path), log=quiet)
+
+
+def test_bad_settings_are_training_errors(tiny_dataset: Path, tmp_path: Path) -> None:
+    for changes, message in [({"steps": 0}, "--steps"), ({"val_fraction": 1.0}, "--val-fraction"),
+                             ({"preset": "huge"}, "unknown preset"), ({"epochs": 1.0}, "not both")]:
+        with pytest.raises(TrainingError, match=message):
+            config(tiny_dataset, tmp_path, **changes)

@@ -1,0 +1,219 @@
+"""Training data: a simulator dataset directory -> frames, a seed-wise split, action tokens, batches.
+
+Frames of the expert's *successful* episodes (``sim.dataset.iter_episodes``) are held in memory
+as uint8 (224 x 224 x 3 = 150 kB a frame: 30 k frames take 4.5 GB). Validation takes whole
+episodes, chosen per task family by a seeded permutation of the episodes' seeds, never single
+frames: neighbouring frames of one episode are near duplicates, so a frame-wise split would
+measure memorisation.
+
+Actions are normalised with the dataset's statistics exactly as OpenVLA's un-normalisation
+(``models.norm_stats.ActionStats.unnormalize``) inverts it: ``x = 2 (a - q01) / (q99 - q01) - 1``
+where the mask is true, clipped to [-1, 1]; masked-out dimensions (the gripper, 0 = close,
+1 = open) pass through. Then OpenVLA's discretisation (``ActionTokenizer.normalized_to_tokens``)
+gives the 7 target token ids.
+
+Batch order is a pure function of (seed, step): sample ``i`` of the run is
+``permutation(seed, epoch)[i mod n]`` with ``epoch = i // n``, so a resumed run draws exactly the
+batches the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_cache_ros.errors import DatasetError, TrainingError
+from vla_cache_ros.models.action_tokenizer import ActionTokenizer
+from vla_cache_ros.models.norm_stats import ACTION_DIM, ActionStats, NormStats
+from vla_cache_ros.sim.dataset import EpisodeRecord, iter_episodes, read_norm_stats
+
+
+@dataclass
+class FrameSet:
+    """Frames of some episodes, aligned row by row (N frames).
+
+    Attributes:
+        images: (N, H, W, 3) uint8 RGB camera frames.
+        actions: (N, 7) float32 expert actions in robot units (m, rad, gripper 0/1).
+        instruction_index: (N,) int64 index into ``instructions``.
+        instructions: the distinct instructions.
+        episode_seed: (N,) int64 seed of each frame's episode.
+    """
+
+    images: np.ndarray
+    actions: np.ndarray
+    instruction_index: np.ndarray
+    instructions: list[str]
+    episode_seed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def instruction(self, row: int) -> str:
+        """The instruction of frame ``row``."""
+        return self.instructions[int(self.instruction_index[row])]
+
+
+@dataclass
+class TrainingData:
+    """A dataset split for training: frames, statistics and which seeds went where.
+
+    Attributes:
+        train, val: the two frame sets (``val`` may be empty when no episode is held out).
+        norm_stats: the dataset's OpenVLA ``norm_stats`` (``{dataset_key: {...}}``).
+        dataset_key: the key actions are normalised with (OpenVLA's ``unnorm_key``).
+        train_seeds, val_seeds: episode seeds of each split, sorted.
+        fingerprint: hex digest of (seed, length, family) of every episode used; a resumed run
+            refuses a dataset whose fingerprint changed.
+    """
+
+    train: FrameSet
+    val: FrameSet
+    norm_stats: dict
+    dataset_key: str
+    train_seeds: list[int]
+    val_seeds: list[int]
+    fingerprint: str
+
+    @property
+    def action_stats(self) -> ActionStats:
+        """The validated statistics of ``dataset_key``."""
+        return NormStats.build(self.norm_stats).select(self.dataset_key)
+
+
+def split_seeds(families: dict[int, str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out ``round(val_fraction * n)`` episodes of each family (at least one when the family
+    has two or more and ``val_fraction > 0``), picked by a permutation seeded with ``seed``.
+
+    Args:
+        families: episode seed -> task family.
+        val_fraction: in [0, 1).
+        seed: seeds the choice.
+
+    Returns:
+        (train seeds, validation seeds), each sorted.
+    """
+    val: list[int] = []
+    for offset, family in enumerate(sorted(set(families.values()))):
+        seeds = sorted(s for s, f in families.items() if f == family)
+        count = int(round(val_fraction * len(seeds)))
+        if val_fraction > 0 and len(seeds) >= 2:
+            count = min(max(count, 1), len(seeds) - 1)
+        order = np.random.default_rng([seed, offset]).permutation(len(seeds))
+        val += [seeds[i] for i in order[:count]]
+    return sorted(set(families) - set(val)), sorted(val)
+
+
+def _frames(records: list[EpisodeRecord], instructions: list[str]) -> FrameSet:
+    if not records:
+        return FrameSet(np.zeros((0, 224, 224, 3), np.uint8), np.zeros((0, ACTION_DIM), np.float32),
+                        np.zeros(0, np.int64), instructions, np.zeros(0, np.int64))
+    return FrameSet(
+        images=np.concatenate([r.images for r in records]),
+        actions=np.concatenate([r.actions for r in records]).astype(np.float32),
+        instruction_index=np.concatenate([np.full(len(r), instructions.index(r.instruction)) for r in records]),
+        instructions=instructions,
+        episode_seed=np.concatenate([np.full(len(r), r.seed, np.int64) for r in records]))
+
+
+def load_training_data(root: str | Path, val_fraction: float, seed: int, dataset_key: str | None = None
+                       ) -> TrainingData:
+    """Read the successful episodes and statistics of a ``vla-cache sim-collect`` directory.
+
+    Args:
+        root: the dataset directory (``episodes/*.npz`` + ``dataset_statistics.json``).
+        val_fraction: share of each family's episodes held out for validation, in [0, 1).
+        seed: seeds the split (see :func:`split_seeds`).
+        dataset_key: norm_stats key to use; None: the only one.
+
+    Raises:
+        TrainingError: the directory is missing or holds no usable episodes or statistics, the
+            key is unknown, or the fraction is out of range.
+    """
+    root = Path(root)
+    if not 0 <= val_fraction < 1:
+        raise TrainingError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not root.is_dir():
+        raise TrainingError(f"--data {root} is not a directory (create one with `vla-cache sim-collect`)")
+    try:
+        records = list(iter_episodes(root, successful_only=True, images=True))
+        norm_stats = read_norm_stats(root)
+    except DatasetError as error:
+        raise TrainingError(str(error)) from None
+    if not records:
+        raise TrainingError(f"--data {root}: no successful episodes to learn from")
+    keys = sorted(norm_stats) if isinstance(norm_stats, dict) else []
+    if dataset_key is None:
+        if len(keys) != 1:
+            raise TrainingError(f"{root}: norm stats hold {len(keys)} datasets ({', '.join(keys)}); choose one")
+        dataset_key = keys[0]
+    if dataset_key not in keys:
+        raise TrainingError(f"{root}: no norm stats for dataset {dataset_key!r}; available: {', '.join(keys)}")
+    parsed = NormStats.build({dataset_key: norm_stats[dataset_key]})
+    if dataset_key not in parsed.usable:
+        raise TrainingError(f"{root}: norm stats of {dataset_key!r} are unusable: {parsed.unusable[dataset_key]}")
+    by_seed = {r.seed: r for r in records}
+    if len(by_seed) != len(records):
+        raise TrainingError(f"{root}: several episodes share a seed; cannot split by seed")
+    train_seeds, val_seeds = split_seeds({r.seed: r.family for r in records}, val_fraction, seed)
+    instructions = sorted({r.instruction for r in records})
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r.seed):
+        digest.update(f"{record.seed}:{len(record)}:{record.family};".encode())
+    return TrainingData(
+        train=_frames([by_seed[s] for s in train_seeds], instructions),
+        val=_frames([by_seed[s] for s in val_seeds], instructions),
+        norm_stats={dataset_key: norm_stats[dataset_key]}, dataset_key=dataset_key,
+        train_seeds=train_seeds, val_seeds=val_seeds, fingerprint=digest.hexdigest()[:16])
+
+
+def normalize_actions(stats: ActionStats, actions: np.ndarray) -> np.ndarray:
+    """(..., 7) robot-unit actions -> OpenVLA-normalised values in [-1, 1] (float64).
+
+    The exact inverse of ``ActionStats.unnormalize``: ``2 (a - low) / (high - low) - 1`` where
+    ``mask`` is true (0 where ``high == low``: any value un-normalises to ``low`` there), the
+    value itself elsewhere; then clipped to [-1, 1] as OpenVLA's ``BOUNDS_Q99`` normalisation.
+    """
+    actions = np.asarray(actions, dtype=np.float64)
+    span = stats.high - stats.low
+    scaled = np.where(span > 0, 2.0 * (actions - stats.low) / np.where(span > 0, span, 1.0) - 1.0, 0.0)
+    return np.clip(np.where(stats.mask, scaled, actions), -1.0, 1.0)
+
+
+def action_tokens(tokenizer: ActionTokenizer, stats: ActionStats, actions: np.ndarray) -> np.ndarray:
+    """(..., 7) robot-unit actions -> (..., 7) int64 target token ids (normalise, then OpenVLA's bins)."""
+    return np.asarray(tokenizer.normalized_to_tokens(normalize_actions(stats, actions)), dtype=np.int64)
+
+
+def batch_rows(step: int, batch_size: int, count: int, seed: int) -> np.ndarray:
+    """Frame rows of batch ``step``: samples ``step * batch_size ...`` of the run's sample order.
+
+    Sample ``i`` is ``permutation(seed, i // count)[i % count]`` (a fresh permutation per epoch),
+    so the order depends on (seed, step) only. Returns (batch_size,) int64.
+    """
+    if count < 1:
+        raise ValueError("no frames to draw from")
+    first = step * batch_size
+    rows = np.empty(batch_size, np.int64)
+    permutations: dict[int, np.ndarray] = {}
+    for k in range(batch_size):
+        epoch, position = divmod(first + k, count)
+        if epoch not in permutations:
+            permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(count)
+        rows[k] = permutations[epoch][position]
+    return rows
+
+
+def steps_for_epochs(epochs: float, frames: int, batch_size: int) -> int:
+    """Optimiser steps that show each training frame ``epochs`` times on average (at least 1)."""
+    return max(1, math.ceil(epochs * frames / batch_size))
+
+
+def evenly_spaced(count: int, limit: int) -> np.ndarray:
+    """At most ``limit`` row indices spread evenly over ``range(count)`` (all when ``count <= limit``)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))

@@ -1,0 +1,192 @@
+"""The policy being trained: size presets, building it, the action-token loss, exporting it.
+
+The model is this package's ``models.vla.OpenVLA`` (timm ViT at 224 px, patch 14 -> 256 visual
+tokens, OpenVLA's projector MLP, a stock ``LlamaForCausalLM``), built from the same
+config.json / preprocessor_config.json / tokenizer builders as ``models.tiny`` and written in the
+same OpenVLA Hugging Face layout, so ``load_vla`` reads the result unchanged.
+
+Loss (as OpenVLA trains): the sequence is ``[BOS | 256 visual | prompt after BOS | 29871 |
+a1..a7]`` with OpenVLA's prompt, teacher forcing, and next-token cross-entropy over the full
+vocabulary on the 7 action tokens only (every other label -100; the mean over the 7 B labels).
+Only the 7 positions that predict action tokens go through ``lm_head``; the result equals the
+full-sequence loss with -100 labels (``test/training/test_model.py`` checks it). OpenVLA also
+supervises the ``</s>`` after the actions; inference here never reads it, so it is left out.
+Sequences of different prompt lengths are right-padded: with causal attention a padded tail
+never reaches the real tokens, so no attention mask is needed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vla_cache_ros.errors import TrainingError
+from vla_cache_ros.models.config import parse_config
+from vla_cache_ros.models.norm_stats import ACTION_DIM
+from vla_cache_ros.models.processor import ImageProcessor, parse_preprocessor_config, prompt_token_ids
+from vla_cache_ros.models.tiny import build_tokenizer, preprocessor_config, save_weights, tiny_config
+from vla_cache_ros.models.vla import OpenVLA
+
+IGNORE_INDEX = -100
+"""Label of positions outside the loss (PyTorch's and OpenVLA's convention)."""
+
+LAYER_SCALE_INIT = 0.1
+"""Initial DINOv2 LayerScale factor: CaiT's value for networks of depth <= 18 (Touvron et al.
+2021); timm's default 1e-5 would leave a from-scratch miniature's blocks near no-ops."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of a trainable miniature.
+
+    Attributes:
+        vision: timm ViT overrides (depth, embed_dim, num_heads); features come from block
+            ``depth - 2``, so ``depth - 1`` blocks are used.
+        text: Llama ``text_config`` overrides (hidden_size, intermediate_size, layers, heads).
+        fused: DINOv2 + SigLIP (OpenVLA-7B's layout) instead of DINOv2 only.
+    """
+
+    vision: dict[str, int]
+    text: dict[str, int]
+    fused: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    # Tests: seconds per run.
+    "micro": Preset({"depth": 2, "embed_dim": 24, "num_heads": 2},
+                    {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 2}),
+    # Default: the issue's first prototype's widths (ViT 96, decoder 128, 4 layers), DINOv2 only
+    # (a fused tower doubles the vision cost on the CPU). Left for measurement: see docs/training.md.
+    "small": Preset({"depth": 5, "embed_dim": 96, "num_heads": 3},
+                    {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4,
+                     "num_attention_heads": 4, "num_key_value_heads": 4}),
+    # A wider decoder and fused DINOv2 + SigLIP, for a GPU.
+    "base": Preset({"depth": 7, "embed_dim": 192, "num_heads": 3},
+                   {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 6,
+                    "num_attention_heads": 8, "num_key_value_heads": 8}, fused=True),
+}
+
+
+def policy_config(preset: str, pad_token_id: int, norm_stats: dict[str, Any]) -> dict[str, Any]:
+    """config.json contents of a preset, with ``norm_stats`` (the dataset's) inside."""
+    spec = PRESETS[preset]
+    config = tiny_config("tiny", pad_token_id, norm_stats, single_backbone=not spec.fused)
+    config["timm_model_kwargs"] = [dict(spec.vision) for _ in config["timm_model_ids"]]
+    config["text_config"].update(spec.text)
+    config["llm_backbone_id"] = f"{preset}-bc-llama"
+    return config
+
+
+def build_policy(preset: str, norm_stats: dict[str, Any], directory: Path, seed: int) -> OpenVLA:
+    """A freshly initialised trainable policy; writes its tokenizer files to ``directory``.
+
+    Weights: timm's and transformers' own initialisation under ``torch.manual_seed(seed)``, then
+    DINOv2 LayerScale factors set to ``LAYER_SCALE_INIT``. Same seed -> identical weights.
+
+    Raises:
+        TrainingError: an unknown preset.
+    """
+    if preset not in PRESETS:
+        raise TrainingError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory)
+    config_dict = policy_config(preset, int(tokenizer.pad_token_id), norm_stats)
+    config = parse_config(config_dict)
+    processor = ImageProcessor(parse_preprocessor_config(preprocessor_config(config.timm_model_ids),
+                                                         config.num_backbones, 224, "training"))
+    torch.manual_seed(seed)
+    model = OpenVLA(config, tokenizer, processor)
+    with torch.no_grad():
+        for name, parameter in model.vision.named_parameters():
+            if name.endswith((".ls1.gamma", ".ls2.gamma")):
+                parameter.fill_(LAYER_SCALE_INIT)
+    return model
+
+
+def export_checkpoint(model: OpenVLA, directory: Path, dtype: torch.dtype = torch.float32) -> None:
+    """Write ``model`` as an OpenVLA-format checkpoint (config.json, preprocessor_config.json,
+    model.safetensors in ``dtype``); the tokenizer files are already there (``build_policy``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = dict(model.config.raw)
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(preprocessor_config(model.config.timm_model_ids), indent=2) + "\n")
+    save_weights(model.state_dict(), directory, dtype, None)
+
+
+@dataclass
+class Batch:
+    """One teacher-forced batch of B frames.
+
+    Attributes:
+        pixel_values: (B, 3 * backbones, 224, 224) float32, from the model's own processor.
+        input_ids: (B, T) int64: prompt ids (BOS ... 29871) then the first 6 action tokens,
+            right-padded with the pad id.
+        action_start: (B,) int64 index, in the full sequence (visual tokens included), of the
+            position whose output predicts the first action token.
+        targets: (B, 7) int64 action-token ids.
+    """
+
+    pixel_values: torch.Tensor
+    input_ids: torch.Tensor
+    action_start: torch.Tensor
+    targets: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.pixel_values.to(device), self.input_ids.to(device), self.action_start.to(device),
+                     self.targets.to(device))
+
+
+def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: torch.Tensor) -> Batch:
+    """Preprocess frames exactly as inference does (``model.processor``) and lay out the tokens.
+
+    Args:
+        model: the policy (its processor, tokenizer and number of visual tokens).
+        images: B (H, W, 3) uint8 RGB frames.
+        instructions: B instructions.
+        targets: (B, 7) int64 action-token ids.
+    """
+    pixels = torch.cat([model.processor(image).pixel_values for image in images])
+    prompts = [prompt_token_ids(model.tokenizer, text) for text in instructions]
+    length = max(len(p) for p in prompts) + ACTION_DIM - 1
+    pad = int(model.tokenizer.pad_token_id)
+    input_ids = torch.full((len(prompts), length), pad, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, :len(prompt)] = torch.tensor(prompt)
+        input_ids[row, len(prompt):len(prompt) + ACTION_DIM - 1] = targets[row, :ACTION_DIM - 1]
+    # [BOS | N visual | prompt[1:]]: the last prompt token (29871) sits at N + len(prompt) - 1.
+    start = torch.tensor([model.num_visual_tokens + len(p) - 1 for p in prompts])
+    return Batch(pixels, input_ids, start, targets.long())
+
+
+def sequence_embeddings(model: OpenVLA, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``[BOS | visual | input_ids[1:]]`` embeddings (B, 1 + N + T - 1, hidden), with gradients
+    (``OpenVLA.assemble_embeddings`` is the no-grad inference twin)."""
+    visual = model.projector(model.vision(pixel_values))
+    text = model.language_model.get_input_embeddings()(input_ids)
+    return torch.cat([text[:, :1], visual.to(text.dtype), text[:, 1:]], dim=1)
+
+
+def action_logits(model: OpenVLA, batch: Batch) -> torch.Tensor:
+    """Teacher-forced logits of the 7 action positions: (B, 7, vocab)."""
+    embeddings = sequence_embeddings(model, batch.pixel_values, batch.input_ids)
+    hidden = model.language_model.model(inputs_embeds=embeddings, use_cache=False).last_hidden_state
+    positions = batch.action_start[:, None] + torch.arange(ACTION_DIM, device=hidden.device)
+    picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+    return model.language_model.lm_head(picked)
+
+
+def action_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) over the B x 7 action tokens, in float32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of action tokens whose teacher-forced argmax (full vocabulary) is the target."""
+    return float((logits.argmax(-1) == targets).float().mean())
