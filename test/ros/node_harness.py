@@ -60,6 +60,16 @@ def make_checkpoint(directory: Path, broken_stats: bool = False) -> Path:
     return path
 
 
+
+def joint_arm_parameters(checkpoint: Path, interface: str = "joint_positions",
+                         **overrides: Any) -> dict[str, Any]:
+    """Node parameters for the miniature checkpoint driving the test's 6-joint arm with joint
+    deltas, actuation on, generous watchdog limits for a loaded machine."""
+    return {"model_path": str(checkpoint), "unnorm_key": "tiny_sim", "num_threads": 1,
+            "command_interface": interface, "action_semantics": "joint_delta",
+            "joint_names": JOINTS, "enable_actuation": True, "control_rate_hz": 20.0,
+            "max_obs_age_s": 1.0, "max_inference_s": 10.0, **overrides}
+
 class NodeProcess(ChildProcess):
     """A running ``vla_cache_node`` process (alive, log, interrupt from ChildProcess)."""
 

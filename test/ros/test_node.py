@@ -22,6 +22,7 @@ from test.ros.node_harness import (
     MEASURED,
     NodeProcess,
     Peer,
+    joint_arm_parameters,
     make_checkpoint,
     positions,
     start_node,
@@ -48,13 +49,9 @@ def peer() -> Iterator[Peer]:
 def node(tmp_path_factory: pytest.TempPathFactory, peer: Peer) -> Iterator[NodeProcess]:
     workdir = tmp_path_factory.mktemp("jtc")
     checkpoint = make_checkpoint(workdir / "tiny")
-    process = start_node(NAME, {
-        "model_path": str(checkpoint), "unnorm_key": "tiny_sim", "num_threads": 1,
-        "command_interface": "joint_trajectory", "action_semantics": "joint_delta",
-        "joint_names": JOINTS, "enable_actuation": True, "control_rate_hz": 20.0,
-        "action_period_s": 0.2, "max_joint_delta_rad": MAX_DELTA, "max_obs_age_s": 1.0,
-        "max_inference_s": 10.0,
-    }, workdir=workdir)
+    process = start_node(NAME, joint_arm_parameters(
+        checkpoint, "joint_trajectory", action_period_s=0.2, max_joint_delta_rad=MAX_DELTA),
+        workdir=workdir)
     yield process
     process.stop()
 

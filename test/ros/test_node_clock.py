@@ -110,7 +110,7 @@ def test_jump_back_then_joints_stop_holds_at_once(peer: Peer, checkpoint: Path,
         assert "jumped back by" in status.message
         time.sleep(2.0)
         settled = [m for m in commands.since(jumped + 0.3)]
-        assert len(settled) >= 10 and all(is_hold(m) for m in settled)
+        assert len(settled) >= 3 and all(is_hold(m) for m in settled)
         for status in peer.statuses(name, jumped):
             values = {kv.key: kv.value for kv in status.values}
             age = values.get("joint_states_age_s", "n/a")

@@ -23,6 +23,7 @@ from test.ros.node_harness import (
     MEASURED,
     NodeProcess,
     Peer,
+    joint_arm_parameters,
     make_checkpoint,
     positions,
     start_node,
@@ -51,12 +52,8 @@ def peer() -> Iterator[Peer]:
 def node(tmp_path_factory: pytest.TempPathFactory, fault_file: Path) -> Iterator[NodeProcess]:
     workdir = tmp_path_factory.mktemp("faults")
     checkpoint = make_checkpoint(workdir / "tiny")
-    process = start_node(NAME, {
-        "model_path": str(checkpoint), "unnorm_key": "tiny_sim", "num_threads": 1,
-        "command_interface": "joint_positions", "action_semantics": "joint_delta",
-        "joint_names": JOINTS, "enable_actuation": True, "control_rate_hz": 20.0,
-        "max_obs_age_s": 1.0, "max_inference_s": 10.0,
-    }, workdir=workdir, module="test.ros.faulty_node",
+    process = start_node(NAME, joint_arm_parameters(checkpoint), workdir=workdir,
+                         module="test.ros.faulty_node",
         env={"VLA_TEST_FAULT_FILE": str(fault_file)})
     yield process
     process.stop()

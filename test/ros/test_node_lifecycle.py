@@ -17,10 +17,10 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from std_msgs.msg import Float64MultiArray
 
 from test.ros.node_harness import (
-    JOINTS,
     MEASURED,
     NodeProcess,
     Peer,
+    joint_arm_parameters,
     make_checkpoint,
     positions,
     start_node,
@@ -43,12 +43,9 @@ def peer() -> Iterator[Peer]:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     workdir = tmp_path_factory.mktemp("lifecycle")
-    process = start_node(NAME, {
-        "model_path": str(make_checkpoint(workdir / "tiny")), "unnorm_key": "tiny_sim",
-        "num_threads": 1, "autostart": False, "command_interface": "joint_positions",
-        "action_semantics": "joint_delta", "joint_names": JOINTS, "enable_actuation": True,
-        "max_obs_age_s": 1.0, "max_inference_s": 10.0, "instruction": "pick up the red cube",
-    }, workdir=workdir)
+    process = start_node(NAME, joint_arm_parameters(
+        make_checkpoint(workdir / "tiny"), autostart=False, instruction="pick up the red cube"),
+        workdir=workdir)
     yield process
     process.stop()
 
