@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchContext, LaunchDescription
 from vla_cache_ros import topics
 
 PACKAGE = "vla_cache_ros"
