@@ -138,9 +138,8 @@ def test_launch_file_is_valid_python_with_documented_arguments() -> None:
                     reason="launch / launch_ros are not installed (not on PyPI); runs in a "
                            "ROS 2 workspace")
 def test_launch_description_builds_the_node(checkpoint: Path) -> None:
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
-
     from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
     spec = importlib.util.spec_from_file_location("vla_cache_launch", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
