@@ -117,7 +117,7 @@ def export_checkpoint(model: OpenVLA, directory: Path, dtype: torch.dtype = torc
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (directory / "preprocessor_config.json").write_text(
         json.dumps(preprocessor_config(model.config.timm_model_ids), indent=2) + "\n")
-    save_weights(model.state_dict(), directory, dtype, None)
+    save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory, dtype, None)
 
 
 @dataclass
