@@ -5,8 +5,8 @@ Layers, from the bottom up (docs/architecture.md; ``test/test_layers.py`` holds 
 ``synthetic``, ``image_conversion``, ``subprocesses``); ``models`` (OpenVLA-format checkpoints);
 ``cache`` (K/V reuse engine, mode registry, selectors); ``policy`` and ``control`` (safe commands,
 watchdog); ``runs`` (modes side by side), ``runtime`` (the ROS-free control loop), ``replay``
-(bags without ROS), ``sim`` (MuJoCo arm) and ``training`` (behaviour cloning); ``ros`` (the only layer that touches rclpy); and
-``apps`` (the ``vla-cache`` commands). Imports only point down.
+(bags without ROS), ``sim`` (MuJoCo arm) and ``training`` (behaviour cloning); ``ros`` (the only
+layer that touches rclpy); and ``apps`` (the ``vla-cache`` commands). Imports only point down.
 """
 
 __version__ = "0.1.0"
