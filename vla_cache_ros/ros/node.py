@@ -43,38 +43,21 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32, Float64MultiArray, String
 
+from vla_cache_ros import topics
 from vla_cache_ros.control.actions import ArmCommand, CommandInterface
 from vla_cache_ros.control.clock import CLOCK_SKEW_TOLERANCE_S
 from vla_cache_ros.control.diagnostics import one_line
 from vla_cache_ros.errors import ConfigurationError, UserFacingError, clip_text
 from vla_cache_ros.image_conversion import compressed_image_to_rgb, image_to_rgb
+from vla_cache_ros.ros import qos
 from vla_cache_ros.ros.commands import COMMAND_TOPICS, command_message
 from vla_cache_ros.ros.parameters import declare_from_table, parameter_values
 from vla_cache_ros.ros.process import run_node
-from vla_cache_ros.ros.qos import (
-    COMMAND_QOS,
-    DIAGNOSTICS_QOS,
-    LATCHED_QOS,
-    SENSOR_QOS,
-    TELEMETRY_QOS,
-    VOLATILE_QOS,
-    ignore_incompatible_qos,
-)
 from vla_cache_ros.runtime.config import NodeConfig
 from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, check_model_path
 from vla_cache_ros.runtime.parameters import SPECS
 from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
 from vla_cache_ros.stamps import stamp_seconds
-from vla_cache_ros.topics import (
-    CACHE_RATIO,
-    DIAGNOSTICS,
-    EE_POSE,
-    GRIPPER_COMMAND,
-    IMAGE,
-    INFERENCE_LATENCY_MS,
-    INSTRUCTION,
-    JOINT_STATES,
-)
 
 NODE_NAME = "vla_cache_node"
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -99,8 +82,8 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._gripper_pubs: Any = None
         self.startup_error: UserFacingError | None = None  # autostart failed: the process ends
         self._configure_error: UserFacingError | None = None
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS,
-                                                      DIAGNOSTICS_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
+                                                      qos.DIAGNOSTICS_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._guarded("diagnostics", self._on_diagnostics),
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -190,32 +173,32 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
     def _create_interfaces(self, config: NodeConfig) -> None:
         topic, self._command_type = COMMAND_TOPICS[config.interface.command_interface]
         pub, sub = self.create_publisher, self._subscribe
-        self._command_pub = pub(self._command_type, topic, COMMAND_QOS)
-        self._preview_pub = pub(self._command_type, f"~/preview/{topic}", COMMAND_QOS)
-        self._gripper_pubs = ((pub(Float64MultiArray, GRIPPER_COMMAND, COMMAND_QOS),
-                               pub(Float64MultiArray, f"~/preview/{GRIPPER_COMMAND}", COMMAND_QOS))
+        self._command_pub = pub(self._command_type, topic, qos.COMMAND_QOS)
+        self._preview_pub = pub(self._command_type, f"~/preview/{topic}", qos.COMMAND_QOS)
+        self._gripper_pubs = ((pub(Float64MultiArray, topics.GRIPPER_COMMAND, qos.COMMAND_QOS),
+                               pub(Float64MultiArray, f"~/preview/{topics.GRIPPER_COMMAND}", qos.COMMAND_QOS))
                               if config.interface.publish_gripper else None)
-        self._ratio_pub = pub(Float32, CACHE_RATIO, TELEMETRY_QOS)
-        self._latency_pub = pub(Float32, INFERENCE_LATENCY_MS, TELEMETRY_QOS)
+        self._ratio_pub = pub(Float32, topics.CACHE_RATIO, qos.TELEMETRY_QOS)
+        self._latency_pub = pub(Float32, topics.INFERENCE_LATENCY_MS, qos.TELEMETRY_QOS)
         runtime = self._runtime
         if config.interface.image_type == "compressed":
-            sub(CompressedImage, IMAGE, lambda m: runtime.on_image(
-                lambda: compressed_image_to_rgb(m), stamp_seconds(m.header.stamp)), SENSOR_QOS)
+            sub(CompressedImage, topics.IMAGE, lambda m: runtime.on_image(
+                lambda: compressed_image_to_rgb(m), stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
         else:
-            sub(Image, IMAGE, lambda m: runtime.on_image(
-                lambda: image_to_rgb(m), stamp_seconds(m.header.stamp)), SENSOR_QOS)
-        sub(JointState, JOINT_STATES, lambda m: runtime.on_joint_state(
-            m.name, m.position, stamp_seconds(m.header.stamp)), SENSOR_QOS)
+            sub(Image, topics.IMAGE, lambda m: runtime.on_image(
+                lambda: image_to_rgb(m), stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
+        sub(JointState, topics.JOINT_STATES, lambda m: runtime.on_joint_state(
+            m.name, m.position, stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
         # Transient-local hears a latched instruction published before the node started but
         # cannot match volatile publishers (``ros2 topic pub`` since Jazzy); volatile matches
         # both. A latched message heard twice is the same instruction and changes nothing.
-        sub(String, INSTRUCTION, lambda m: runtime.on_instruction_message(m.data), LATCHED_QOS,
-            event_callbacks=ignore_incompatible_qos())
-        sub(String, INSTRUCTION, lambda m: runtime.on_instruction_message(m.data), VOLATILE_QOS)
+        sub(String, topics.INSTRUCTION, lambda m: runtime.on_instruction_message(m.data), qos.LATCHED_QOS,
+            event_callbacks=qos.ignore_incompatible_qos())
+        sub(String, topics.INSTRUCTION, lambda m: runtime.on_instruction_message(m.data), qos.VOLATILE_QOS)
         if config.interface.command_interface is CommandInterface.EE_TWIST:
-            sub(PoseStamped, EE_POSE, lambda m: runtime.on_ee_position(
+            sub(PoseStamped, topics.EE_POSE, lambda m: runtime.on_ee_position(
                 [m.pose.position.x, m.pose.position.y, m.pose.position.z],
-                stamp_seconds(m.header.stamp)), SENSOR_QOS)
+                stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
         self._entities += [self._command_pub, self._preview_pub, self._ratio_pub,
                            self._latency_pub, *(self._gripper_pubs or ()), self.create_timer(
                                1.0 / config.interface.control_rate_hz,
