@@ -12,5 +12,5 @@ out="${1:-out/bench-gpu}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
-python3 -m pytest -q -x -p no:cacheprovider test/cache
+python3 -m pytest -q -x -p no:cacheprovider test/cache test/test_runs.py test/apps/test_bench.py
 python3 -m vla_cache_ros.apps.cli bench --device cuda --models midsize,openvla-7b --steps 20 --warmup 3 --out "$out"
