@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma-separated task families, cycled (default {','.join(sorted(FAMILIES))})")
     parser.add_argument("--dataset-name", default="vla_cache_sim", help="norm-stats key (unnorm_key)")
     parser.add_argument("--no-bags", action="store_true", help="write the dataset only, no rosbag2")
+    parser.add_argument("--noise-fraction", type=float, default=0.0,
+                        help="fraction of episodes whose executed actions get Gaussian noise while "
+                             "the recorded labels stay the expert's (default 0)")
+    parser.add_argument("--noise-translation", type=float, default=0.005,
+                        help="noise std on dx, dy, dz in metres (default 0.005)")
+    parser.add_argument("--noise-rotation", type=float, default=0.02,
+                        help="noise std on droll, dpitch, dyaw in radians (default 0.02)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_sim_collect)
 
@@ -63,7 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _sim_collect(args: argparse.Namespace) -> int:
     config = CollectConfig(out_dir=args.out, episodes=args.episodes, seed=args.seed, families=args.families,
-                           dataset_name=args.dataset_name, record_bags=not args.no_bags)
+                           dataset_name=args.dataset_name, record_bags=not args.no_bags,
+                           noise_fraction=args.noise_fraction,
+                           noise_translation_m=args.noise_translation,
+                           noise_rotation_rad=args.noise_rotation)
     summary = collect(config, progress=not args.quiet)
     print(f"{summary.episodes} episodes in {args.out} ({summary.newly_recorded} recorded now)")
     for family in sorted(summary.episodes_by_family):

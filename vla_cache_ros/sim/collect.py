@@ -10,10 +10,18 @@ successful episode in the directory.
 Timing per step: the observation (image, proprio, joints) is taken, the expert acts, and the
 action is executed over one control period, during which joint states and the end-effector
 pose are recorded at ``joint_state_hz``.
+
+States off the expert's path: in a ``noise_fraction`` of the episodes (spread evenly over the
+indices) the *executed* action is the expert's plus Gaussian noise on translation and rotation,
+while the *recorded* label stays the expert's clean action for the state it saw. A cloned policy
+then sees how the expert corrects drift, instead of only its own perfect path (the idea of
+DART, Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"). The noise of
+episode ``i`` is seeded by ``(seed, i)``, so a collection stays deterministic and resumable.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +64,9 @@ class CollectConfig:
         dataset_name: key of the norm stats (OpenVLA's ``unnorm_key``).
         record_bags: also write one rosbag2 per episode under ``bags/``.
         joint_state_hz: rate of joint states / EE poses in the bags.
+        noise_fraction: fraction of episodes executed with action noise (0: none).
+        noise_translation_m: standard deviation of the noise on each of dx, dy, dz (metres).
+        noise_rotation_rad: standard deviation of the noise on each of droll, dpitch, dyaw.
     """
 
     out_dir: Path
@@ -65,6 +76,9 @@ class CollectConfig:
     dataset_name: str = "vla_cache_sim"
     record_bags: bool = True
     joint_state_hz: float = 50.0
+    noise_fraction: float = 0.0
+    noise_translation_m: float = 0.005
+    noise_rotation_rad: float = 0.02
     sim: SimConfig = field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:
@@ -75,10 +89,29 @@ class CollectConfig:
             raise UserFacingError(f"unknown task families {unknown}; choose from {sorted(FAMILIES)}")
         if self.joint_state_hz * self.sim.control_period_s < 1:
             raise UserFacingError("joint_state_hz must give at least one joint state per control period")
+        if not 0.0 <= self.noise_fraction <= 1.0:
+            raise UserFacingError(f"--noise-fraction must lie in [0, 1], got {self.noise_fraction}")
+        if not (self.noise_translation_m >= 0.0 and self.noise_rotation_rad >= 0.0):
+            raise UserFacingError("--noise-translation and --noise-rotation must be >= 0")
+
+    def noisy(self, index: int) -> bool:
+        """Whether episode ``index`` is executed with action noise (an exact share of
+        ``noise_fraction`` of every run of consecutive indices)."""
+        return math.floor((index + 1) * self.noise_fraction) > math.floor(index * self.noise_fraction)
+
+    def action_noise(self, index: int) -> "ActionNoise | None":
+        """The noise executed in episode ``index`` (None for a clean episode)."""
+        if not self.noisy(index):
+            return None
+        return ActionNoise(self.noise_translation_m, self.noise_rotation_rad,
+                           np.random.default_rng([self.seed, index]))
 
     def manifest(self) -> dict:
         """The settings that define the episodes (a resume must not change them)."""
-        return {
+        noise = {} if self.noise_fraction == 0.0 else {  # absent: collections made before noise
+            "noise_fraction": self.noise_fraction, "noise_translation_m": self.noise_translation_m,
+            "noise_rotation_rad": self.noise_rotation_rad}
+        return {**noise,
             "format": FORMAT,
             "dataset_name": self.dataset_name,
             "seed": self.seed,
@@ -125,9 +158,33 @@ def _check_manifest(out_dir: Path, config: CollectConfig) -> None:
         path.write_text(json.dumps(wanted, indent=2) + "\n")
 
 
+@dataclass
+class ActionNoise:
+    """Gaussian noise added to executed actions (not to the recorded labels).
+
+    Attributes:
+        translation_m: standard deviation on each of dx, dy, dz (metres).
+        rotation_rad: standard deviation on each of droll, dpitch, dyaw (radians).
+        rng: the episode's generator.
+    """
+
+    translation_m: float
+    rotation_rad: float
+    rng: np.random.Generator
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        """``action`` (7-D) with noise on its first six values; the gripper is left alone."""
+        noisy = np.array(action, dtype=np.float64, copy=True)
+        noisy[:3] += self.rng.normal(0.0, self.translation_m, 3)
+        noisy[3:6] += self.rng.normal(0.0, self.rotation_rad, 3)
+        return noisy
+
+
 def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: str,
-                   bag: EpisodeBagRecorder | None, joint_state_hz: float) -> EpisodeRecord:
-    """Run one expert episode, recording observations and actions (and the bag, if given)."""
+                   bag: EpisodeBagRecorder | None, joint_state_hz: float,
+                   noise: ActionNoise | None = None) -> EpisodeRecord:
+    """Run one expert episode, recording observations and the expert's actions (and the bag, if
+    given); with ``noise``, the arm executes the noisy action while the label stays clean."""
     task = sim.reset(seed, family)
     expert.reset(sim)
     period = sim.config.control_period_s
@@ -146,7 +203,7 @@ def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: 
         if bag is not None:
             bag.camera(sim.time, image)
             bag.action(sim.time, action, period)
-        sim.command_action(action)
+        sim.command_action(action if noise is None else noise(action))
         for _ in range(substeps):
             sim.advance(period / substeps)
             if bag is not None:
@@ -186,10 +243,12 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                         shutil.rmtree(stale)
                 partial_bag.parent.mkdir(parents=True, exist_ok=True)
                 with EpisodeBagRecorder(partial_bag) as bag:
-                    record = record_episode(sim, expert, seed, family, bag, config.joint_state_hz)
+                    record = record_episode(sim, expert, seed, family, bag, config.joint_state_hz,
+                                            config.action_noise(index))
                 partial_bag.rename(final_bag)
             else:
-                record = record_episode(sim, expert, seed, family, None, config.joint_state_hz)
+                record = record_episode(sim, expert, seed, family, None, config.joint_state_hz,
+                                        config.action_noise(index))
             write_episode(episode_path(out_dir, index), record)
             newly += 1
             bar.update(1)
