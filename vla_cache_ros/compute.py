@@ -35,8 +35,8 @@ def resolve_device(name: str) -> Any:
         if device.index is not None and device.index >= count:
             raise ConfigurationError(f"device {name!r} requested but only {count} CUDA "
                                      f"device(s) exist (cuda:0 .. cuda:{count - 1})")
-    elif device.type not in ("cpu", "mps", "xpu"):
-        raise ConfigurationError(f"device {name!r}: unsupported device type {device.type!r}")
+    elif device.type != "cpu":  # mps / xpu / meta: this package runs on CPU and CUDA only
+        raise ConfigurationError(f"device {name!r} is not supported; expected cpu, cuda or cuda:N")
     return device
 
 

@@ -26,15 +26,11 @@ from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_f
 from vla_cache_ros.cache.modes import build_selector, check_available, get_mode, runnable_modes
 from vla_cache_ros.cache.selectors import SelectionContext, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
-from vla_cache_ros.errors import ConfigurationError, InstructionError, clip_text
+from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
 from vla_cache_ros.stages import STAGES, StageClock, device_sync
 
 DEFAULT_MAX_TOKEN_AGE = 20
-CHARS_PER_TOKEN_BOUND = 16
-"""No Llama SentencePiece token spans more than 16 characters of ordinary text: an instruction
-longer than 16 characters per free context position cannot fit, and is refused before it is
-tokenised at all."""
 
 
 @dataclass
@@ -221,12 +217,6 @@ class CachedVLAPolicy:
             self._input_shape = image_shape
         return mode, ratio, max_age, reset
 
-    @property
-    def max_prompt_tokens(self) -> int:
-        """Prompt tokens (BOS and the trailing 29871 included) that fit in the decoder's context
-        (``max_position_embeddings``) beside the visual tokens and the 7 action tokens."""
-        return int(self.model.llama_config.max_position_embeddings) - self.num_visual - ACTION_DIM
-
     def check_instruction(self, instruction: str) -> int:
         """Tokenise ``instruction`` (memoised) and return its prompt length in tokens.
 
@@ -245,20 +235,7 @@ class CachedVLAPolicy:
         memo = self._prompt_memo
         if memo is not None and memo[0] == instruction:
             return memo[1]
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise InstructionError("instruction must be a non-empty string")
-        limit = self.max_prompt_tokens
-        if len(instruction) > CHARS_PER_TOKEN_BOUND * max(limit, 1):
-            raise InstructionError(
-                f"instruction of {len(instruction)} characters cannot fit in the model's context "
-                f"(room for {limit} prompt tokens): {clip_text(instruction)!r}")
         ids = self.model.prompt_ids(instruction)
-        if ids.shape[-1] > limit:
-            raise InstructionError(
-                f"instruction is {ids.shape[-1]} prompt tokens, more than the {limit} that fit "
-                f"in the model's context ({self.model.llama_config.max_position_embeddings} "
-                f"positions, {self.num_visual} visual, {ACTION_DIM} action): "
-                f"{clip_text(instruction)!r}")
         self._prompt_memo = (instruction, ids)
         return ids
 

@@ -216,6 +216,19 @@ def test_cli_predict_prints_tokens_and_action(tiny_dir: Path, capsys: pytest.Cap
     assert len(lines) == 1 and lines[0].startswith("tokens [") and " action [" in lines[0]
 
 
+def test_cli_predict_refuses_an_instruction_beyond_the_context(
+        tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The context bound lives in the model, so the uncached reference path refuses too."""
+    huge = "xq " * 20_000
+    assert cli.main(["predict", str(tiny_dir), "--unnorm-key", "tiny_sim",
+                     "--instruction", huge]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "cannot fit in the model's context" in line and len(line) < 500
+    assert cli.main(["predict", str(tiny_dir), "--unnorm-key", "tiny_sim",
+                     "--instruction", "xq " * 300]) == 2  # fits in characters, not in tokens
+    assert "prompt tokens, more than the" in capsys.readouterr().err
+
+
 def test_cli_missing_image_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["predict", str(tiny_dir), "--image", str(tmp_path / "nope.png")]) == 2
     expected = f"vla-cache predict: error: image file {tmp_path / 'nope.png'} does not exist"

@@ -225,3 +225,16 @@ def test_min_max_statistics_are_used_with_a_warning(tmp_path: Path, peer: Peer) 
         code, log = node.stop()
     assert code == 0 and "Traceback" not in log, log[-3000:]
     assert "'other_pipeline': no action q01/q99; un-normalising with min/max instead" in log
+
+
+def test_misspelt_parameter_is_refused_with_the_closest_name(checkpoint: Path,
+                                                             tmp_path: Path) -> None:
+    """A typo in a safety setting must not leave its default silently in force."""
+    expect_one_line_exit_2({"model_path": str(checkpoint), "enable_actuaton": True},
+                           "unknown parameters: enable_actuaton (did you mean enable_actuation?)",
+                           tmp_path)
+
+
+def test_unsupported_device_type_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    expect_one_line_exit_2({"model_path": str(checkpoint), "unnorm_key": "tiny_sim",
+                            "device": "mps"}, "device 'mps' is not supported", tmp_path)

@@ -19,13 +19,18 @@ from torch import nn
 from transformers import AutoTokenizer, LlamaForCausalLM
 from transformers.utils import logging as transformers_logging
 
-from vla_cache_ros.errors import CheckpointError
+from vla_cache_ros.errors import CheckpointError, InstructionError, clip_text
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer
 from vla_cache_ros.models.checkpoint import assign_tensors, iter_tensors, weight_files
 from vla_cache_ros.models.config import OpenVLAConfig, load_config, one_line
 from vla_cache_ros.models.norm_stats import ACTION_DIM, NormStats
 from vla_cache_ros.models.processor import ImageProcessor, PreparedImage, prompt_token_ids
 from vla_cache_ros.models.vision import Projector, VisionTower, checkpoint_key_to_module_key, create_backbone
+
+CHARS_PER_TOKEN_BOUND = 16
+"""No Llama SentencePiece token spans more than 16 characters of ordinary text: an instruction
+longer than 16 characters per free context position cannot fit, and is refused before it is
+tokenised at all."""
 
 # transformers renamed the KV-cache argument ``past_key_values`` -> ``cache`` (5.24; the old name is
 # removed in 5.40). The reference path speaks whichever the installed version has; the cache
@@ -95,9 +100,33 @@ class OpenVLA(nn.Module):
         pixels = pixel_values.to(device=self.device, dtype=self.dtype)
         return self.projector(self.vision(pixels))
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Prompt tokens (BOS and the trailing 29871 included) that fit in the decoder's context
+        (``max_position_embeddings``) beside the visual tokens and the 7 action tokens."""
+        return int(self.llama_config.max_position_embeddings) - self.num_visual_tokens - ACTION_DIM
+
     def prompt_ids(self, instruction: str) -> torch.Tensor:
-        """(T,) prompt ids: BOS, prompt tokens, 29871."""
-        return torch.tensor(prompt_token_ids(self.tokenizer, instruction), dtype=torch.long, device=self.device)
+        """(T,) prompt ids: BOS, prompt tokens, 29871.
+
+        Raises:
+            InstructionError: empty, or too long for the model's context (checked before
+                tokenising a text that cannot fit; the message shows at most ~200 characters).
+        """
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InstructionError("instruction must be a non-empty string")
+        limit = self.max_prompt_tokens
+        if len(instruction) > CHARS_PER_TOKEN_BOUND * max(limit, 1):
+            raise InstructionError(
+                f"instruction of {len(instruction)} characters cannot fit in the model's context "
+                f"(room for {limit} prompt tokens): {clip_text(instruction)!r}")
+        ids = prompt_token_ids(self.tokenizer, instruction)
+        if len(ids) > limit:
+            raise InstructionError(
+                f"instruction is {len(ids)} prompt tokens, more than the {limit} that fit in the "
+                f"model's context ({self.llama_config.max_position_embeddings} positions, "
+                f"{self.num_visual_tokens} visual, {ACTION_DIM} action): {clip_text(instruction)!r}")
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def assemble_embeddings(self, visual: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:

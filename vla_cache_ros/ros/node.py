@@ -9,7 +9,8 @@ Lifecycle: configure = validate the configuration, load the model, warm up; acti
 output allowed (actuation still behind ``enable_actuation``); deactivate = policy output stops,
 then the safety command goes out; cleanup / shutdown release the model. With ``autostart``
 (default) the node walks configure -> activate by itself in a background thread, so parameter
-services answer while a large model loads; with ``autostart: false`` a lifecycle manager drives it.
+services answer while a large model loads; with ``autostart: false`` a lifecycle manager drives it
+(its configure request is served by the executor, which is busy until the model is loaded).
 
 Topics (relative names, remap as needed):
   in:  image (sensor_msgs/Image or CompressedImage, see image_type), joint_states (merged by
@@ -68,7 +69,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
 
     def __init__(self, **node_kwargs: Any) -> None:
         Node.__init__(self, NODE_NAME, **node_kwargs)
-        # Own group for the lifecycle services: a long configure does not block parameters.
+        # Own group for the lifecycle services, ready for a multi-threaded executor.
         LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
         declare_from_table(self)
         config = NodeConfig.from_values(parameter_values(self))
@@ -117,6 +118,11 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         except UserFacingError as error:
             self.get_logger().error(f"configure failed: {error}")
             self._configure_error = error
+            return FAILURE
+        except Exception as error:  # noqa: BLE001 - e.g. a torch backend error while loading
+            self._runtime.log.exception("configure", error)
+            self._configure_error = ConfigurationError(
+                f"configure failed: {type(error).__name__}: {clip_text(str(error))}")
             return FAILURE
         self._create_interfaces(self._runtime.config)
         self._runtime.start_worker()

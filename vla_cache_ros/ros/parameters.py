@@ -8,13 +8,19 @@ step 0.0 since its double slider ignores steps) and the listed choices.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from vla_cache_ros.runtime.parameters import NODE_PARAMETERS, ParameterSpec, coerce_parameter
+from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.runtime.parameters import NODE_PARAMETERS, SPECS, ParameterSpec, coerce_parameter
+
+ROS_OWN_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+"""Parameters rclpy itself declares on every node."""
+ROS_OWN_PREFIXES = ("qos_overrides.",)
 
 PARAMETER_TYPES = {
     "bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
@@ -44,9 +50,19 @@ def declare_from_table(node: Node) -> None:
     """Declare every parameter of the table on ``node``, after checking the given values.
 
     Raises:
-        ConfigurationError: a given value of the wrong type, out of range, or not finite.
+        ConfigurationError: an unknown parameter name (with the closest known one), or a given
+            value of the wrong type, out of range, or not finite.
     """
     overrides = getattr(node, "_parameter_overrides", {})  # rclpy's parsed --ros-args values
+    unknown = sorted(name for name in overrides
+                     if name not in SPECS and name not in ROS_OWN_PARAMETERS
+                     and not name.startswith(ROS_OWN_PREFIXES))
+    if unknown:  # a misspelt enable_actuation or clamp must not pass silently
+        hints = [f"{name} (did you mean {close[0]}?)" if close else name for name, close in
+                 ((name, difflib.get_close_matches(name, SPECS, n=1)) for name in unknown)]
+        raise ConfigurationError(
+            f"unknown parameters: {', '.join(hints)} (a params file shared with other nodes must "
+            f"put this node's parameters under its own name, not /**)")
     for spec in NODE_PARAMETERS:
         given = overrides.get(spec.name)
         if given is not None and given.type_ is not Parameter.Type.NOT_SET:

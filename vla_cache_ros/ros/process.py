@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -66,9 +66,9 @@ def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None 
 
 def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
     node: Node | None = None
-    # Two threads: a managed node's lifecycle services have their own callback group, so a
-    # long transition (loading a model) does not block its parameter services.
-    executor = MultiThreadedExecutor(num_threads=2)
+    # One thread: a managed node with autostart loads its model in a thread of its own, so the
+    # executor (parameter services, diagnostics) keeps answering meanwhile.
+    executor = SingleThreadedExecutor()
     code = 0
     try:
         node = factory()
