@@ -18,7 +18,7 @@ Joint states are merged by joint name: each message contributes the configured j
 message is taken whole, in message order.
 
 Clock jumps (bag loop, simulator reset): the node reports them with :meth:`Controller.on_clock_jump`
-from rclpy's jump callback, and ``tick`` also notices a clock that went back since the previous
+(called by the ROS clock's jump callback), and ``tick`` also notices a clock that went back since the previous
 tick. Either way every command and input time is dropped, FAULT is entered with a reason naming
 the jump, the hold goes out, and recovery needs a fresh observation and a step that succeeds on
 it, as after any fault. Times are compared only through

@@ -177,10 +177,10 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
 
     # ------------------------------------------------------------------------- interfaces
     def _create_interfaces(self, config: NodeConfig) -> None:
-        topic, self._command_type = COMMAND_TOPICS[config.interface.command_interface]
+        topic, command_type = COMMAND_TOPICS[config.interface.command_interface]
         pub, sub = self.create_publisher, self._subscribe
-        self._command_pub = pub(self._command_type, topic, qos.COMMAND_QOS)
-        self._preview_pub = pub(self._command_type, f"~/preview/{topic}", qos.COMMAND_QOS)
+        self._command_pub = pub(command_type, topic, qos.COMMAND_QOS)
+        self._preview_pub = pub(command_type, f"~/preview/{topic}", qos.COMMAND_QOS)
         self._gripper_pubs = ((pub(Float64MultiArray, topics.GRIPPER_COMMAND, qos.COMMAND_QOS),
                                pub(Float64MultiArray, f"~/preview/{topics.GRIPPER_COMMAND}", qos.COMMAND_QOS))
                               if config.interface.publish_gripper else None)
@@ -211,9 +211,9 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
                                self._guarded("control tick", self._on_control_tick))]
 
     def _subscribe(self, message_type: Any, topic: str, callback: Callable[[Any], None],
-                   qos: Any, **options: Any) -> None:
+                   profile: Any, **options: Any) -> None:
         self._entities.append(self.create_subscription(
-            message_type, topic, self._guarded(f"{topic} callback", callback), qos, **options))
+            message_type, topic, self._guarded(f"{topic} callback", callback), profile, **options))
 
     def _guarded(self, where: str, callback: Callable[..., None]) -> Callable[..., None]:
         """``callback`` that never raises into the executor (which would end the process)."""
