@@ -21,6 +21,7 @@ from vla_cache_ros.sim.dataset import (
     read_episode,
     read_norm_stats,
 )
+from vla_cache_ros.sim.scene import OBJECTS
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,14 @@ def test_dataset_episodes_hold_aligned_arrays(collected: Path) -> None:
         assert record.images.shape == (steps, 224, 224, 3) and record.images.dtype == np.uint8
         assert record.actions.shape == (steps, 7) and record.proprio.shape == (steps, 7)
         assert record.joint_positions.shape == (steps, 5)
+        # Object centres per step (training-only supervision): the pad never moves, and the
+        # task object is where the expert's hand ends up for pick and touch.
+        assert record.object_positions.shape == (steps, len(OBJECTS), 3)
+        pad = [obj.name for obj in OBJECTS].index("green_square")
+        assert np.ptp(record.object_positions[:, pad], axis=0).max() < 1e-6
+        if record.family in ("pick", "touch"):
+            target = [obj.name for obj in OBJECTS].index(record.target)
+            assert np.linalg.norm(record.object_positions[-1, target] - record.proprio[-1, :3]) < 0.06
         assert set(np.unique(record.actions[:, 6])) <= {0.0, 1.0}
         # The image changes as the arm moves.
         assert np.abs(record.images[-1].astype(int) - record.images[0]).mean() > 0.5

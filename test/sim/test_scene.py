@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from vla_cache_ros.sim.env import TabletopSim
-from vla_cache_ros.sim.scene import ARM_JOINTS, IMAGE_SIZE, OBJECTS
+from vla_cache_ros.sim.scene import ARM_JOINTS, IMAGE_SIZE, OBJECTS, project_to_image
 from vla_cache_ros.sim.tasks import FAMILIES, MIN_OBJECT_SEPARATION_M, WORKSPACE_X, WORKSPACE_Y
 
 
@@ -62,3 +62,22 @@ def test_every_family_has_instructions_naming_the_target(sim: TabletopSim) -> No
         assert task.family == family
         phrase = task.target.replace("_", " ")
         assert phrase in task.instruction
+
+
+def test_projection_lands_on_each_object_as_rendered(sim: TabletopSim) -> None:
+    for seed in (1, 2, 3):
+        sim.reset(seed=seed)
+        image = sim.render().astype(int)
+        for obj in OBJECTS:
+            column, row = np.round(project_to_image(sim.object_position(obj.name))).astype(int)
+            # The top-centre of a cube or ball faces the camera a little above its centre.
+            patch = image[max(row - 3, 0):row + 4, max(column - 3, 0):column + 4].reshape(-1, 3)
+            expected = 255 * np.array(obj.rgba[:3])
+            assert (np.abs(patch - expected).sum(-1) < 150).any(), (seed, obj.name, row, column)
+    # Every point of the workspace, on the table and at carrying height, is in view.
+    for x in WORKSPACE_X:
+        for y in WORKSPACE_Y:
+            for z in (0.0, 0.2):
+                pixel = project_to_image(np.array([x, y, z]))
+                assert np.all((pixel >= 0) & (pixel < IMAGE_SIZE)), (x, y, z)
+    assert np.isnan(project_to_image(np.array([2.0, -1.2, 1.0]))).all()  # behind the camera

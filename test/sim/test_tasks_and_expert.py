@@ -21,6 +21,10 @@ def test_expert_solves_each_family(sim: TabletopSim, family: str) -> None:
         assert 0 < status.success_time_s <= status.elapsed_s
         assert all(np.abs(a[:3]).max() <= expert.settings.max_step_m + 1e-9 for a in steps)
         assert {a[6] for a in steps} <= {0.0, 1.0}
+        # Roll and pitch are never commanded (ExpertSettings.correct_tilt): the arm holds the
+        # gripper pointing down without them.
+        assert all(a[3] == 0.0 and a[4] == 0.0 for a in steps)
+        assert np.arccos(np.clip(sim.ee_rotation()[2, 2], -1, 1)) < 0.1  # tcp frame still level: gripper down
 
 
 def test_pick_success_needs_the_object_lifted_in_the_gripper(sim: TabletopSim) -> None:

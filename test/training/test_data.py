@@ -9,13 +9,25 @@ import pytest
 from test.training.conftest import DATASET_KEY, EPISODES, STEPS, write_dataset
 from vla_cache_ros.errors import TrainingError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer
-from vla_cache_ros.sim.dataset import STATISTICS_FILE
+from vla_cache_ros.sim.dataset import (
+    STATISTICS_FILE,
+    compute_norm_stats,
+    episode_path,
+    read_episode,
+    write_episode,
+    write_norm_stats,
+)
 from vla_cache_ros.training.data import (
+    LOCATED_POINTS,
+    OFFSET_SCALE,
+    PATCH_SIZE,
     action_tokens,
+    auxiliary_targets,
     batch_rows,
     evenly_spaced,
     load_training_data,
     normalize_actions,
+    patch_index,
     split_seeds,
     steps_for_epochs,
 )
@@ -77,3 +89,33 @@ def test_unusable_data_is_a_training_error(tmp_path: Path) -> None:
     (data / STATISTICS_FILE).unlink()
     with pytest.raises(TrainingError, match="dataset_statistics.json"):
         load_training_data(data, 0.1, 0)
+
+
+def test_auxiliary_targets_name_each_points_patch_and_offset(tiny_dataset: Path, tmp_path: Path) -> None:
+    data = load_training_data(tiny_dataset, val_fraction=0.0, seed=0)
+    frames = data.train
+    assert frames.patch_targets is not None and frames.offsets is not None
+    assert frames.patch_targets.shape == (len(frames), len(LOCATED_POINTS)) and frames.offsets.shape == (len(frames), 6)
+    for row in range(len(frames)):
+        # The fixture's objects all lie on the ray through the square: its patch is theirs.
+        square = np.argwhere(frames.images[row, :, :, 1] != 120)  # only the square differs in green
+        (top, left), (bottom, right) = square.min(0), square.max(0)
+        centre_row, centre_col = (top + bottom + 1) / 2, (left + right + 1) / 2
+        expected = int(centre_row // PATCH_SIZE) * 16 + int(centre_col // PATCH_SIZE)
+        assert list(frames.patch_targets[row, :4]) == [expected] * 4, row
+    # tcp = proprio[:3] = 0 in the fixture: offsets are the object position in decimetres, twice
+    # (no destination outside `place`).
+    record = read_episode(episode_path(tiny_dataset, 0))
+    patches, offsets = auxiliary_targets(record)
+    np.testing.assert_allclose(offsets[:, :3], OFFSET_SCALE * record.object_positions[:, 0], rtol=1e-6)
+    np.testing.assert_array_equal(offsets[:, 3:], offsets[:, :3])
+    # Outside the image is -100 (ignored); older datasets without positions have no targets.
+    assert patch_index(np.array([[5.0, 5.0, -3.0], [-5.0, 0.0, 0.5]])).tolist() == [-100, -100]
+    record.object_positions = None
+    assert auxiliary_targets(record) is None
+    old = tmp_path / "old"
+    write_episode(episode_path(old, 0), record)
+    record.seed = 1
+    write_episode(episode_path(old, 1), record)
+    write_norm_stats(old, compute_norm_stats(old, DATASET_KEY))
+    assert load_training_data(old, 0.0, 0).train.patch_targets is None

@@ -16,7 +16,6 @@ from vla_cache_ros.training.model import (
     action_loss,
     build_policy,
     make_batch,
-    sequence_embeddings,
 )
 from vla_cache_ros.training.state import (
     TrainingState,
@@ -42,7 +41,8 @@ def test_loss_equals_full_sequence_cross_entropy_with_ignored_labels(tiny_datase
         prompt = torch.tensor(prompt_token_ids(model.tokenizer, text))
         ids = torch.cat([prompt, targets[row]])[None]
         pixels = model.processor(data.train.images[row]).pixel_values
-        embeddings = sequence_embeddings(model, pixels, ids)
+        with torch.no_grad():  # the inference path's own assembly as the reference
+            embeddings = model.assemble_embeddings(model.encode_image(pixels), ids[0])
         labels = torch.full(embeddings.shape[:2], IGNORE_INDEX)
         labels[0, -ACTION_DIM:] = targets[row]
         per_frame.append(model.language_model(inputs_embeds=embeddings, labels=labels).loss)

@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
+from test.training.conftest import write_dataset
 from vla_cache_ros.errors import TrainingError
 from vla_cache_ros.models.vla import load_vla
+from vla_cache_ros.sim.dataset import read_episode, write_episode
 from vla_cache_ros.training.data import evenly_spaced, load_training_data
-from vla_cache_ros.training.loop import TrainConfig, TrainResult, train
+from vla_cache_ros.training.loop import AUX_PREFIX, DEFAULT_AUX_WEIGHT, TrainConfig, TrainResult, train
 from vla_cache_ros.training.state import load_state
 
-STEPS = 6
+STEPS = 8
 
 
 def config(data: Path, out: Path, **changes) -> TrainConfig:
@@ -99,3 +102,30 @@ def test_bad_settings_are_training_errors(tiny_dataset: Path, tmp_path: Path) ->
                              ({"preset": "huge"}, "unknown preset"), ({"epochs": 1.0}, "not both")]:
         with pytest.raises(TrainingError, match=message):
             config(tiny_dataset, tmp_path, **changes)
+
+
+def test_auxiliary_heads_learn_and_stay_out_of_the_checkpoint(full_run: TrainResult, tiny_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    state = load_state(full_run.out_dir / "training" / "state")
+    assert state.settings["aux_weight"] == DEFAULT_AUX_WEIGHT  # the fixture records object positions
+    patch = [entry["patch_loss"] for entry in state.history["train"]]
+    assert len(patch) == STEPS and patch[-1] < patch[0]
+    assert any(name.startswith(AUX_PREFIX) for name in state.model)
+    with safe_open(full_run.out_dir / "model.safetensors", "pt") as exported:
+        assert not any("aux" in name for name in exported.keys())
+    # Without auxiliary losses the action losses differ (the heads shape the shared features).
+    plain = train(config(tiny_dataset, tmp_path / "plain", aux_weight=0.0), log=quiet)
+    assert plain.losses[0] == full_run.losses[0] and plain.losses[-1] != full_run.losses[-1]
+    assert not any(name.startswith(AUX_PREFIX) for name in load_state(tmp_path / "plain" / "training" / "state").model)
+
+
+def test_auxiliary_weight_needs_recorded_object_positions(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data")
+    for path in sorted((data / "episodes").glob("*.npz")):
+        record = read_episode(path)
+        record.object_positions = None
+        write_episode(path, record)
+    with pytest.raises(TrainingError, match="--aux-weight 1 needs object positions"):
+        train(config(data, tmp_path / "out", aux_weight=1.0), log=quiet)
+    result = train(config(data, tmp_path / "default", steps=1), log=quiet)
+    assert load_state(result.out_dir / "training" / "state").settings["aux_weight"] == 0.0

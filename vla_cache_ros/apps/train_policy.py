@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bfloat16 autocast on CUDA, float32 on CPU")
     parser.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32", help="dtype of the exported weights")
+    parser.add_argument("--aux-weight", type=float, default=None,
+                        help="weight of the training-only auxiliary losses (object patches, offsets); default "
+                             "0.5 when the dataset records object positions, else 0")
     parser.add_argument("--dataset-key", default=None, help="norm-stats key (default: the dataset's only one)")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop (saved) at this step; the same command later continues")
@@ -66,7 +69,7 @@ def _train_policy(args: argparse.Namespace) -> int:
         seed=args.seed, val_fraction=args.val_fraction, val_frames=args.val_frames,
         greedy_frames=args.greedy_frames, eval_every=args.eval_every, save_every=args.save_every,
         device=args.device, threads=args.threads, precision=args.precision, save_dtype=args.save_dtype,
-        dataset_key=args.dataset_key, progress=not args.quiet)
+        dataset_key=args.dataset_key, aux_weight=args.aux_weight, progress=not args.quiet)
     result = train(config, until_step=args.stop_at_step, max_minutes=args.max_minutes)
     if result.evaluation is not None:
         evaluation = result.evaluation

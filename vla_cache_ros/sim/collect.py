@@ -44,6 +44,7 @@ from vla_cache_ros.sim.dataset import (
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
 from vla_cache_ros.sim.expert import ScriptedExpert
 from vla_cache_ros.sim.recording import EpisodeBagRecorder
+from vla_cache_ros.sim.scene import OBJECTS
 from vla_cache_ros.sim.tasks import FAMILIES
 
 MANIFEST_FILE = "manifest.json"
@@ -189,7 +190,7 @@ def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: 
     expert.reset(sim)
     period = sim.config.control_period_s
     substeps = max(1, int(round(joint_state_hz * period)))
-    images, actions, proprio, joints = [], [], [], []
+    images, actions, proprio, joints, objects = [], [], [], [], []
     if bag is not None:
         bag.instruction(sim.time, task.instruction)
         bag.robot_state(sim)
@@ -200,6 +201,7 @@ def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: 
         actions.append(action)
         proprio.append(sim.proprio())
         joints.append(sim.joint_positions())
+        objects.append([sim.object_position(obj.name) for obj in OBJECTS])
         if bag is not None:
             bag.camera(sim.time, image)
             bag.action(sim.time, action, period)
@@ -214,7 +216,8 @@ def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: 
     return EpisodeRecord(
         images=np.stack(images), actions=np.array(actions, np.float32), proprio=np.array(proprio, np.float32),
         joint_positions=np.array(joints, np.float32), instruction=task.instruction, family=task.family,
-        target=task.target, seed=seed, success=status.success)
+        target=task.target, seed=seed, success=status.success,
+        object_positions=np.array(objects, np.float32))
 
 
 def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:

@@ -8,7 +8,9 @@ Layout of a dataset directory::
 
 An episode file holds, for T steps (observation k, then the action taken after it):
 ``images`` (T, 224, 224, 3) uint8, ``actions`` (T, 7) float32, ``proprio`` (T, 7) float32,
-``joint_positions`` (T, 5) float32, and the scalars ``instruction``, ``family``, ``target``,
+``joint_positions`` (T, 5) float32, ``object_positions`` (T, 4, 3) float32 (the centre of every
+object of ``scene.OBJECTS``, in that order, in the base frame; training-only supervision, absent
+from datasets collected before it was added), and the scalars ``instruction``, ``family``, ``target``,
 ``seed`` and ``success``. Files load with ``allow_pickle=False``.
 
 Actions follow OpenVLA's convention: (dx, dy, dz) in metres, (droll, dpitch, dyaw) as Euler
@@ -48,6 +50,7 @@ class EpisodeRecord:
     target: str
     seed: int
     success: bool
+    object_positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -62,13 +65,18 @@ def write_episode(path: str | Path, record: EpisodeRecord) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lengths = {name: len(getattr(record, name)) for name in _ARRAY_FIELDS}
+    if record.object_positions is not None:
+        lengths["object_positions"] = len(record.object_positions)
     if len(set(lengths.values())) != 1:
         raise ValueError(f"episode arrays differ in length: {lengths}")
     temporary = path.with_name(f".{path.name}.tmp")
     try:
+        optional = ({} if record.object_positions is None
+                    else {"object_positions": np.asarray(record.object_positions, np.float32)})
         with open(temporary, "wb") as stream:
             np.savez_compressed(
                 stream,
+                **optional,
                 images=np.asarray(record.images, np.uint8),
                 actions=np.asarray(record.actions, np.float32),
                 proprio=np.asarray(record.proprio, np.float32),
@@ -85,13 +93,13 @@ def write_episode(path: str | Path, record: EpisodeRecord) -> None:
         raise
 
 
-def _load(path: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _load(path: Path, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in fields if name not in archive.files]
             if missing:
                 raise DatasetError(f"episode file {path} lacks {missing}")
-            return {name: archive[name] for name in fields}
+            return {name: archive[name] for name in fields + optional if name in archive.files}
     except DatasetError:
         raise
     except Exception as error:  # OSError, zipfile.BadZipFile, ValueError for a truncated array, ...
@@ -102,12 +110,12 @@ def read_episode(path: str | Path, images: bool = True) -> EpisodeRecord:
     """Load an episode; with ``images=False`` the images array is left empty (fast)."""
     path = Path(path)
     arrays = _ARRAY_FIELDS if images else _ARRAY_FIELDS[1:]
-    data = _load(path, arrays + _SCALAR_FIELDS)
+    data = _load(path, arrays + _SCALAR_FIELDS, optional=("object_positions",))
     return EpisodeRecord(
         images=data["images"] if images else np.zeros((0, 0, 0, 3), np.uint8),
         actions=data["actions"], proprio=data["proprio"], joint_positions=data["joint_positions"],
         instruction=str(data["instruction"]), family=str(data["family"]), target=str(data["target"]),
-        seed=int(data["seed"]), success=bool(data["success"]))
+        seed=int(data["seed"]), success=bool(data["success"]), object_positions=data.get("object_positions"))
 
 
 def episode_files(root: str | Path) -> list[Path]:

@@ -62,6 +62,12 @@ class ExpertSettings:
     gain: float = 0.8
     tolerance_m: float = 0.008
     yaw_tolerance_rad: float = 0.06
+    correct_tilt: bool = False
+    """Whether to command roll and pitch corrections. Off: the 5-joint arm holds the gripper
+    pointing down by itself (the IK keeps the commanded zero tilt rate), and the corrections are
+    millirad jitter (std 0.0015 / 0.004 rad over 30 episodes) that q01/q99 normalisation spread
+    over all 256 bins: noise labels for cloning, and tokens that changed at 95-99 % of steps.
+    Measured: 90/90 expert successes with it off (seeds 1000-1029, every family)."""
 
 
 @dataclass
@@ -210,6 +216,8 @@ class ScriptedExpert:
         action = np.empty(ACTION_DIM)
         action[:3] = clip_norm(s.gain * error, s.max_step_m)
         action[3:6] = rotvec_to_euler(clip_norm(s.gain * rotation_error, s.max_rotation_step_rad))
+        if not s.correct_tilt:
+            action[3:5] = 0.0
         action[6] = phase.gripper
         return action
 

@@ -60,18 +60,52 @@ OBJECTS_BY_NAME: dict[str, SceneObject] = {obj.name: obj for obj in OBJECTS}
 HOME_JOINT_POSITIONS = np.zeros(len(ARM_JOINTS))
 """Upper arm vertical, forearm horizontal, gripper pointing down above the table."""
 
-CAMERA_EYE = (0.64, -0.36, 0.46)
-CAMERA_TARGET = (0.2, 0.0, 0.07)
-CAMERA_FOVY_DEG = 50.0
+CAMERA_EYE = (0.60, -0.24, 0.44)
+CAMERA_TARGET = (0.22, 0.0, 0.05)
+CAMERA_FOVY_DEG = 46.0
+"""Camera framing: the workspace (``tasks.WORKSPACE_X/Y``) fills most of the 224 px image, so a
+4 cm cube spans ~18 px (more than a 14 px ViT patch). The first framing (eye 0.64/-0.36/0.46,
+fovy 50) left the objects at ~10 px, and a policy trained on it never learned to locate them
+(issue 12)."""
 
 
-def _look_at_xyaxes(eye: tuple[float, float, float], target: tuple[float, float, float]) -> str:
-    """MJCF ``xyaxes`` for a camera at ``eye`` looking at ``target`` with world z up."""
-    forward = np.asarray(target, float) - np.asarray(eye, float)
+def _camera_axes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit (right, up, forward) vectors of the camera in the world frame."""
+    forward = np.asarray(CAMERA_TARGET, float) - np.asarray(CAMERA_EYE, float)
     forward /= np.linalg.norm(forward)
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
+    return right, np.cross(right, forward), forward
+
+
+def project_to_image(points: np.ndarray) -> np.ndarray:
+    """Pixel coordinates of world points in the camera image (pinhole, as MuJoCo renders it).
+
+    Args:
+        points: (..., 3) positions in the base frame, metres.
+
+    Returns:
+        (..., 2) float64 (column, row) in pixels of the ``IMAGE_SIZE`` square image, origin at the
+        top-left corner (row 0 is the top). Points behind the camera give NaN.
+
+    MuJoCo's camera: vertical field of view ``fovy``, square pixels, principal point at the
+    image centre (focal length ``H / (2 tan(fovy / 2))`` pixels).
+    """
+    right, up, forward = _camera_axes()
+    relative = np.asarray(points, float) - np.asarray(CAMERA_EYE, float)
+    depth = relative @ forward
+    focal = IMAGE_SIZE / (2.0 * np.tan(np.radians(CAMERA_FOVY_DEG) / 2.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        column = IMAGE_SIZE / 2.0 + focal * (relative @ right) / depth
+        row = IMAGE_SIZE / 2.0 - focal * (relative @ up) / depth
+    pixels = np.stack([column, row], axis=-1)
+    pixels[depth <= 0] = np.nan
+    return pixels
+
+
+def _look_at_xyaxes() -> str:
+    """MJCF ``xyaxes`` of the camera at ``CAMERA_EYE`` looking at ``CAMERA_TARGET``, world z up."""
+    right, up, _ = _camera_axes()
     return " ".join(f"{value:.6f}" for value in (*right, *up))
 
 
@@ -99,7 +133,7 @@ def _object_xml(obj: SceneObject) -> str:
 def build_scene_xml() -> str:
     """Return the MJCF of the whole scene (arm, table, objects, camera, lights)."""
     objects = "\n    ".join(_object_xml(obj) for obj in OBJECTS)
-    xyaxes = _look_at_xyaxes(CAMERA_EYE, CAMERA_TARGET)
+    xyaxes = _look_at_xyaxes()
     eye = " ".join(f"{v:g}" for v in CAMERA_EYE)
     return f"""<mujoco model="vla_cache_tabletop">
   <compiler angle="radian" autolimits="true"/>

@@ -29,6 +29,15 @@ from vla_cache_ros.errors import DatasetError, TrainingError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer
 from vla_cache_ros.models.norm_stats import ACTION_DIM, ActionStats, NormStats
 from vla_cache_ros.sim.dataset import EpisodeRecord, iter_episodes, read_norm_stats
+from vla_cache_ros.sim.scene import IMAGE_SIZE, OBJECTS, project_to_image
+from vla_cache_ros.sim.tasks import PAD_NAME
+
+PATCH_SIZE = 14
+"""ViT patch size of every preset: 224 / 14 = a 16 x 16 grid of visual tokens."""
+LOCATED_POINTS: tuple[str, ...] = tuple(obj.name for obj in OBJECTS) + ("tcp",)
+"""Points whose image patch the auxiliary head learns to find (training only), in this order."""
+OFFSET_SCALE = 10.0
+"""Auxiliary offsets are regressed in decimetres (x10 metres) so their loss is O(1)."""
 
 
 @dataclass
@@ -41,6 +50,12 @@ class FrameSet:
         instruction_index: (N,) int64 index into ``instructions``.
         instructions: the distinct instructions.
         episode_seed: (N,) int64 seed of each frame's episode.
+        patch_targets: (N, len(LOCATED_POINTS)) int64 index of the 14 px patch (row-major in the
+            16 x 16 grid) holding each point's projection, -100 when outside the image; None when
+            the dataset has no object positions (collected before they were recorded).
+        offsets: (N, 6) float32: (task object - tcp, destination - tcp) in decimetres; the
+            destination is the green square for ``place`` and the task object otherwise. None
+            as ``patch_targets``.
     """
 
     images: np.ndarray
@@ -48,6 +63,8 @@ class FrameSet:
     instruction_index: np.ndarray
     instructions: list[str]
     episode_seed: np.ndarray
+    patch_targets: np.ndarray | None = None
+    offsets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -107,16 +124,46 @@ def split_seeds(families: dict[int, str], val_fraction: float, seed: int) -> tup
     return sorted(set(families) - set(val)), sorted(val)
 
 
+def patch_index(points: np.ndarray) -> np.ndarray:
+    """(..., 3) world points -> (...,) int64 index of the visual-token patch each projects into
+    (``row // 14 * 16 + column // 14`` of the 224 px image), -100 outside the image."""
+    pixels = project_to_image(points)
+    inside = np.all((pixels >= 0) & (pixels < IMAGE_SIZE), axis=-1)
+    cells = np.floor(np.nan_to_num(pixels, nan=-1.0) / PATCH_SIZE).astype(np.int64)
+    return np.where(inside, cells[..., 1] * (IMAGE_SIZE // PATCH_SIZE) + cells[..., 0], -100)
+
+
+def auxiliary_targets(record: EpisodeRecord) -> tuple[np.ndarray, np.ndarray] | None:
+    """Training-only supervision of one episode from the simulator's privileged state.
+
+    Returns ``(patch_targets (T, 5) int64, offsets (T, 6) float32)`` as :class:`FrameSet`
+    documents, or None when the record has no ``object_positions``.
+    """
+    if record.object_positions is None:
+        return None
+    names = [obj.name for obj in OBJECTS]
+    tcp = record.proprio[:, :3].astype(np.float64)
+    points = np.concatenate([record.object_positions, tcp[:, None]], axis=1)
+    target = record.object_positions[:, names.index(record.target)]
+    destination = record.object_positions[:, names.index(PAD_NAME)] if record.family == "place" else target
+    offsets = OFFSET_SCALE * np.concatenate([target - tcp, destination - tcp], axis=1)
+    return patch_index(points), offsets.astype(np.float32)
+
+
 def _frames(records: list[EpisodeRecord], instructions: list[str]) -> FrameSet:
     if not records:
         return FrameSet(np.zeros((0, 224, 224, 3), np.uint8), np.zeros((0, ACTION_DIM), np.float32),
                         np.zeros(0, np.int64), instructions, np.zeros(0, np.int64))
+    auxiliary = [auxiliary_targets(r) for r in records]
+    complete = all(a is not None for a in auxiliary)
     return FrameSet(
         images=np.concatenate([r.images for r in records]),
         actions=np.concatenate([r.actions for r in records]).astype(np.float32),
         instruction_index=np.concatenate([np.full(len(r), instructions.index(r.instruction)) for r in records]),
         instructions=instructions,
-        episode_seed=np.concatenate([np.full(len(r), r.seed, np.int64) for r in records]))
+        episode_seed=np.concatenate([np.full(len(r), r.seed, np.int64) for r in records]),
+        patch_targets=np.concatenate([a[0] for a in auxiliary]) if complete else None,  # type: ignore[index]
+        offsets=np.concatenate([a[1] for a in auxiliary]) if complete else None)  # type: ignore[index]
 
 
 def load_training_data(root: str | Path, val_fraction: float, seed: int, dataset_key: str | None = None

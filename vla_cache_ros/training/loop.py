@@ -35,6 +35,7 @@ from vla_cache_ros.errors import ConfigurationError, TrainingError
 from vla_cache_ros.models.vla import OpenVLA
 from vla_cache_ros.training.curves import plot_learning_curves
 from vla_cache_ros.training.data import (
+    LOCATED_POINTS,
     FrameSet,
     TrainingData,
     action_tokens,
@@ -45,11 +46,13 @@ from vla_cache_ros.training.data import (
 )
 from vla_cache_ros.training.model import (
     PRESETS,
+    AuxiliaryHeads,
     Batch,
     action_logits,
     action_loss,
     build_policy,
     export_checkpoint,
+    forward,
     make_batch,
 )
 from vla_cache_ros.training.state import (
@@ -71,8 +74,11 @@ DEFAULT_EPOCHS = 5.0
 PRECISIONS = ("auto", "float32", "bfloat16")
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 NO_DECAY_SUFFIXES = ("embed_tokens.weight", "pos_embed", "cls_token", "reg_token")
+DEFAULT_AUX_WEIGHT = 0.5
+AUX_PREFIX = "aux_heads."
+"""Key prefix of the auxiliary heads in the training state (they are never exported)."""
 IDENTITY = ("preset", "total_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
-            "grad_clip", "seed", "val_fraction", "dataset_key", "data_fingerprint")
+            "grad_clip", "seed", "val_fraction", "dataset_key", "data_fingerprint", "aux_weight")
 """Settings that define a run's losses; a resume must keep them."""
 
 
@@ -103,6 +109,9 @@ class TrainConfig:
             2.4x slower on this project's AVX-512 machine without AMX), ``float32``, ``bfloat16``.
         save_dtype: dtype of the exported checkpoint weights.
         dataset_key: norm_stats key (None: the dataset's only one).
+        aux_weight: weight of the training-only auxiliary losses (``model.AuxiliaryHeads``: patch
+            cross-entropy + offset smooth-L1) added to the action loss; None: ``DEFAULT_AUX_WEIGHT``
+            when the dataset records object positions, else 0. Reported losses stay the action loss.
         progress: show a tqdm bar.
     """
 
@@ -128,6 +137,7 @@ class TrainConfig:
     precision: str = "auto"
     save_dtype: str = "float32"
     dataset_key: str | None = None
+    aux_weight: float | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -144,7 +154,7 @@ class TrainConfig:
             raise TrainingError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         non_negative = {"--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip,
                         "--val-frames": self.val_frames, "--greedy-frames": self.greedy_frames,
-                        "--warmup-steps": self.warmup_steps}
+                        "--warmup-steps": self.warmup_steps, "--aux-weight": self.aux_weight}
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise TrainingError(f"{name} must be >= 0, got {value}")
@@ -208,9 +218,21 @@ class Evaluation:
 
 
 def frames_batch(model: OpenVLA, frames: FrameSet, rows: np.ndarray, targets: np.ndarray) -> Batch:
-    """The teacher-forced batch of frame ``rows`` (``targets``: (N, 7) token ids of every frame)."""
+    """The teacher-forced batch of frame ``rows`` (``targets``: (N, 7) token ids of every frame),
+    with the frames' auxiliary targets when they have them."""
+    def pick(array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else torch.from_numpy(array[rows])
+
     return make_batch(model, [frames.images[r] for r in rows], [frames.instruction(r) for r in rows],
-                      torch.from_numpy(targets[rows]))
+                      torch.from_numpy(targets[rows]), pick(frames.patch_targets), pick(frames.offsets))
+
+
+def _state_tensors(model: OpenVLA, heads: AuxiliaryHeads | None) -> dict[str, torch.Tensor]:
+    """The policy's state dict plus the auxiliary heads' under ``AUX_PREFIX``."""
+    tensors = dict(model.state_dict())
+    if heads is not None:
+        tensors.update({AUX_PREFIX + k: v for k, v in heads.state_dict().items()})
+    return tensors
 
 
 @torch.no_grad()
@@ -276,8 +298,21 @@ def _check_out_dir(out_dir: Path) -> None:
                             "choose a new directory")
 
 
+def _aux_weight(config: TrainConfig, data: TrainingData) -> float:
+    """The run's auxiliary-loss weight (see ``TrainConfig.aux_weight``)."""
+    recorded = data.train.patch_targets is not None
+    if config.aux_weight is None:
+        return DEFAULT_AUX_WEIGHT if recorded else 0.0
+    if config.aux_weight > 0 and not recorded:
+        raise TrainingError(f"--aux-weight {config.aux_weight:g} needs object positions, which {config.data_dir} "
+                            "does not record (collect it again with this version of sim-collect, or pass "
+                            "--aux-weight 0)")
+    return float(config.aux_weight)
+
+
 def _settings(config: TrainConfig, data: TrainingData, total_steps: int) -> dict[str, Any]:
-    return {"preset": config.preset, "total_steps": total_steps, "batch_size": config.batch_size,
+    return {"aux_weight": _aux_weight(config, data), "preset": config.preset, "total_steps": total_steps,
+            "batch_size": config.batch_size,
             "lr": config.lr, "weight_decay": config.weight_decay, "warmup_steps": config.warmup(total_steps),
             "min_lr_ratio": config.min_lr_ratio, "grad_clip": config.grad_clip, "seed": config.seed,
             "val_fraction": config.val_fraction, "dataset_key": data.dataset_key,
@@ -337,11 +372,18 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     else:
         _check_out_dir(out_dir)
     model = build_policy(config.preset, data.norm_stats, out_dir, config.seed)
+    aux_weight = settings["aux_weight"]
+    heads = AuxiliaryHeads.for_policy(model, len(LOCATED_POINTS)) if aux_weight > 0 else None
+    trainee = torch.nn.ModuleDict({"policy": model, **({"aux": heads} if heads is not None else {})})
     if saved is not None:
-        model.load_state_dict(saved.model)
-    model.to(device).train()
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+        model.load_state_dict({k: v for k, v in saved.model.items() if not k.startswith(AUX_PREFIX)})
+        if heads is not None:
+            heads.load_state_dict({k[len(AUX_PREFIX):]: v for k, v in saved.model.items() if k.startswith(AUX_PREFIX)})
+    trainee.to(device).train()
+    optimizer = make_optimizer(trainee, config.lr, config.weight_decay)
     names = {id(p): n for n, p in model.named_parameters()}
+    if heads is not None:
+        names.update({id(p): AUX_PREFIX + n for n, p in heads.named_parameters()})
     history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "sessions": []}
     step = 0
     if saved is not None:
@@ -373,7 +415,7 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
         session.update(end_step=step, wall_s=round(time.monotonic() - began, 1), train_s=round(train_seconds, 1))
         save_state(state_dir, TrainingState(
             step=step, settings=settings, history=history,
-            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            model={k: v.detach().cpu() for k, v in _state_tensors(model, heads).items()},
             optimizer=optimizer_state_by_name(optimizer, names), rng=rng_states(device)))
         export_checkpoint(model, out_dir, getattr(torch, config.save_dtype))
         plot_learning_curves(history, training_dir / CURVES_FILE,
@@ -401,17 +443,23 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
                 log(f"--max-minutes {max_minutes:g} reached at step {step}")
                 break
             tick = time.monotonic()
+            auxiliary: dict[str, float] = {}
             rows = batch_rows(step, config.batch_size, len(data.train), config.seed)
             batch = frames_batch(model, data.train, rows, train_targets).to(device)
             rate = learning_rate(step, config.lr, warmup, total_steps, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = rate
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                logits = action_logits(model, batch)
+                logits, features, action_hidden = forward(model, batch)
             loss = action_loss(logits, batch.targets)
-            loss.backward()
+            total = loss
+            if heads is not None:
+                patch_loss, offset_loss = heads.losses(features, action_hidden, batch)
+                total = loss + aux_weight * (patch_loss + offset_loss)
+                auxiliary = {"patch_loss": float(patch_loss.detach()), "offset_loss": float(offset_loss.detach())}
+            total.backward()
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainee.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             value = float(loss.detach())
@@ -420,9 +468,12 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
             step += 1
             train_seconds += time.monotonic() - tick
             losses.append(value)
-            history["train"].append({"step": step, "loss": value, "lr": rate})
+            history["train"].append({"step": step, "loss": value, "lr": rate, **auxiliary})
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}",
+            recent = history["train"][-20:]
+            shown = {key: f"{np.mean([entry[key] for entry in recent]):.3f}"
+                     for key in ("patch_loss", "offset_loss") if key in auxiliary}
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **shown,
                             samples_s=f"{len(losses) * config.batch_size / train_seconds:.1f}")
             done = step >= stop_at
             if len(data.val) and (step % config.eval_every == 0 or done):

@@ -131,19 +131,28 @@ class Batch:
         action_start: (B,) int64 index, in the full sequence (visual tokens included), of the
             position whose output predicts the first action token.
         targets: (B, 7) int64 action-token ids.
+        patch_targets: (B, P) int64 patch index of each located point (-100: not visible), or
+            None (no auxiliary supervision; see ``training.data.FrameSet``).
+        offsets: (B, 6) float32 auxiliary offsets in decimetres, or None.
     """
 
     pixel_values: torch.Tensor
     input_ids: torch.Tensor
     action_start: torch.Tensor
     targets: torch.Tensor
+    patch_targets: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
         return Batch(self.pixel_values.to(device), self.input_ids.to(device), self.action_start.to(device),
-                     self.targets.to(device))
+                     self.targets.to(device), move(self.patch_targets), move(self.offsets))
 
 
-def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: torch.Tensor) -> Batch:
+def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: torch.Tensor,
+               patch_targets: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> Batch:
     """Preprocess frames exactly as inference does (``model.processor``) and lay out the tokens.
 
     Args:
@@ -151,6 +160,7 @@ def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: t
         images: B (H, W, 3) uint8 RGB frames.
         instructions: B instructions.
         targets: (B, 7) int64 action-token ids.
+        patch_targets, offsets: optional auxiliary targets, passed through (see :class:`Batch`).
     """
     pixels = torch.cat([model.processor(image).pixel_values for image in images])
     prompts = [prompt_token_ids(model.tokenizer, text) for text in instructions]
@@ -162,24 +172,60 @@ def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: t
         input_ids[row, len(prompt):len(prompt) + ACTION_DIM - 1] = targets[row, :ACTION_DIM - 1]
     # [BOS | N visual | prompt[1:]]: the last prompt token (29871) sits at N + len(prompt) - 1.
     start = torch.tensor([model.num_visual_tokens + len(p) - 1 for p in prompts])
-    return Batch(pixels, input_ids, start, targets.long())
-
-
-def sequence_embeddings(model: OpenVLA, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """``[BOS | visual | input_ids[1:]]`` embeddings (B, 1 + N + T - 1, hidden), with gradients
-    (``OpenVLA.assemble_embeddings`` is the no-grad inference twin)."""
-    visual = model.projector(model.vision(pixel_values))
-    text = model.language_model.get_input_embeddings()(input_ids)
-    return torch.cat([text[:, :1], visual.to(text.dtype), text[:, 1:]], dim=1)
+    return Batch(pixels, input_ids, start, targets.long(), patch_targets, offsets)
 
 
 def action_logits(model: OpenVLA, batch: Batch) -> torch.Tensor:
     """Teacher-forced logits of the 7 action positions: (B, 7, vocab)."""
-    embeddings = sequence_embeddings(model, batch.pixel_values, batch.input_ids)
+    return forward(model, batch)[0]
+
+
+def forward(model: OpenVLA, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One teacher-forced pass: (action logits (B, 7, vocab), vision features (B, N, D) before the
+    projector, decoder hidden states of the 7 action positions (B, 7, hidden))."""
+    features = model.vision(batch.pixel_values)
+    text = model.language_model.get_input_embeddings()(batch.input_ids)
+    visual = model.projector(features).to(text.dtype)
+    embeddings = torch.cat([text[:, :1], visual, text[:, 1:]], dim=1)
     hidden = model.language_model.model(inputs_embeds=embeddings, use_cache=False).last_hidden_state
     positions = batch.action_start[:, None] + torch.arange(ACTION_DIM, device=hidden.device)
     picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
-    return model.language_model.lm_head(picked)
+    return model.language_model.lm_head(picked), features, picked
+
+
+class AuxiliaryHeads(torch.nn.Module):
+    """Training-only heads fed with privileged simulator state; never exported.
+
+    - ``patch``: a linear score per visual token and located point (the four objects and the
+      tcp); softmax over the N tokens, cross-entropy against the patch the point projects into.
+      It makes the vision tower find the ~18 px objects, which action labels alone taught too
+      slowly (the first prototype's arm made the same move wherever the target lay; issue 12).
+    - ``offset``: linear regression, from the decoder state that predicts the first action token,
+      of (task object - tcp, destination - tcp) in decimetres: what the expert's actions are a
+      function of, read where the action is decoded (the instruction picks the object).
+
+    In the spirit of auxiliary state prediction in imitation learning; weights and the choice of
+    targets are this project's, not tuned by ablation.
+    """
+
+    def __init__(self, vision_dim: int, hidden_size: int, points: int, offset_dim: int = 6) -> None:
+        super().__init__()
+        self.patch = torch.nn.Linear(vision_dim, points)
+        self.offset = torch.nn.Linear(hidden_size, offset_dim)
+
+    @classmethod
+    def for_policy(cls, model: OpenVLA, points: int) -> "AuxiliaryHeads":
+        return cls(model.vision.embed_dim, model.llama_config.hidden_size, points)
+
+    def losses(self, features: torch.Tensor, action_hidden: torch.Tensor, batch: Batch
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patch cross-entropy in nats averaged over visible points, offset smooth-L1 in dm)."""
+        if batch.patch_targets is None or batch.offsets is None:
+            raise TrainingError("auxiliary heads need a batch with patch_targets and offsets")
+        scores = self.patch(features.float()).transpose(1, 2)  # (B, P, N)
+        patch_loss = F.cross_entropy(scores.flatten(0, 1), batch.patch_targets.flatten(), ignore_index=IGNORE_INDEX)
+        offset_loss = F.smooth_l1_loss(self.offset(action_hidden[:, 0].float()), batch.offsets.float())
+        return patch_loss, offset_loss
 
 
 def action_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
