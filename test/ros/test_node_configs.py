@@ -69,7 +69,8 @@ def test_bad_setup_exits_with_one_clear_line(checkpoint: Path, tmp_path: Path) -
     code, log = node.stop()
     assert code == 2, log[-3000:]
     assert log.strip().splitlines()[-1] == (
-        "vla_cache_node: error: model_path '/nonexistent/model' is not a directory")
+        "vla_cache_node: error: model_path '/nonexistent/model' is not a directory "
+        "(nor a known name: sim_policy, tiny)")
     assert "Traceback" not in log
 
 

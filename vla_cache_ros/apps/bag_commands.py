@@ -176,8 +176,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay = subparsers.add_parser(
         "replay", help="compare cache modes offline on a bag: speedup vs off, action fidelity, plots")
     replay.add_argument("bag", help="rosbag2 directory, .mcap or .db3 file")
-    replay.add_argument("--model", required=True,
-                        help="OpenVLA-format checkpoint directory, or 'tiny' for the demo's miniature model")
+    replay.add_argument("--model", default=None,
+                        help="OpenVLA-format checkpoint directory, or a short name: sim_policy (default: the "
+                             "shipped trained policy) or tiny (seeded random)")
     replay.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache",
                         help="comma-separated cache modes; off is added first if missing (default: %(default)s)")
     replay.add_argument("--out", type=Path, default=None,

@@ -186,9 +186,15 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path) -> tuple[OpenVLA, str]:
-    """``tiny`` / ``midsize``: written to disk and loaded like a real checkpoint; ``openvla-7b``:
-    built randomly in memory; anything else: a checkpoint directory."""
+def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
+                     ) -> tuple[OpenVLA, str, str | None]:
+    """(model, label, its norm_stats key or None) for a ``--models`` entry.
+
+    ``tiny`` / ``midsize``: random presets written to disk and loaded like a real checkpoint;
+    ``openvla-7b``: built randomly in memory; ``sim_policy`` (or another name of
+    ``models.catalog``): the shipped trained policy; anything else: a checkpoint directory.
+    """
+    from vla_cache_ros.models.catalog import SHORT_NAMES, resolve_model
     from vla_cache_ros.models.tiny import make_tiny_checkpoint, random_model
     from vla_cache_ros.models.vla import load_vla
 
@@ -196,10 +202,12 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path)
         directory = work_dir / f"{name}-seed0"
         if not (directory / "config.json").is_file():
             make_tiny_checkpoint(directory, seed=0, preset=name)
-        return load_vla(directory, device=device, dtype=dtype), f"{name} preset (random weights)"
+        return load_vla(directory, device=device, dtype=dtype), f"{name} preset (random weights)", "tiny_sim"
     if name == "openvla-7b":
-        return random_model("openvla-7b", device=device, dtype=dtype), "OpenVLA-7B-shaped random model"
-    return load_vla(name, device=device, dtype=dtype), f"checkpoint {name}"
+        return random_model("openvla-7b", device=device, dtype=dtype), "OpenVLA-7B-shaped random model", "tiny_sim"
+    resolved = resolve_model(name)
+    label = f"{name} (trained, shipped)" if name in SHORT_NAMES else f"checkpoint {name}"
+    return load_vla(resolved.path, device=device, dtype=dtype), label, resolved.unnorm_key
 
 
 def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str | None,
@@ -226,8 +234,8 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for name in models:
-        model, label = load_bench_model(name, device, dtype, out_dir / "models")
-        report = bench_model(model, label, mode_list, steps, warmup, unnorm_key, prepack=prepack)
+        model, label, model_key = load_bench_model(name, device, dtype, out_dir / "models")
+        report = bench_model(model, label, mode_list, steps, warmup, unnorm_key or model_key, prepack=prepack)
         report["machine"] = machine_description(device)
         reports.append(report)
         print(markdown_table(report) + "\n", flush=True)
@@ -241,8 +249,9 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
     parser = subparsers.add_parser("bench", help="uncached vs each cache mode, per stage, in one run")
-    parser.add_argument("--models", default="tiny,midsize",
-                        help="comma-separated: tiny, midsize, openvla-7b (GPU, in memory) or checkpoint dirs")
+    parser.add_argument("--models", default="sim_policy,midsize",
+                        help="comma-separated: sim_policy (the shipped trained policy), tiny, midsize (random "
+                             "presets), openvla-7b (GPU, in memory) or checkpoint dirs (default: %(default)s)")
     parser.add_argument("--modes", default=",".join(default_sweep()),
                         help="comma-separated modes, first must be off (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=12, help="measured steps per mode")
@@ -251,7 +260,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="default: float32 on cpu, bfloat16 on cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--unnorm-key", default="tiny_sim", help="norm_stats key for decoding actions")
+    parser.add_argument("--unnorm-key", default=None,
+                        help="norm_stats key for decoding actions (default: each model's own)")
     parser.add_argument("--prepack", choices=list(PREPACK_CHOICES), default="auto",
                         help="CPU: prepacked decoder weights for every mode, off included (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")

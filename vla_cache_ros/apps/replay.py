@@ -56,7 +56,7 @@ class ReplayOptions:
     """Settings of one comparison run (the ``replay`` subcommand's options)."""
 
     bag: Path
-    model: str
+    model: str | None = None
     modes: str = DEFAULT_MODES
     out: Path | None = None
     image_topic: str | None = AUTO
@@ -218,12 +218,11 @@ def _load_model(options: ReplayOptions) -> tuple[OpenVLA, Path, str | None]:
 
 
 def _resolve_model(options: ReplayOptions) -> tuple[Path, str | None]:
-    """``tiny`` is the demo's miniature checkpoint (made once, un-normalised with ``tiny_sim``)."""
-    if options.model == "tiny":
-        from vla_cache_ros.apps.demo import ensure_demo_model
+    """A checkpoint directory or a short name of ``models.catalog`` (None: the shipped policy)."""
+    from vla_cache_ros.models.catalog import resolve_model
 
-        return ensure_demo_model(), options.unnorm_key or "tiny_sim"
-    return Path(options.model), options.unnorm_key
+    resolved = resolve_model(options.model, options.unnorm_key)
+    return resolved.path, resolved.unnorm_key
 
 
 def _step_record(step: ModeStep, frame: Frame, start_ns: int) -> StepRecord:

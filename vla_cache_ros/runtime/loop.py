@@ -70,15 +70,23 @@ class Publication:
 def check_model_path(value: Any) -> str:
     """The checkpoint directory from the ``model_path`` setting, checked without heavy imports.
 
+    A directory, or a short name of ``models.catalog`` (``sim_policy``: the shipped trained
+    policy; ``tiny``: the seeded random one) when no such directory exists.
+
     Raises:
-        ConfigurationError: empty, or not a directory.
+        ConfigurationError: empty, or neither a directory nor a short name.
     """
     model_path = os.path.expanduser(str(value))
     if not model_path:
-        raise ConfigurationError("parameter model_path is required (an OpenVLA-format "
-                                 "checkpoint directory; `vla-cache make-tiny DIR` makes one)")
+        raise ConfigurationError("parameter model_path is required (an OpenVLA-format checkpoint "
+                                 "directory, or sim_policy for the shipped policy)")
     if not Path(model_path).is_dir():
-        raise ConfigurationError(f"model_path {clip_text(repr(model_path))} is not a directory")
+        from vla_cache_ros.models.catalog import SHORT_NAMES, resolve_model
+
+        if model_path in SHORT_NAMES:
+            return str(resolve_model(model_path).path)
+        raise ConfigurationError(f"model_path {clip_text(repr(model_path))} is not a directory "
+                                 f"(nor a known name: {', '.join(SHORT_NAMES)})")
     return model_path
 
 

@@ -1,0 +1,92 @@
+"""Short model names for the command line: the shipped trained policy and the seeded random tiny one.
+
+Every command that takes ``--model`` (demo, replay, bench, sim-eval) accepts a checkpoint
+directory or one of these names:
+
+- ``sim_policy`` (the default): the miniature OpenVLA-format policy trained by behaviour cloning
+  on the simulated tabletop (``vla-cache train-policy``), shipped inside the package under
+  ``vla_cache_ros/data/models/sim_policy`` with its model card (``MODEL_CARD.md``). Its only
+  norm_stats key is ``vla_cache_sim``.
+- ``tiny``: a seeded random checkpoint (``models.tiny``), written once to
+  ``$VLA_CACHE_HOME/tiny-seed0`` (default ``~/.cache/vla_cache_ros``); un-normalised with
+  ``tiny_sim``. Meaningless actions: for tests and cache mechanics, not for task success.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vla_cache_ros.errors import ConfigurationError
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SHIPPED_DIR = PACKAGE_DIR / "data" / "models"
+DEFAULT_MODEL = "sim_policy"
+TINY_MODEL = "tiny"
+
+
+def cache_home() -> Path:
+    """Where generated checkpoints go: ``$VLA_CACHE_HOME`` or ``~/.cache/vla_cache_ros``."""
+    return Path(os.environ.get("VLA_CACHE_HOME", Path.home() / ".cache" / "vla_cache_ros"))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A checkpoint directory and the norm_stats key to un-normalise its actions with.
+
+    Attributes:
+        path: the OpenVLA-format checkpoint directory.
+        unnorm_key: the key (None: the checkpoint's only one, or the caller's choice).
+        name: the short name it was given by, or None for a plain directory.
+    """
+
+    path: Path
+    unnorm_key: str | None
+    name: str | None = None
+
+
+SHORT_NAMES: dict[str, str | None] = {DEFAULT_MODEL: "vla_cache_sim", TINY_MODEL: "tiny_sim"}
+"""Short name -> its norm_stats key."""
+
+
+def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory of a checkpoint shipped in the package."""
+    return SHIPPED_DIR / name
+
+
+def ensure_tiny_model(directory: Path | None = None) -> Path:
+    """The seeded random tiny checkpoint, written to ``directory`` (default
+    ``cache_home()/tiny-seed0``) the first time."""
+    directory = directory or cache_home() / "tiny-seed0"
+    if not (directory / "config.json").is_file():
+        from vla_cache_ros.models.tiny import make_tiny_checkpoint
+
+        make_tiny_checkpoint(directory, seed=0)
+    return directory
+
+
+def resolve_model(model: str | Path | None, unnorm_key: str | None = None) -> ResolvedModel:
+    """Turn a ``--model`` value (None, a short name or a directory) into a checkpoint.
+
+    Args:
+        model: None or ``""`` -> ``DEFAULT_MODEL``; an existing directory; else a name of
+            ``SHORT_NAMES`` (a directory of the same name, e.g. a training ``--out``, wins).
+        unnorm_key: overrides the short name's key when given.
+
+    Raises:
+        ConfigurationError: the shipped model is missing from this installation, or ``model``
+            is neither a short name nor a directory.
+    """
+    text = str(model) if model not in (None, "") else DEFAULT_MODEL
+    if Path(text).expanduser().is_dir():
+        return ResolvedModel(Path(text).expanduser(), unnorm_key, None)
+    if text == TINY_MODEL:
+        return ResolvedModel(ensure_tiny_model(), unnorm_key or SHORT_NAMES[TINY_MODEL], TINY_MODEL)
+    if text in SHORT_NAMES:
+        path = shipped_model_dir(text)
+        if not (path / "config.json").is_file():
+            raise ConfigurationError(f"the shipped model {text!r} is missing from this installation "
+                                     f"(expected {path}); reinstall the package or pass --model DIR")
+        return ResolvedModel(path, unnorm_key or SHORT_NAMES[text], text)
+    raise ConfigurationError(f"--model {text!r} is neither a checkpoint directory nor a known name "
+                             f"({', '.join(SHORT_NAMES)})")
