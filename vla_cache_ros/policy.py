@@ -28,7 +28,7 @@ from vla_cache_ros.cache.selectors import SelectionContext, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
-from vla_cache_ros.stages import STAGES, StageClock, device_sync
+from vla_cache_ros.stages import STAGES, StageClock, StepRecord, device_sync
 
 DEFAULT_MAX_TOKEN_AGE = 20
 
@@ -67,6 +67,13 @@ class StepStats:
     def flops_saved_fraction(self) -> float:
         """1 - flops_ratio."""
         return 1.0 - self.flops_ratio
+
+    def record(self) -> StepRecord:
+        """The step's mode, ratios and stage times in milliseconds (what the node publishes per
+        step on ``~/step_stats``)."""
+        return StepRecord(self.mode, float(self.target_ratio), float(self.actual_ratio),
+                          {stage: 1000.0 * float(seconds) for stage, seconds in self.times_s.items()},
+                          bool(self.cache_reset))
 
 
 def vision_dims(model: OpenVLA) -> VisionDims:

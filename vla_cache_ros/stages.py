@@ -2,15 +2,20 @@
 
 A step (``CachedVLAPolicy.step``) runs preprocess -> vision -> select -> prefill -> decode;
 ``total`` is the whole step, un-normalising the action and committing the cache included. Every
-report of step times (the policy's ``StepStats.times_s``, the node's telemetry and diagnostics,
-the benchmark, the replay comparison and the offline demo) uses these names, in this order.
+report of step times (the policy's ``StepStats.times_s``, the node's telemetry, diagnostics and
+per-step :class:`StepRecord`, the benchmark, the replay comparison, sim-eval and the offline
+demo) uses these names, in this order.
 Light: no torch import unless a CUDA device has to be synchronised.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from vla_cache_ros.errors import InvalidInputError
 
 STAGES: tuple[str, ...] = ("preprocess", "vision", "select", "prefill", "decode", "total")
 
@@ -60,3 +65,39 @@ class StageClock:
         """Record ``total`` (since construction) and return every stage's time in seconds."""
         self.times_s["total"] = time.perf_counter() - self._start
         return self.times_s
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step did, as the node publishes it per step on ``~/step_stats`` (JSON in a
+    ``std_msgs/String``) and ``sim-eval`` reads it: the mode and target ratio in force, the share of
+    visual tokens actually reused, whether the cache was (re)initialised, and each stage's wall
+    time in milliseconds (keys of :data:`STAGES`; ``total`` is the whole step).
+    """
+
+    mode: str
+    target_ratio: float
+    actual_ratio: float
+    times_ms: dict[str, float]
+    cache_reset: bool = False
+
+    def to_json(self) -> str:
+        """One line of JSON: ``{"mode": ..., "target_ratio": ..., "actual_ratio": ...,
+        "cache_reset": ..., "times_ms": {"preprocess": ..., ..., "total": ...}}``."""
+        return json.dumps({"mode": self.mode, "target_ratio": self.target_ratio, "actual_ratio": self.actual_ratio,
+                           "cache_reset": self.cache_reset, "times_ms": self.times_ms})
+
+    @classmethod
+    def from_json(cls, text: str) -> "StepRecord":
+        """Parse :meth:`to_json`'s output.
+
+        Raises:
+            InvalidInputError: not JSON, or a field missing or of the wrong type.
+        """
+        try:
+            data = json.loads(text)
+            times = {str(stage): float(value) for stage, value in data["times_ms"].items()}
+            return cls(str(data["mode"]), float(data["target_ratio"]), float(data["actual_ratio"]), times,
+                       bool(data.get("cache_reset", False)))
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise InvalidInputError(f"not a step record ({type(error).__name__}: {error}): {text[:200]!r}") from None

@@ -4,7 +4,7 @@ Two kinds of names:
 
 - The node's own names (``IMAGE``, ``JOINT_STATES``, ..., ``GRIPPER_COMMAND``) are relative, so
   they resolve in the node's namespace and a launch file or ``--ros-args -r`` remaps them onto an
-  arm's topics; ``CACHE_RATIO``, ``INFERENCE_LATENCY_MS`` and :func:`preview` are private
+  arm's topics; ``CACHE_RATIO``, ``INFERENCE_LATENCY_MS``, ``STEP_STATS`` and :func:`preview` are private
   (``~/``); ``CLOCK`` and ``DIAGNOSTICS`` are the global ROS topics.
 - The arm's names (``*_TOPIC``) are absolute: those of the usual camera driver,
   joint_state_broadcaster, ros2_control and MoveIt Servo setup, which the simulated arm
@@ -32,6 +32,7 @@ TWIST_CMD = "twist_cmd"  # geometry_msgs/TwistStamped out
 GRIPPER_COMMAND = "gripper_command"  # std_msgs/Float64MultiArray [opening 0..1] out
 CACHE_RATIO = "~/cache_ratio"  # std_msgs/Float32 per step
 INFERENCE_LATENCY_MS = "~/inference_latency_ms"  # std_msgs/Float32 per step
+STEP_STATS = "~/step_stats"  # std_msgs/String per step: stages.StepRecord as JSON (mode, ratios, stage ms)
 CLOCK = "/clock"  # rosgraph_msgs/Clock (sim time)
 DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray
 

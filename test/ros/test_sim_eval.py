@@ -1,4 +1,5 @@
-"""sim-eval end to end: the real vla_cache_node (miniature checkpoint) drives sim_arm_node over DDS."""
+"""sim-eval end to end: the real vla_cache_node (miniature checkpoint), switched between cache modes
+live, drives sim_arm_node over DDS."""
 from __future__ import annotations
 
 import json
@@ -24,16 +25,24 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_short_closed_loop_run_completes_and_reports(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    code = cli_main(["sim-eval", "--model", str(checkpoint), "--unnorm-key", "tiny_sim", "--modes", "fixed:0.5,expert",
-                     "--episodes", "1", "--families", "touch", "--episode-timeout", "2", "--num-threads", "1",
+    code = cli_main(["sim-eval", "--model", str(checkpoint), "--unnorm-key", "tiny_sim",
+                     "--modes", "off,fixed:0.5,expert", "--episodes", "1", "--families", "touch",
+                     "--episode-timeout", "2", "--num-threads", "1", "--warmup-steps", "1",
                      "--out", str(out), "--quiet"])
     assert code == 0
     document = json.loads((out / "results.json").read_text())
-    fixed, expert = document["summary"]["fixed:0.5"], document["summary"]["expert"]
-    # The policy node really ran: inference steps with latencies and about half the tokens reused.
-    assert fixed["inference_steps"] >= 3 and fixed["latency_ms_mean"] > 0
-    assert 0.2 < fixed["cache_ratio_mean"] <= 0.5
+    off, fixed, expert = (document["summary"][label] for label in ("off", "fixed:0.5", "expert"))
+    # One node served both cache modes, switched live (warm-up round, then the counted round):
+    # the policy really ran, and each mode kept only its own steps -- none reused in off, about
+    # half in fixed:0.5.
+    assert (out / "logs" / "vla_cache_node.yaml").exists()
+    assert fixed["inference_steps"] >= 3 and fixed["latency_ms_p50"] > 0 and fixed["latency_steps"] >= 2
+    assert 0.2 < fixed["cache_ratio_mean"] <= 0.5 and off["cache_ratio_mean"] == 0.0
+    assert set(fixed["stage_latency_ms"]) == {"preprocess", "vision", "select", "prefill", "decode", "total"}
+    assert fixed["speedup_pairs"] == 1 and fixed["speedup_vs_off"] > 0
     assert fixed["overall"]["episodes"] == 1 and document["episodes"][0]["family"] == "touch"
+    assert [e["mode"] for e in document["episodes"]] == ["off", "fixed:0.5", "expert"]  # warm-up not counted
+    assert document["warmup_episodes"] == 1 and "first 1 inference step(s)" in document["method"]["warmup"]
     # The scripted expert, through the same topics, solves the same episode.
-    assert expert["overall"]["successes"] == 1 and expert["latency_ms_mean"] is None
+    assert expert["overall"]["successes"] == 1 and expert["latency_ms_p50"] is None
     assert (out / "results.md").exists() and (out / "success_by_family.png").exists()

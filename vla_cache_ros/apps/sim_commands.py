@@ -5,7 +5,15 @@ import argparse
 from pathlib import Path
 
 from vla_cache_ros.sim.collect import CollectConfig, collect
-from vla_cache_ros.sim.evaluate import DEFAULT_EVAL_SEED, EvalConfig, markdown_table, parse_modes
+from vla_cache_ros.sim.evaluate import (
+    DEFAULT_EVAL_SEED,
+    DEFAULT_WARMUP_EPISODES,
+    DEFAULT_WARMUP_STEPS,
+    EvalConfig,
+    markdown_notes,
+    markdown_table,
+    parse_modes,
+)
 from vla_cache_ros.sim.tasks import FAMILIES
 
 
@@ -43,11 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "sim-eval", help="closed-loop success per cache mode: vla_cache_node driving sim_arm_node over ROS 2",
-        description="Start sim_arm_node and, per mode, vla_cache_node (actuation on, EE twists), run the "
-                    "same episodes for every mode and report success per task family with 95% "
-                    "confidence intervals, episode length, inference latency and rate, actual cache "
-                    "ratio (results.json, results.md, PNG plots). The mode 'expert' runs the scripted "
-                    "expert through the same topics as a sanity row.")
+        description="Start sim_arm_node and one vla_cache_node (actuation on, EE twists), run the same "
+                    "episodes in every mode, the cache modes interleaved in rounds over the same seeds "
+                    "(switched live on the node, the order rotating each round), and report success per "
+                    "task family with 95% confidence intervals, episode length, step latency p50/p90 "
+                    "per stage (warm-up excluded), inference rate, actual cache ratio and the speedup "
+                    "against 'off' as the median of per-seed latency ratios (results.json, results.md, "
+                    "PNG plots). The mode 'expert' runs the scripted expert through the same topics as "
+                    "a sanity row, after the cache modes.")
     parser.add_argument("--model", type=Path, help="OpenVLA-format checkpoint directory (not needed for 'expert')")
     parser.add_argument("--modes", default="off,fixed:0.5,vla_cache",
                         help="comma-separated modes: off, fixed:R, vla_cache[:R], learned[:R], expert "
@@ -64,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-threads", type=int, default=0, help="torch CPU threads of the node (0: default)")
     parser.add_argument("--action-period", type=float, default=0.1,
                         help="seconds one action spans (sim-collect data: 0.1)")
+    parser.add_argument("--warmup-episodes", type=int, default=DEFAULT_WARMUP_EPISODES,
+                        help="uncounted warm-up rounds (one episode per cache mode each) after the node "
+                             f"starts (default {DEFAULT_WARMUP_EPISODES})")
+    parser.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS,
+                        help="inference steps at the start of each episode left out of the latency "
+                             f"figures (default {DEFAULT_WARMUP_STEPS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_sim_eval)
 
@@ -92,10 +109,11 @@ def _sim_eval(args: argparse.Namespace) -> int:
         modes=parse_modes(args.modes), episodes=args.episodes, out_dir=args.out, model_path=args.model,
         families=args.families, seed=args.seed, episode_timeout_s=args.episode_timeout,
         unnorm_key=args.unnorm_key, device=args.device, num_threads=args.num_threads,
-        action_period_s=args.action_period)
+        action_period_s=args.action_period, warmup_episodes=args.warmup_episodes,
+        warmup_steps=args.warmup_steps)
     with RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:
         results, summary = run_evaluation(config, runner, progress=not args.quiet)
     paths = write_reports(config, results, summary)
-    print(markdown_table(summary, config.families), end="")
+    print(markdown_table(summary, config.families) + "\n" + markdown_notes(config), end="")
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0

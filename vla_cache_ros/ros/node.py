@@ -19,7 +19,8 @@ Topics (relative names, remap as needed):
   out: joint_trajectory | joint_commands | twist_cmd (per command_interface), gripper_command
        (std_msgs/Float64MultiArray) -- only when enable_actuation is true; ~/preview/<same names>
        (always), ~/cache_ratio and ~/inference_latency_ms (std_msgs/Float32, per step),
-       /diagnostics (steady clock, ~1 Hz, in every lifecycle state).
+       ~/step_stats (std_msgs/String, per step: mode, ratios and stage times as JSON, see
+       stages.StepRecord), /diagnostics (steady clock, ~1 Hz, in every lifecycle state).
 
 No callback lets an exception reach the executor: it is reported, faults the watchdog (the
 safety command goes out) and the node carries on.
@@ -186,6 +187,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
                               if config.interface.publish_gripper else None)
         self._ratio_pub = pub(Float32, topics.CACHE_RATIO, qos.TELEMETRY_QOS)
         self._latency_pub = pub(Float32, topics.INFERENCE_LATENCY_MS, qos.TELEMETRY_QOS)
+        self._step_pub = pub(String, topics.STEP_STATS, qos.TELEMETRY_QOS)
         runtime = self._runtime
         if config.interface.image_type == "compressed":
             sub(CompressedImage, topics.IMAGE, lambda m: runtime.on_image(
@@ -206,7 +208,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
                 [m.pose.position.x, m.pose.position.y, m.pose.position.z],
                 stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
         self._entities += [self._command_pub, self._preview_pub, self._ratio_pub,
-                           self._latency_pub, *(self._gripper_pubs or ()), self.create_timer(
+                           self._latency_pub, self._step_pub, *(self._gripper_pubs or ()), self.create_timer(
                                1.0 / config.interface.control_rate_hz,
                                self._guarded("control tick", self._on_control_tick))]
 
@@ -242,6 +244,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
     def _publish_step(self, stats: Any) -> None:
         self._ratio_pub.publish(Float32(data=float(stats.actual_ratio)))
         self._latency_pub.publish(Float32(data=float(stats.times_s["total"] * 1000.0)))
+        self._step_pub.publish(String(data=stats.record().to_json()))
 
     def _publish(self, arm: ArmCommand | None, gripper: float | None, actuate: bool) -> None:
         if arm is not None and self._command_pub is not None:

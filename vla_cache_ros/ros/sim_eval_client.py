@@ -1,12 +1,15 @@
 """The ROS side of ``vla-cache sim-eval``: real nodes in their own processes, talking over DDS.
 
-:class:`RosEpisodeRunner` starts ``sim_arm_node`` once and, per cache mode, a
-``vla_cache_node`` (actuation enabled, EE-twist interface remapped onto the simulator's topics).
-Each episode: set the simulator's ``seed`` / ``task_family`` parameters, call ``/sim/reset``,
-then wait for the episode status to report success or timeout, while counting the node's
-``~/inference_latency_ms`` and ``~/cache_ratio`` messages. The ``expert`` mode drives the
-simulator with the scripted expert from the privileged state topic instead of a node, through
-the same twist and gripper topics a policy uses.
+:class:`RosEpisodeRunner` starts ``sim_arm_node`` once and, when the first cache mode is asked
+for, one ``vla_cache_node`` (actuation enabled, EE-twist interface remapped onto the simulator's
+topics); later cache modes are switched on that node live through its ``cache_mode`` and
+``cache_ratio`` parameters (a bare mode name gets the node's default ratio), so interleaved modes
+share one process, one warm model and the same machine state. Each episode: set the simulator's
+``seed`` / ``task_family`` parameters, call ``/sim/reset``, then wait for the episode status to
+report success or timeout, while collecting the node's per-step ``~/step_stats`` records; only
+steps run in the episode's mode and ratio are kept (a step still in flight from the previous mode
+is dropped). The ``expert`` mode stops the policy node and drives the simulator with the scripted
+expert from the privileged state topic, through the same twist and gripper topics a policy uses.
 """
 from __future__ import annotations
 
@@ -23,17 +26,19 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from std_msgs.msg import Float32, Float64MultiArray, String
+from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_cache_ros import topics
-from vla_cache_ros.errors import EvalError
+from vla_cache_ros.errors import EvalError, InvalidInputError
 from vla_cache_ros.geometry import euler_to_rotvec
 from vla_cache_ros.ros.qos import COMMAND_QOS, MONITOR_QOS
+from vla_cache_ros.runtime.parameters import defaults
 from vla_cache_ros.sim.evaluate import EpisodeResult, EvalConfig, EvalMode
 from vla_cache_ros.sim.expert import ScriptedExpert
 from vla_cache_ros.sim.scene import BASE_FRAME
 from vla_cache_ros.sim.snapshot import SceneSnapshot
+from vla_cache_ros.stages import StepRecord
 from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 
 SIM_NODE = "sim_arm_node"
@@ -50,20 +55,18 @@ class _Harness:
         self.period_s = period_s
         self.lock = threading.Lock()
         self.status: dict[str, Any] | None = None
-        self.latencies: list[float] = []
-        self.ratios: list[float] = []
+        self.steps: list[StepRecord] = []
         self.expert: ScriptedExpert | None = None
         self._expert_episode = -1
         node = self.node
         node.create_subscription(String, topics.EPISODE_STATUS_TOPIC, self._on_status, MONITOR_QOS)
-        node.create_subscription(Float32, topics.of_node(POLICY_NODE, topics.INFERENCE_LATENCY_MS), self._on_latency,
-                                 MONITOR_QOS)
-        node.create_subscription(Float32, topics.of_node(POLICY_NODE, topics.CACHE_RATIO), self._on_ratio, MONITOR_QOS)
+        node.create_subscription(String, topics.of_node(POLICY_NODE, topics.STEP_STATS), self._on_step, MONITOR_QOS)
         node.create_subscription(String, topics.PRIVILEGED_STATE_TOPIC, self._on_privileged, MONITOR_QOS)
         self.twist_pub = node.create_publisher(TwistStamped, topics.TWIST_TOPIC, COMMAND_QOS)
         self.gripper_pub = node.create_publisher(Float64MultiArray, topics.GRIPPER_TOPIC, COMMAND_QOS)
         self.reset_client = node.create_client(Trigger, topics.RESET_SERVICE)
         self.parameter_client = node.create_client(SetParameters, f"/{SIM_NODE}/set_parameters")
+        self.policy_parameter_client = node.create_client(SetParameters, f"/{POLICY_NODE}/set_parameters")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, name="sim_eval_spin", daemon=True)
@@ -73,13 +76,14 @@ class _Harness:
         with self.lock:
             self.status = json.loads(msg.data)
 
-    def _on_latency(self, msg: Float32) -> None:
+    def _on_step(self, msg: String) -> None:
+        try:
+            step = StepRecord.from_json(msg.data)
+        except InvalidInputError as error:  # not from this package's node: say so, keep counting
+            self.node.get_logger().warning(str(error), throttle_duration_sec=10.0)
+            return
         with self.lock:
-            self.latencies.append(float(msg.data))
-
-    def _on_ratio(self, msg: Float32) -> None:
-        with self.lock:
-            self.ratios.append(float(msg.data))
+            self.steps.append(step)
 
     def _on_privileged(self, msg: String) -> None:
         expert = self.expert
@@ -168,42 +172,68 @@ class RosEpisodeRunner:
                                 f"see {process.log_path}")
             time.sleep(0.05)
 
+    @staticmethod
+    def cache_ratio(mode: EvalMode) -> float:
+        """The ratio the node runs ``mode`` with: the given one, else the node's default."""
+        return float(mode.cache_ratio) if mode.cache_ratio is not None else float(defaults()["cache_ratio"])
+
     def _policy_parameters(self, mode: EvalMode) -> dict[str, Any]:
         config = self.config
-        parameters = {
+        return {
             "model_path": str(Path(config.model_path).expanduser()), "device": config.device,
             "unnorm_key": config.unnorm_key, "num_threads": config.num_threads,
-            "cache_mode": mode.cache_mode, "command_interface": "ee_twist", "action_semantics": "ee_delta",
+            "cache_mode": mode.cache_mode, "cache_ratio": self.cache_ratio(mode),
+            "command_interface": "ee_twist", "action_semantics": "ee_delta",
             "twist_frame_id": BASE_FRAME, "control_rate_hz": 20.0, "action_period_s": config.action_period_s,
             "gripper_command_open": 1.0, "gripper_command_closed": 0.0, "enable_actuation": True,
             "max_translation_m": 0.05, "max_rotation_rad": 0.5, "max_obs_age_s": 1.0, "max_inference_s": 10.0,
         }
-        if mode.cache_ratio is not None:
-            parameters["cache_ratio"] = mode.cache_ratio
-        return parameters
 
-    def start_mode(self, mode: EvalMode) -> None:
+    def _runs(self, mode: EvalMode, step: StepRecord) -> bool:
+        """Whether ``step`` ran in ``mode``: its cache mode and its target ratio (a double all the
+        way from the parameter to the JSON record, so compared tightly)."""
+        return step.mode == mode.cache_mode and abs(step.target_ratio - self.cache_ratio(mode)) < 1e-9
+
+    def switch_mode(self, mode: EvalMode) -> None:
         harness = self._harness
         if mode.is_expert:
+            self._stop_policy()
             harness.set_expert(ScriptedExpert())
             return
-        parameters_file = self.log_dir / f"{POLICY_NODE}_{mode.label.replace(':', '_')}.yaml"
+        harness.set_expert(None)
+        if self._policy is None:
+            self._start_policy(mode)
+            return
+        request = SetParameters.Request(parameters=[
+            Parameter("cache_mode", Parameter.Type.STRING, mode.cache_mode).to_parameter_msg(),
+            Parameter("cache_ratio", Parameter.Type.DOUBLE, self.cache_ratio(mode)).to_parameter_msg()])
+        answer = harness.call(harness.policy_parameter_client, request, 10.0, f"switching to {mode.label}")
+        refused = [result.reason for result in answer.results if not result.successful]
+        if refused:
+            raise EvalError(f"{POLICY_NODE} refused mode {mode.label}: {refused}")
+
+    def _start_policy(self, mode: EvalMode) -> None:
+        harness = self._harness
+        parameters_file = self.log_dir / f"{POLICY_NODE}.yaml"
         parameters_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": self._policy_parameters(mode)}}))
         with harness.lock:
-            harness.latencies.clear()
-        self._policy = start_child(f"{POLICY_NODE}_{mode.label.replace(':', '_')}", python_module(
+            harness.steps.clear()
+        self._policy = start_child(POLICY_NODE, python_module(
             "vla_cache_ros.ros.node", "--ros-args",
             "--params-file", str(parameters_file), *topics.remap_arguments(topics.ARM_TOPICS.items()),
         ), self.log_dir)
-        self._wait(lambda: bool(harness.latencies), self.config.startup_timeout_s,
+        self._wait(lambda: bool(harness.steps), self.config.startup_timeout_s,
                    f"the first inference step of {POLICY_NODE} ({mode.label})", self._policy)
+
+    def _stop_policy(self) -> None:
+        if self._policy is not None:
+            self._policy.interrupt()
+            self._policy = None
 
     def stop_mode(self) -> None:
         if self._harness is not None:
             self._harness.set_expert(None)
-        if self._policy is not None:
-            self._policy.interrupt()
-            self._policy = None
+        self._stop_policy()
 
     def run_episode(self, mode: EvalMode, index: int, seed: int, family: str) -> EpisodeResult:
         harness, config = self._harness, self.config
@@ -219,8 +249,7 @@ class RosEpisodeRunner:
             raise EvalError(f"{SIM_NODE} could not reset: {response.message}")
         episode = json.loads(response.message)
         with harness.lock:
-            harness.latencies.clear()
-            harness.ratios.clear()
+            harness.steps.clear()
         started = time.monotonic()
 
         def finished() -> bool:
@@ -234,10 +263,9 @@ class RosEpisodeRunner:
         wall = time.monotonic() - started
         with harness.lock:
             status = dict(harness.status)
-            latencies, ratios = list(harness.latencies), list(harness.ratios)
+            steps = [step for step in harness.steps if not mode.is_expert and self._runs(mode, step)]
         length = status["success_time_s"] if status["success"] else status["elapsed_s"]
         return EpisodeResult(
             mode=mode.label, index=index, seed=seed, family=family, instruction=episode["instruction"],
             success=bool(status["success"]), timed_out=bool(status["timed_out"]), length_s=float(length),
-            wall_s=wall, inference_steps=len(latencies), latency_ms_sum=sum(latencies),
-            cache_ratio_sum=sum(ratios), cache_ratio_count=len(ratios), latencies_ms=latencies)
+            wall_s=wall, steps=steps)
