@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "against 'off' as the median of per-seed latency ratios (results.json, results.md, "
                     "PNG plots). The mode 'expert' runs the scripted expert through the same topics as "
                     "a sanity row, after the cache modes.")
-    parser.add_argument("--model", type=Path, help="OpenVLA-format checkpoint directory (not needed for 'expert')")
+    parser.add_argument("--model", default=None,
+                        help="OpenVLA-format checkpoint directory or a short name: sim_policy (default: the "
+                             "shipped trained policy) or tiny (seeded random); unused by 'expert'")
     parser.add_argument("--modes", default="off,fixed:0.5,vla_cache",
                         help="comma-separated modes: off, fixed:R, vla_cache[:R], learned[:R], expert "
                              "(default off,fixed:0.5,vla_cache)")
@@ -70,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED,
                         help=f"seed of episode 0 (default {DEFAULT_EVAL_SEED}, away from sim-collect's seeds)")
     parser.add_argument("--episode-timeout", type=float, default=30.0, help="simulated seconds per episode")
-    parser.add_argument("--unnorm-key", default="", help="norm-stats key of the model (empty: its only one)")
+    parser.add_argument("--unnorm-key", default="",
+                        help="norm-stats key of the model (empty: the short name's, or the checkpoint's only one)")
     parser.add_argument("--device", default="cpu", help="torch device of the policy node")
     parser.add_argument("--num-threads", type=int, default=0, help="torch CPU threads of the node (0: default)")
     parser.add_argument("--action-period", type=float, default=0.1,
@@ -102,13 +105,19 @@ def _sim_collect(args: argparse.Namespace) -> int:
 
 
 def _sim_eval(args: argparse.Namespace) -> int:
+    from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner  # rclpy only when evaluating
     from vla_cache_ros.sim.evaluate import run_evaluation, write_reports
 
+    modes = parse_modes(args.modes)
+    model_path, unnorm_key = None, args.unnorm_key
+    if not all(mode.is_expert for mode in modes):
+        resolved = resolve_model(args.model, args.unnorm_key or None)
+        model_path, unnorm_key = resolved.path, resolved.unnorm_key or ""
     config = EvalConfig(
-        modes=parse_modes(args.modes), episodes=args.episodes, out_dir=args.out, model_path=args.model,
+        modes=modes, episodes=args.episodes, out_dir=args.out, model_path=model_path,
         families=args.families, seed=args.seed, episode_timeout_s=args.episode_timeout,
-        unnorm_key=args.unnorm_key, device=args.device, num_threads=args.num_threads,
+        unnorm_key=unnorm_key, device=args.device, num_threads=args.num_threads,
         action_period_s=args.action_period, warmup_episodes=args.warmup_episodes,
         warmup_steps=args.warmup_steps)
     with RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:

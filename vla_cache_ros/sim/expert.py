@@ -222,22 +222,44 @@ class ScriptedExpert:
         return action
 
 
-def run_expert_episode(sim: TabletopSim, seed: int, family: str | None = None,
-                       expert: ScriptedExpert | None = None,
-                       on_step: Callable[[np.ndarray], None] | None = None) -> bool:
-    """Reset ``sim`` to ``seed`` and let the expert act until the episode ends; returns success.
+def run_episode(sim: TabletopSim, seed: int, family: str | None, act: Callable[[TabletopSim], np.ndarray],
+                on_step: Callable[[np.ndarray], None] | None = None,
+                start: Callable[[TabletopSim], None] | None = None) -> EpisodeStatus:
+    """Reset ``sim`` to ``seed`` and apply ``act(sim)`` once per control period until the episode
+    ends (success or ``episode_timeout_s``); returns the final status. In-process, no ROS: the
+    loop that data collection's expert and quick policy checks share (``sim-eval`` runs the same
+    episodes over ROS 2).
 
-    ``on_step(action)`` is called before each action is applied (to record observations).
+    ``start(sim)`` runs once after the reset; ``on_step(action)`` before each action is applied
+    (to record observations).
     """
-    expert = expert or ScriptedExpert()
     sim.reset(seed, family)
-    expert.reset(sim)
+    if start is not None:
+        start(sim)
     while not sim.status().done:
-        action = expert.act(sim)
+        action = act(sim)
         if on_step is not None:
             on_step(action)
         sim.apply_action(action)
-    return sim.status().success
+    return sim.status()
+
+
+def run_expert_episode(sim: TabletopSim, seed: int, family: str | None = None,
+                       expert: ScriptedExpert | None = None,
+                       on_step: Callable[[np.ndarray], None] | None = None) -> bool:
+    """:func:`run_episode` with the scripted expert; returns success."""
+    expert = expert or ScriptedExpert()
+    return run_episode(sim, seed, family, expert.act, on_step, start=expert.reset).success
+
+
+def policy_actor(predict: Callable[[np.ndarray, str], np.ndarray]) -> Callable[[TabletopSim], np.ndarray]:
+    """An ``act`` for :func:`run_episode` from a policy's ``predict(image, instruction)`` (e.g.
+    ``OpenVLA.predict_action`` or ``CachedVLAPolicy.step``-like callables): it renders the camera
+    and passes the episode's instruction."""
+    def act(sim: TabletopSim) -> np.ndarray:
+        return np.asarray(predict(sim.render(), sim.status().instruction), dtype=float)
+
+    return act
 
 
 def measure_success(seeds: range, families: tuple[str, ...]) -> dict[str, tuple[int, int]]:
