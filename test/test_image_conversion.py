@@ -18,7 +18,9 @@ from vla_cache_ros.image_conversion import (
     compressed_image_to_rgb,
     encoding_problem,
     fill_message,
+    image_to_mask,
     image_to_rgb,
+    mask_to_image_fields,
     parse_compressed_format,
     rgb_to_compressed_fields,
     rgb_to_image_fields,
@@ -111,6 +113,17 @@ def test_inverse_rejects_bad_arrays() -> None:
         rgb_to_image_fields(RGB.astype(np.float32))
     with pytest.raises(ImageConversionError, match="cannot encode to '16uc1'"):
         rgb_to_image_fields(RGB, "16UC1")
+
+
+def test_mask_round_trip_as_mono8() -> None:
+    """The node's ~/reused_tokens: 255 where True, 0 elsewhere, one byte per cell."""
+    mask = RNG.random((16, 16)) < 0.4
+    msg = fill_message(Image(), mask_to_image_fields(mask))
+    assert (msg.encoding, msg.height, msg.width, msg.step) == ("mono8", 16, 16, 16)
+    assert set(bytes(msg.data)) <= {0, 255} and bytes(msg.data).count(255) == mask.sum()
+    np.testing.assert_array_equal(image_to_mask(msg), mask)
+    with pytest.raises(ImageConversionError, match=r"\(H, W\) bool mask"):
+        mask_to_image_fields(mask.astype(np.uint8))
 
 
 def test_compressed_png_lossless_and_jpeg_close() -> None:

@@ -300,6 +300,27 @@ def rgb_to_image_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict[str, An
             "step": width * channels, "data": np.ascontiguousarray(pixels).tobytes()}
 
 
+def mask_to_image_fields(mask: np.ndarray) -> dict[str, Any]:
+    """Fields of a mono8 sensor_msgs/Image of a (H, W) bool mask: 255 where True, 0 elsewhere
+    (the node's ``~/reused_tokens``: one pixel per visual token, 255 = reused)."""
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ or mask.ndim != 2 or 0 in mask.shape:
+        raise ImageConversionError(f"expected a non-empty (H, W) bool mask, got {mask.dtype} {mask.shape}")
+    height, width = mask.shape
+    return {"height": height, "width": width, "encoding": "mono8", "is_bigendian": 0, "step": width,
+            "data": (mask.astype(np.uint8) * 255).tobytes()}
+
+
+def image_to_mask(msg: Any) -> np.ndarray:
+    """A mono8 (or any accepted encoding) Image-like object -> (H, W) bool, True where the
+    first channel is >= 128; the inverse of :func:`mask_to_image_fields`.
+
+    Raises:
+        ImageConversionError: as :func:`image_to_rgb`.
+    """
+    return image_to_rgb(msg)[:, :, 0] >= 128
+
+
 def rgb_to_compressed_fields(rgb: np.ndarray, image_format: str = "jpeg",
                              jpeg_quality: int = 95) -> dict[str, Any]:
     """Fields of a sensor_msgs/CompressedImage holding ``rgb`` as JPEG or PNG.

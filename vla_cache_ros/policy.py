@@ -26,6 +26,7 @@ from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_f
 from vla_cache_ros.cache.modes import build_selector, check_available, get_mode, runnable_modes
 from vla_cache_ros.cache.selectors import SelectionContext, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
+from vla_cache_ros.cache.tokens import reuse_mask as token_reuse_mask
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
 from vla_cache_ros.stages import STAGES, StageClock, StepRecord, device_sync
@@ -52,6 +53,13 @@ class StepStats:
     reuse_indices: np.ndarray = field(repr=False)
     action_tokens: np.ndarray = field(repr=False)
     cache_reset: bool = False  # the cache was (re)initialised at this step
+
+    @property
+    def reuse_mask(self) -> np.ndarray:
+        """(grid, grid) bool, True where the visual token was reused this step (16x16 for
+        OpenVLA's 256 tokens; row-major over the model-input frame's patches, see
+        :func:`~vla_cache_ros.cache.tokens.reuse_mask`)."""
+        return token_reuse_mask(self.reuse_indices, self.reused_tokens + self.recomputed_tokens)
 
     @property
     def flops_ratio(self) -> float:

@@ -4,8 +4,8 @@ Two kinds of names:
 
 - The node's own names (``IMAGE``, ``JOINT_STATES``, ..., ``GRIPPER_COMMAND``) are relative, so
   they resolve in the node's namespace and a launch file or ``--ros-args -r`` remaps them onto an
-  arm's topics; ``CACHE_RATIO``, ``INFERENCE_LATENCY_MS``, ``STEP_STATS`` and :func:`preview` are private
-  (``~/``); ``CLOCK`` and ``DIAGNOSTICS`` are the global ROS topics.
+  arm's topics; ``CACHE_RATIO``, ``INFERENCE_LATENCY_MS``, ``STEP_STATS``, ``REUSED_TOKENS`` and
+  :func:`preview` are private (``~/``); ``CLOCK`` and ``DIAGNOSTICS`` are the global ROS topics.
 - The arm's names (``*_TOPIC``) are absolute: those of the usual camera driver,
   joint_state_broadcaster, ros2_control and MoveIt Servo setup, which the simulated arm
   (``sim_arm_node``) and the synthetic camera offer too, so a node configured for a real arm
@@ -32,6 +32,7 @@ TWIST_CMD = "twist_cmd"  # geometry_msgs/TwistStamped out
 GRIPPER_COMMAND = "gripper_command"  # std_msgs/Float64MultiArray [opening 0..1] out
 CACHE_RATIO = "~/cache_ratio"  # std_msgs/Float32 per step
 INFERENCE_LATENCY_MS = "~/inference_latency_ms"  # std_msgs/Float32 per step
+REUSED_TOKENS = "~/reused_tokens"  # sensor_msgs/Image mono8 grid x grid per step, 255 = reused
 STEP_STATS = "~/step_stats"  # std_msgs/String per step: stages.StepRecord as JSON (mode, ratios, stage ms)
 CLOCK = "/clock"  # rosgraph_msgs/Clock (sim time)
 DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray

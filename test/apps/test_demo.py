@@ -1,6 +1,8 @@
 """``vla-cache demo`` from the command line, as the README runs it (each in its own process).
 
-- live (default robot: the MuJoCo arm where it renders, else the synthetic camera), with a
+- episodes (default): the node drives the MuJoCo arm for one short episode and the demo writes
+  the GIF of the reused tokens (with the ``tiny`` model: the shipped policy is for users);
+- ``--live`` (default robot: the MuJoCo arm where it renders, else the synthetic camera), with a
   parameter sweep and a recorded bag that ``vla-cache replay --model tiny`` then reads;
 - the synthetic camera stopped with Ctrl-C; a child that dies early; ``--offline``.
 
@@ -44,10 +46,38 @@ def vla_cache(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180.0
                           capture_output=True, text=True, timeout=timeout)
 
 
+EPISODE_LINE = re.compile(r"^episode 1/1 \[touch\] '[^']+': (success in|timeout after) [\d.]+ s, (\d+) steps, "
+                          r"cache ratio ([\d.]+|n/a), latency ([\d.]+ ms|n/a)$", re.MULTILINE)
+
+
+@pytest.mark.ros
+@pytest.mark.sim
+def test_episodes_with_the_reuse_animation(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    pytest.importorskip("mujoco")
+    demo = vla_cache("demo", "--model", "tiny", "--mode", "fixed:0.5", "--episodes", "1", "--families", "touch",
+                     "--episode-timeout", "3", "--out", str(tmp_path / "demo"), "--log-dir", str(tmp_path / "logs"),
+                     env=demo_env, cwd=tmp_path)
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output
+    assert "Traceback" not in output, output
+    [episode] = EPISODE_LINE.findall(demo.stdout)
+    assert int(episode[1]) >= 1, output
+    assert re.search(r"^fixed:0\.5: [01]/1 successful, mean cache ratio [\d.]+", demo.stdout, re.MULTILINE), output
+    gif = tmp_path / "demo" / "episode.gif"
+    assert f"animation: {gif} (episode 1, " in demo.stdout, output
+    from PIL import Image
+
+    with Image.open(gif) as animation:
+        assert 1 <= animation.n_frames <= int(episode[1])
+    for name in ("sim_arm_node", "vla_cache_node"):
+        assert (tmp_path / "logs" / f"{name}.log").is_file()
+
+
 @pytest.mark.ros
 def test_live_demo_sweeps_records_and_the_bag_replays(tmp_path: Path, demo_env: dict[str, str]) -> None:
     bag = tmp_path / "demo_bag"
-    demo = vla_cache("demo", "--duration", "12", "--sweep", "--sweep-period", "4", "--record", str(bag),
+    demo = vla_cache("demo", "--live", "--model", "tiny", "--duration", "12", "--sweep", "--sweep-period", "4",
+                     "--record", str(bag),
                      "--log-dir", str(tmp_path / "logs"), env=demo_env, cwd=tmp_path)
     output = demo.stdout + demo.stderr
     assert demo.returncode == 0, output
@@ -77,8 +107,9 @@ def _read_lines(stream: object, lines: list[str]) -> None:
 @pytest.mark.ros
 def test_synthetic_camera_stopped_with_ctrl_c(tmp_path: Path, demo_env: dict[str, str]) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "vla_cache_ros.apps.cli", "demo", "--source", "synthetic", "--duration", "120",
-         "--no-record"], env=demo_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-m", "vla_cache_ros.apps.cli", "demo", "--live", "--model", "tiny", "--source", "synthetic",
+         "--duration", "120", "--no-record"],
+        env=demo_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
     reader.start()
@@ -111,7 +142,7 @@ def test_synthetic_camera_stopped_with_ctrl_c(tmp_path: Path, demo_env: dict[str
 def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: dict[str, str]) -> None:
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
-    demo = vla_cache("demo", "--source", "synthetic", "--model", str(not_a_model), "--no-record",
+    demo = vla_cache("demo", "--live", "--source", "synthetic", "--model", str(not_a_model), "--no-record",
                      env=demo_env, cwd=tmp_path)
     assert demo.returncode != 0
     errors = [line for line in demo.stderr.splitlines() if line.strip()]
@@ -121,7 +152,8 @@ def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: di
 
 
 def test_offline_demo(tmp_path: Path, demo_env: dict[str, str]) -> None:
-    demo = vla_cache("demo", "--offline", "--steps", "2", "--modes", "off,fixed:0.5", env=demo_env, cwd=tmp_path)
+    demo = vla_cache("demo", "--offline", "--model", "tiny", "--steps", "2", "--modes", "off,fixed:0.5",
+                     env=demo_env, cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.count("[   fixed:0.5] step") == 2
     # interleaved: frame 0 through every mode, then frame 1

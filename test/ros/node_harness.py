@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from std_msgs.msg import String
 from vla_cache_ros import topics
 from vla_cache_ros.image_conversion import fill_message, rgb_to_compressed_fields, rgb_to_image_fields
 from vla_cache_ros.ros.qos import CLOCK_QOS, LATCHED_QOS, SENSOR_QOS
-from vla_cache_ros.stamps import seconds_to_nanoseconds, time_message
+from vla_cache_ros.stamps import seconds_to_nanoseconds, stamp_nanoseconds, time_message
 from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 from vla_cache_ros.synthetic import SyntheticScene
 
@@ -162,6 +163,8 @@ class Peer:
         self.jpeg_frames = [fill_message(CompressedImage(), rgb_to_compressed_fields(frame))
                             for frame in frames]
         self._frame_index = 0
+        self.image_stamps_ns: deque[int] = deque(maxlen=200)  # stamps of the latest camera frames sent
+        self._stamps_lock = threading.Lock()
         self.camera_on = False
         self.compressed_on = False  # JPEG frames on camera/compressed
         self.image_override: Callable[[], Image] | None = None
@@ -212,7 +215,10 @@ class Peer:
             message = self.frames[self._frame_index % len(self.frames)]
             self._frame_index += 1
         message.header.stamp = self.now_stamp()
+        message.header.frame_id = "test_camera"
         self._image_pub.publish(message)
+        with self._stamps_lock:
+            self.image_stamps_ns.append(stamp_nanoseconds(message.header.stamp))
 
     def _publish_joints(self) -> None:
         if not self.joints_on:
@@ -225,6 +231,11 @@ class Peer:
     def _publish_clock(self) -> None:
         if self.sim_time is not None:
             self._clock_pub.publish(Clock(clock=self.now_stamp()))
+
+    def sent_image_stamps_ns(self) -> list[int]:
+        """Stamps (ns) of the latest camera frames published (raw Image topic)."""
+        with self._stamps_lock:
+            return list(self.image_stamps_ns)
 
     def publish_instruction(self, text: str) -> None:
         """Publish on the latched instruction topic."""

@@ -28,6 +28,7 @@ from test.ros.node_harness import (
     start_node,
     wait_until,
 )
+from vla_cache_ros.stamps import stamp_nanoseconds
 
 NAME = "vla_node_jtc"
 MAX_DELTA = 0.2
@@ -41,6 +42,7 @@ def peer() -> Iterator[Peer]:
     peer.record("/gripper_command", Float64MultiArray)
     peer.record(f"/{NAME}/cache_ratio", Float32)
     peer.record(f"/{NAME}/inference_latency_ms", Float32)
+    peer.record(f"/{NAME}/reused_tokens", Image)
     yield peer
     peer.close()
 
@@ -103,6 +105,24 @@ def test_commands_out_at_control_rate(running: Peer, node: NodeProcess) -> None:
     assert values["control_hz"] != "n/a" and values["latency_total_p95_ms"] != "n/a"
     assert values["instruction"] == "pick up the red cube"
     assert "below 512" in values["decoder_weights"]  # the miniature decoder runs on plain weights
+
+
+def test_reuse_masks_per_step_stamped_like_their_camera_frame(running: Peer, node: NodeProcess) -> None:
+    """~/reused_tokens: per step a 16x16 mono8 image (255 = reused) with the camera frame's
+    stamp and frame id; the share of 255 is the step's cache ratio (fixed 0.5 by default)."""
+    peer = running
+    start = time.monotonic()
+    masks = wait_until(lambda: peer.recorded[f"/{NAME}/reused_tokens"].since(start)[3:], 60,
+                       "reuse masks", node.log)
+    sent = peer.sent_image_stamps_ns()
+    for message in masks:
+        assert (message.encoding, message.height, message.width, message.step) == ("mono8", 16, 16, 16)
+        assert set(bytes(message.data)) <= {0, 255}
+        assert message.header.frame_id == "test_camera"
+        stamp = stamp_nanoseconds(message.header.stamp)
+        assert min(abs(stamp - s) for s in sent) < 1_000  # the frame's stamp (float seconds inside)
+    reused = [bytes(message.data).count(255) for message in masks]
+    assert all(count <= 128 for count in reused) and any(count == 128 for count in reused), reused
 
 
 def test_parameters_through_services_like_rqt(running: Peer, node: NodeProcess) -> None:

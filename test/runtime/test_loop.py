@@ -122,6 +122,26 @@ def test_a_step_on_fresh_inputs_becomes_the_command(harness: Harness) -> None:
     assert values["instruction"] == "pick up the red cube"
 
 
+def test_each_step_reports_its_frame_stamp_and_reuse_mask(harness: Harness) -> None:
+    """What the node publishes on ~/reused_tokens: the reuse set of the step as a 16x16 grid
+    (row-major over the model input's 14 px patches), with the stamp of the frame it ran on."""
+    reports: list[Any] = []
+    harness.runtime._on_step = reports.append
+    harness.clock.now += 0.001
+    stamp = harness.clock.now - 0.02  # a frame taken a moment ago
+    harness.runtime.on_joint_state(JOINTS, MEASURED, harness.clock.now)
+    harness.runtime.on_image(lambda: FRAME, stamp)
+    first = harness.runtime.serve_one(timeout_s=0.0)
+    second = harness.step()
+    assert [report.stats for report in reports] == [first, second]
+    assert reports[0].stamp_s == stamp
+    assert reports[0].reuse_mask.shape == (16, 16) and not reports[0].reuse_mask.any()  # nothing cached yet
+    mask = reports[1].reuse_mask
+    assert mask.dtype == bool and mask.shape == (16, 16)
+    assert mask.sum() == second.reused_tokens == 128  # fixed:0.5 on the same frame
+    assert set(np.flatnonzero(mask)) == set(second.reuse_indices.tolist())
+
+
 def test_stale_camera_faults_and_sends_the_hold_then_recovers(harness: Harness) -> None:
     harness.step()
     assert is_policy(harness.runtime.tick())

@@ -1,7 +1,12 @@
 """``vla-cache demo``: the README's first command, the whole loop on a laptop CPU.
 
-Live (default): makes (once) the seeded miniature checkpoint, then starts as separate processes,
-on a private ROS 2 domain with localhost-only discovery,
+Episodes (default): the shipped trained policy (``sim_policy``, or ``--model``) drives the MuJoCo
+arm closed-loop over ROS 2 for a few episodes, both nodes in their own processes on a private
+domain; one line per episode and a summary, and a GIF of one episode with the reused visual
+tokens overlaid (:mod:`vla_cache_ros.apps.demo_episodes`, on ``sim-eval``'s episode machinery).
+
+Live (``--live``): starts as separate processes, on a private ROS 2 domain with localhost-only
+discovery,
 
 - the robot: the MuJoCo arm (``sim_arm_node``) when it imports and renders here, else
   :mod:`vla_cache_ros.ros.synthetic_camera` (generated frames, joint states, EE pose);
@@ -40,7 +45,6 @@ from vla_cache_ros.cache.modes import default_sweep, parse_mode_list
 from vla_cache_ros.errors import ConfigurationError, DemoError
 from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
 
-DEFAULT_MODEL_DIR = Path(os.environ.get("VLA_CACHE_HOME", Path.home() / ".cache" / "vla_cache_ros")) / "tiny-seed0"
 DEMO_INSTRUCTION = "pick up the red cube"
 PACKAGE = "vla_cache_ros"
 CONFIG_NAME = "miniature_demo.yaml"
@@ -69,15 +73,7 @@ with TabletopSim() as sim:
 """
 BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".yaml")
 STOP_TIMEOUT_S = 20.0
-
-
-def ensure_demo_model(directory: Path = DEFAULT_MODEL_DIR) -> Path:
-    """Write the miniature checkpoint if ``directory`` has none yet."""
-    if not (directory / "config.json").is_file():
-        from vla_cache_ros.models.tiny import make_tiny_checkpoint
-
-        make_tiny_checkpoint(directory, seed=0)
-    return directory
+EMPTY_YAML = "''"  # `-p name:=` needs a value: the empty string as YAML
 
 
 def _positive_float(text: str) -> float:
@@ -87,14 +83,54 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
+    from vla_cache_ros.apps import demo_episodes as episodes
+
     parser = subparsers.add_parser(
-        "demo", help="run the whole loop: robot (MuJoCo arm or synthetic camera) -> vla_cache_node, "
-                     "live status; --offline: the cached policy over generated frames")
-    parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: miniature, made once)")
-    parser.add_argument("--unnorm-key", default="tiny_sim", help="dataset statistics to un-normalise with")
-    live = parser.add_argument_group("live loop (default)")
+        "demo", help="the shipped policy drives the MuJoCo arm over ROS 2 for a few episodes, with a GIF of "
+                     "the reused visual tokens; --live: status and cache sweeps; --offline: no ROS",
+        description="Default: sim_arm_node and vla_cache_node (the shipped policy, cache on) as separate "
+                    "processes; a few closed-loop episodes, one line each and a summary, and an animated GIF "
+                    "of one episode with the reused visual tokens overlaid.")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint directory or short name: sim_policy (default, the shipped trained "
+                             "policy) or tiny (seeded random, made once)")
+    parser.add_argument("--unnorm-key", default=None,
+                        help="dataset statistics to un-normalise with (default: the model's, e.g. vla_cache_sim)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="the node's torch threads (default: the node's own, 1 on a machine with <= 2 cores, "
+                             "where the robot needs the other)")
+    parser.add_argument("--log-dir", type=Path, default=Path("out/demo_logs"),
+                        help="where the child processes' output goes (default out/demo_logs)")
+    parser.add_argument("--startup-timeout", type=_positive_float, default=180.0, metavar="SECONDS",
+                        help="give up when the nodes have not started after this long (default 180)")
+    episodic = parser.add_argument_group("episodes (default)")
+    episodic.add_argument("--mode", default=episodes.DEFAULT_MODE,
+                          help="cache mode of the node: vla_cache (default; a bare name keeps the node's "
+                               "cache_ratio 0.5 as cap), fixed:R, off, ...")
+    episodic.add_argument("--episodes", type=_positive_int, default=episodes.DEFAULT_EPISODES,
+                          help=f"episodes to run (default {episodes.DEFAULT_EPISODES}; task families cycled)")
+    episodic.add_argument("--families", type=episodes.parse_families, default=None,
+                          help="comma-separated task families to cycle through (default: pick,place,touch)")
+    episodic.add_argument("--seed", type=int, default=None,
+                          help="seed of episode 0 (default: sim-eval's, away from the training data's seeds)")
+    episodic.add_argument("--episode-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                          help="simulated seconds before an episode without success ends (default 30)")
+    episodic.add_argument("--out", type=Path, default=episodes.DEFAULT_OUT,
+                          help=f"directory for the animation, {episodes.ANIMATION_NAME} "
+                               f"(default {episodes.DEFAULT_OUT})")
+    live = parser.add_argument_group("live loop (--live)")
+    live.add_argument("--live", action="store_true",
+                      help="instead of episodes: run the loop for --duration seconds printing the node's status "
+                           "once a second (optionally sweeping the cache settings), and record a bag")
     live.add_argument("--duration", type=_positive_float, default=30.0,
                       help="seconds of live loop once the node reports (default 30)")
     live.add_argument("--source", choices=("auto", "sim", "synthetic"), default="auto",
@@ -107,13 +143,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="record the run into this rosbag2 directory (default out/demo_bag; "
                            "a previous bag there is replaced)")
     live.add_argument("--no-record", dest="record", action="store_const", const=None, help="do not record a bag")
-    live.add_argument("--threads", type=int, default=None, metavar="N",
-                      help="the node's torch threads (default: the config's, 1 on a machine with <= 2 cores, "
-                           "where the robot and the recorder need the other)")
-    live.add_argument("--log-dir", type=Path, default=Path("out/demo_logs"),
-                      help="where the child processes' output goes (default out/demo_logs)")
-    live.add_argument("--startup-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
-                      help="give up when the node has not reported after this long (default 120)")
     offline = parser.add_argument_group("offline (--offline)")
     offline.add_argument("--offline", action="store_true",
                          help="no ROS: run the policy in this process over generated frames, per mode")
@@ -124,11 +153,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``vla-cache demo``: the live loop, or the offline per-mode run with ``--offline``."""
+    """``vla-cache demo``: episodes, the live loop with ``--live``, or the offline per-mode run
+    with ``--offline``."""
+    if args.live and args.offline:
+        raise ConfigurationError("choose one of --live and --offline")
     if args.offline:
         return run_offline(args)
     with sigterm_as_keyboard_interrupt():  # SIGTERM stops the demo like Ctrl-C
-        return run_live(args)
+        if args.live:
+            return run_live(args)
+        from vla_cache_ros.apps.demo_episodes import run_episodes
+
+        threads = node_threads(args.threads)
+        env = prepare_ros_environment()
+        if args.seed is None:
+            from vla_cache_ros.sim.evaluate import DEFAULT_EVAL_SEED
+
+            args.seed = DEFAULT_EVAL_SEED
+        return run_episodes(args, env, threads)
 
 
 # ------------------------------------------------------------------------------------ offline
@@ -141,6 +183,7 @@ def run_offline(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
+    from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.models.vla import load_vla
     from vla_cache_ros.runs import ModeRunner, prepare_compute
     from vla_cache_ros.stages import STAGES
@@ -150,8 +193,9 @@ def run_offline(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ConfigurationError(f"--steps must be >= 1, got {args.steps}")
     prepare_compute("cpu", threads=max(1, min(4, os.cpu_count() or 1)))
-    model_dir = args.model or ensure_demo_model()
-    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=args.unnorm_key, warmup=1)
+    resolved = resolve_model(args.model, args.unnorm_key)
+    model_dir = resolved.path
+    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=resolved.unnorm_key, warmup=1)
     frames = SyntheticScene(seed=7, height=240, width=320).frames(args.steps)
     print(f"model: {model_dir}  ({runner.num_visual} visual tokens, "
           f"{runner.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
@@ -366,7 +410,7 @@ def node_command(config: Path, model: Path, unnorm_key: str, actuation: bool,
                  threads: int | None = None) -> list[str]:
     """Python arguments that start ``vla_cache_node`` on the demo config."""
     arguments = ["-m", "vla_cache_ros.ros.node", "--ros-args", "--params-file", str(config),
-                 "-p", f"model_path:={model}", "-p", f"unnorm_key:={unnorm_key}",
+                 "-p", f"model_path:={model}", "-p", f"unnorm_key:={unnorm_key or EMPTY_YAML}",
                  "-p", f"enable_actuation:={'true' if actuation else 'false'}"]
     if threads is not None:
         arguments += ["-p", f"num_threads:={threads}"]
@@ -391,8 +435,10 @@ def describe_bag(directory: Path) -> str:
 
 def run_live(args: argparse.Namespace) -> int:
     """Start robot, node and recorder; monitor; stop everything; print the replay command."""
-    if args.model is not None and not args.model.expanduser().is_dir():
-        raise ConfigurationError(f"--model {args.model} is not a directory")
+    from vla_cache_ros.models.catalog import TINY_MODEL, resolve_model
+
+    if args.model != TINY_MODEL:  # a missing model is one error before anything starts (tiny: below)
+        resolve_model(args.model, args.unnorm_key)
     threads = node_threads(args.threads)
     env = prepare_ros_environment()
     config = find_config()
@@ -403,7 +449,8 @@ def run_live(args: argparse.Namespace) -> int:
     failure: DemoError | None = None
     try:
         probe = start_sim_probe(env) if args.source != "synthetic" else None  # runs while the model is made
-        model = args.model.expanduser().resolve() if args.model is not None else ensure_demo_model()
+        resolved = resolve_model(args.model, args.unnorm_key)  # writes tiny once, while the probe runs
+        model, unnorm_key = resolved.path.resolve(), resolved.unnorm_key or ""
         print(f"vla-cache demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
               f"(discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE'].lower()}); child logs in {args.log_dir}/")
         print(f"model {model}; config {config}"
@@ -415,7 +462,7 @@ def run_live(args: argparse.Namespace) -> int:
         children.start(name, arguments)
         if args.record is not None:
             children.start("recorder", recorder_command(args.record))
-        children.start(NODE_NAME, node_command(config, model, args.unnorm_key, actuation, threads))
+        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads))
         from vla_cache_ros.ros.demo_monitor import LiveOptions, monitor_loop
         from vla_cache_ros.ros.process import ros_session  # SIGTERM -> KeyboardInterrupt, own context
 
@@ -441,7 +488,7 @@ def run_live(args: argparse.Namespace) -> int:
         return 1
     if args.record is not None and (args.record / "metadata.yaml").is_file():
         print(f"recorded {args.record}: {describe_bag(args.record)}")
-        model_option = "tiny" if args.model is None else f"{args.model} --unnorm-key {args.unnorm_key}"
+        model_option = resolved.name or f"{resolved.path}{f' --unnorm-key {unnorm_key}' if unnorm_key else ''}"
         print("replay it offline (cache modes side by side: speedup, action fidelity, plots):")
         print(f"  {vla_cache_command()} replay {args.record} --model {model_option}", flush=True)
     return 0

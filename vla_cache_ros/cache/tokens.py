@@ -17,21 +17,48 @@ from vla_cache_ros.errors import ConfigurationError
 SIMILARITY_EPS = 1e-8
 
 
+def grid_side(num_tokens: int) -> int:
+    """Side of the square patch grid of ``num_tokens`` visual tokens (16 for OpenVLA's 256).
+
+    Raises:
+        ConfigurationError: ``num_tokens`` is not a square number.
+    """
+    grid = int(round(math.sqrt(num_tokens)))
+    if grid * grid != num_tokens or grid == 0:
+        raise ConfigurationError(f"{num_tokens} visual tokens do not form a square grid")
+    return grid
+
+
 def extract_patches(frame: np.ndarray, num_tokens: int) -> np.ndarray:
     """Split a square (S, S, 3) uint8 frame into ``num_tokens`` flattened patches, row-major.
 
     Patch id = row * grid + col; each patch flattened in (y, x, channel) order as float32 raw
     0-255 values. Returns (num_tokens, patch_side * patch_side * 3).
     """
-    grid = int(round(math.sqrt(num_tokens)))
-    if grid * grid != num_tokens:
-        raise ConfigurationError(f"{num_tokens} visual tokens do not form a square grid")
+    grid = grid_side(num_tokens)
     size = frame.shape[0]
     if frame.ndim != 3 or frame.shape[1] != size or size % grid != 0:
         raise ConfigurationError(f"model-input frame {frame.shape} does not split into a {grid}x{grid} grid")
     side = size // grid
     patches = frame.reshape(grid, side, grid, side, 3).transpose(0, 2, 1, 3, 4)
     return patches.reshape(num_tokens, side * side * 3).astype(np.float32)
+
+
+def reuse_mask(reused: np.ndarray, num_tokens: int) -> np.ndarray:
+    """The reuse set as a (grid, grid) bool image: True where the token's K/V came from the cache.
+
+    ``reused`` holds visual token ids (0-based, row * grid + col, as :func:`extract_patches`
+    numbers the patches), so cell (row, col) covers the model-input pixels
+    ``[row * side, (row + 1) * side) x [col * side, (col + 1) * side)`` (side = 14 px for a
+    224 px input and 256 tokens).
+
+    Raises:
+        ConfigurationError: ``num_tokens`` is not a square number.
+    """
+    grid = grid_side(num_tokens)
+    mask = np.zeros(num_tokens, dtype=bool)
+    mask[np.asarray(reused, dtype=np.int64)] = True
+    return mask.reshape(grid, grid)
 
 
 def cosine_similarity(current: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -20,7 +20,9 @@ Topics (relative names, remap as needed):
        (std_msgs/Float64MultiArray) -- only when enable_actuation is true; ~/preview/<same names>
        (always), ~/cache_ratio and ~/inference_latency_ms (std_msgs/Float32, per step),
        ~/step_stats (std_msgs/String, per step: mode, ratios and stage times as JSON, see
-       stages.StepRecord), /diagnostics (steady clock, ~1 Hz, in every lifecycle state).
+       stages.StepRecord), ~/reused_tokens (sensor_msgs/Image mono8, per step: the 16x16 visual
+       token grid, 255 = reused, stamped with the camera frame's stamp and frame id),
+       /diagnostics (steady clock, ~1 Hz, in every lifecycle state).
 
 No callback lets an exception reach the executor: it is reported, faults the watchdog (the
 safety command goes out) and the node carries on.
@@ -31,6 +33,7 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -50,16 +53,21 @@ from vla_cache_ros.control.actions import ArmCommand, CommandInterface
 from vla_cache_ros.control.clock import CLOCK_SKEW_TOLERANCE_S
 from vla_cache_ros.control.diagnostics import one_line
 from vla_cache_ros.errors import ConfigurationError, UserFacingError, clip_text
-from vla_cache_ros.image_conversion import compressed_image_to_rgb, image_to_rgb
+from vla_cache_ros.image_conversion import (
+    compressed_image_to_rgb,
+    fill_message,
+    image_to_rgb,
+    mask_to_image_fields,
+)
 from vla_cache_ros.ros import qos
 from vla_cache_ros.ros.commands import COMMAND_TOPICS, command_message
 from vla_cache_ros.ros.parameters import declare_from_table, parameter_values
 from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.runtime.config import NodeConfig
-from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, check_model_path
+from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, StepReport, check_model_path
 from vla_cache_ros.runtime.parameters import SPECS
 from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
-from vla_cache_ros.stamps import stamp_seconds
+from vla_cache_ros.stamps import seconds_to_nanoseconds, stamp_seconds, time_message
 
 NODE_NAME = "vla_cache_node"
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -84,6 +92,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._gripper_pubs: Any = None
         self.startup_error: UserFacingError | None = None  # autostart failed: the process ends
         self._configure_error: UserFacingError | None = None
+        self._camera_frame_id = ""  # of the latest camera frame: the frame of ~/reused_tokens
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
                                                       qos.DIAGNOSTICS_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -188,13 +197,12 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._ratio_pub = pub(Float32, topics.CACHE_RATIO, qos.TELEMETRY_QOS)
         self._latency_pub = pub(Float32, topics.INFERENCE_LATENCY_MS, qos.TELEMETRY_QOS)
         self._step_pub = pub(String, topics.STEP_STATS, qos.TELEMETRY_QOS)
+        self._reused_pub = pub(Image, topics.REUSED_TOKENS, qos.TELEMETRY_QOS)
         runtime = self._runtime
         if config.interface.image_type == "compressed":
-            sub(CompressedImage, topics.IMAGE, lambda m: runtime.on_image(
-                lambda: compressed_image_to_rgb(m), stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
+            sub(CompressedImage, topics.IMAGE, lambda m: self._on_image(m, compressed_image_to_rgb), qos.SENSOR_QOS)
         else:
-            sub(Image, topics.IMAGE, lambda m: runtime.on_image(
-                lambda: image_to_rgb(m), stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
+            sub(Image, topics.IMAGE, lambda m: self._on_image(m, image_to_rgb), qos.SENSOR_QOS)
         sub(JointState, topics.JOINT_STATES, lambda m: runtime.on_joint_state(
             m.name, m.position, stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
         # Transient-local hears a latched instruction published before the node started but
@@ -207,10 +215,14 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             sub(PoseStamped, topics.EE_POSE, lambda m: runtime.on_ee_position(
                 [m.pose.position.x, m.pose.position.y, m.pose.position.z],
                 stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
-        self._entities += [self._command_pub, self._preview_pub, self._ratio_pub,
-                           self._latency_pub, self._step_pub, *(self._gripper_pubs or ()), self.create_timer(
+        self._entities += [self._command_pub, self._preview_pub, self._ratio_pub, self._latency_pub,
+                           self._step_pub, self._reused_pub, *(self._gripper_pubs or ()), self.create_timer(
                                1.0 / config.interface.control_rate_hz,
                                self._guarded("control tick", self._on_control_tick))]
+
+    def _on_image(self, message: Any, convert: Callable[[Any], Any]) -> None:
+        self._camera_frame_id = message.header.frame_id  # for ~/reused_tokens
+        self._runtime.on_image(lambda: convert(message), stamp_seconds(message.header.stamp))
 
     def _subscribe(self, message_type: Any, topic: str, callback: Callable[[Any], None],
                    profile: Any, **options: Any) -> None:
@@ -241,10 +253,15 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             self._publish(publication.safety_first, None, actuate=True)
         self._publish(publication.arm, publication.gripper, publication.actuate)
 
-    def _publish_step(self, stats: Any) -> None:
+    def _publish_step(self, report: StepReport) -> None:
+        stats = report.stats
         self._ratio_pub.publish(Float32(data=float(stats.actual_ratio)))
         self._latency_pub.publish(Float32(data=float(stats.times_s["total"] * 1000.0)))
         self._step_pub.publish(String(data=stats.record().to_json()))
+        mask = fill_message(Image(), mask_to_image_fields(report.reuse_mask))
+        mask.header.stamp = time_message(seconds_to_nanoseconds(report.stamp_s), Time)
+        mask.header.frame_id = self._camera_frame_id
+        self._reused_pub.publish(mask)
 
     def _publish(self, arm: ArmCommand | None, gripper: float | None, actuate: bool) -> None:
         if arm is not None and self._command_pub is not None:

@@ -4,7 +4,8 @@
 newest-frame slot, the instruction, the inference worker, the controller (mapping, safety guard,
 gripper, watchdog), telemetry and problem reporting. It is fed plain data (RGB arrays, joint
 names and positions, float seconds on the caller's clock) and answers with plain data
-(:class:`Publication`, :class:`~vla_cache_ros.control.diagnostics.StatusReport`). The ROS node
+(:class:`Publication`, :class:`~vla_cache_ros.control.diagnostics.StatusReport`, and per step a
+:class:`StepReport`: the step's stats, its frame's stamp and its reuse mask). The ROS node
 converts messages and publishes; tests drive this class with a fake clock and a real (or
 fault-injecting) policy, without DDS.
 
@@ -65,6 +66,26 @@ class Publication:
     safety_first: ArmCommand | None = None
     entered_fault: bool = False
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One finished inference step, as the ``on_step`` callback gets it.
+
+    Attributes:
+        stats: the policy's ``StepStats`` (ratio, per-stage times, FLOPs, reused token ids).
+        stamp_s: the stamp of the camera frame the step ran on (float seconds, the clock of the
+            frame's header).
+    """
+
+    stats: Any
+    stamp_s: float
+
+    @property
+    def reuse_mask(self) -> np.ndarray:
+        """(grid, grid) bool, True where the visual token's K/V were reused (16x16 for 256
+        tokens; cell (row, col) covers that 14 px patch of the 224 px model input)."""
+        return self.stats.reuse_mask
 
 
 def check_model_path(value: Any) -> str:
@@ -136,13 +157,13 @@ class PolicyRuntime:
             with sim time works); the watchdog, ages and rates use it.
         log: where problems are reported (throttled).
         info: sink for informational lines.
-        on_step: called after each step with its ``StepStats`` (the node publishes the ratio
-            and latency from it).
+        on_step: called after each step with its :class:`StepReport` (the node publishes the
+            ratio, the latency and the reuse mask from it).
     """
 
     def __init__(self, config: NodeConfig, clock: Callable[[], float], log: ProblemLog,
                  info: Callable[[str], None] = lambda line: None,
-                 on_step: Callable[[Any], None] | None = None) -> None:
+                 on_step: Callable[[StepReport], None] | None = None) -> None:
         self._config = config
         self._clock = clock
         self.log = log
@@ -415,7 +436,7 @@ class PolicyRuntime:
             recomputed_tokens=stats.recomputed_tokens, flops=stats.flops,
             flops_uncached=stats.flops_uncached)
         if self._on_step is not None and not self._closing.is_set():
-            self._on_step(stats)
+            self._on_step(StepReport(stats, observation.stamp_s))
         return stats
 
     # ---------------------------------------------------------------------------- output
