@@ -46,3 +46,15 @@ def test_a_short_closed_loop_run_completes_and_reports(checkpoint: Path, tmp_pat
     # The scripted expert, through the same topics, solves the same episode.
     assert expert["overall"]["successes"] == 1 and expert["latency_ms_p50"] is None
     assert (out / "results.md").exists() and (out / "success_by_family.png").exists()
+
+
+def test_a_failed_start_leaves_no_simulator_behind(tmp_path: Path) -> None:
+    from vla_cache_ros.errors import EvalError
+    from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner
+    from vla_cache_ros.sim.evaluate import EvalConfig, parse_modes
+
+    config = EvalConfig(modes=parse_modes("expert"), episodes=1, out_dir=tmp_path, startup_timeout_s=0.01)
+    runner = RosEpisodeRunner(config, log_dir=tmp_path / "logs")
+    with pytest.raises(EvalError, match="timed out .* waiting for the simulator's first episode status"):
+        runner.__enter__()
+    assert runner._sim is not None and not runner._sim.alive()

@@ -149,9 +149,13 @@ class RosEpisodeRunner:
             "-p", f"camera_rate_hz:={config.camera_rate_hz}",
             "-p", f"publish_privileged_state:={'true' if expert else 'false'}",
         ), self.log_dir)
-        self._harness = _Harness(config.action_period_s)
-        self._wait(lambda: self._harness.status is not None, config.startup_timeout_s,
-                   "the simulator's first episode status", self._sim)
+        try:
+            self._harness = _Harness(config.action_period_s)
+            self._wait(lambda: self._harness.status is not None, config.startup_timeout_s,
+                       "the simulator's first episode status", self._sim)
+        except BaseException:  # Ctrl-C, SIGTERM or a failed start: leave no simulator behind
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
