@@ -7,7 +7,13 @@ import pytest
 
 from test.training.conftest import make_episode, write_dataset
 from vla_cache_ros.apps.cli import main
-from vla_cache_ros.apps.train_policy import PRECISIONS, PRESET_NAMES, SAVE_DTYPES
+from vla_cache_ros.apps.train_policy import (
+    DEFAULT_LABEL_QUANTUM_M,
+    DEFAULT_LABEL_QUANTUM_RAD,
+    PRECISIONS,
+    PRESET_NAMES,
+    SAVE_DTYPES,
+)
 from vla_cache_ros.models.vla import load_vla
 from vla_cache_ros.training import loop, model
 
@@ -56,3 +62,5 @@ def test_user_errors_are_one_line(data: Path, tmp_path: Path, capsys: pytest.Cap
 def test_the_parser_offers_what_the_library_accepts() -> None:
     assert PRESET_NAMES == tuple(model.PRESETS)
     assert PRECISIONS == loop.PRECISIONS and SAVE_DTYPES == loop.SAVE_DTYPES
+    assert (DEFAULT_LABEL_QUANTUM_M, DEFAULT_LABEL_QUANTUM_RAD) == (loop.DEFAULT_LABEL_QUANTUM_M,
+                                                                   loop.DEFAULT_LABEL_QUANTUM_RAD)

@@ -28,6 +28,7 @@ from vla_cache_ros.training.data import (
     load_training_data,
     normalize_actions,
     patch_index,
+    quantize_actions,
     split_seeds,
     steps_for_epochs,
 )
@@ -119,3 +120,13 @@ def test_auxiliary_targets_name_each_points_patch_and_offset(tiny_dataset: Path,
     write_episode(episode_path(old, 1), record)
     write_norm_stats(old, compute_norm_stats(old, DATASET_KEY))
     assert load_training_data(old, 0.0, 0).train.patch_targets is None
+
+
+def test_quantised_labels_round_each_group_and_leave_the_gripper() -> None:
+    actions = np.array([[0.0124, -0.0026, 0.0249, 0.01, -0.03, 0.126, 1.0],
+                        [0.0, 0.0024, -0.0176, 0.0, 0.0, -0.024, 0.0]])
+    rounded = quantize_actions(actions, 0.005, 0.05)
+    np.testing.assert_allclose(rounded, [[0.01, -0.005, 0.025, 0.0, -0.05, 0.15, 1.0],
+                                         [0.0, 0.0, -0.02, 0.0, 0.0, 0.0, 0.0]], atol=1e-12)
+    np.testing.assert_array_equal(quantize_actions(actions, 0.0, 0.0), actions)  # 0: raw labels
+    np.testing.assert_array_equal(actions[0, 0], 0.0124)  # the input is not modified

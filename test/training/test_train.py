@@ -129,3 +129,14 @@ def test_auxiliary_weight_needs_recorded_object_positions(tmp_path: Path) -> Non
         train(config(data, tmp_path / "out", aux_weight=1.0), log=quiet)
     result = train(config(data, tmp_path / "default", steps=1), log=quiet)
     assert load_state(result.out_dir / "training" / "state").settings["aux_weight"] == 0.0
+
+
+def test_init_from_starts_from_another_runs_weights(full_run: TrainResult, tiny_dataset: Path,
+                                                    tmp_path: Path) -> None:
+    warm = train(config(tiny_dataset, tmp_path / "warm", init_from=full_run.out_dir, steps=1), log=quiet)
+    cold = train(config(tiny_dataset, tmp_path / "cold", steps=1), log=quiet)
+    assert cold.losses[0] == full_run.losses[0]  # same seed, same first batch, fresh weights
+    assert warm.losses[0] < full_run.losses[-1] + 0.5 < cold.losses[0]  # carries on from the trained weights
+    assert load_state(tmp_path / "warm" / "training" / "state").settings["init_from"] == str(full_run.out_dir)
+    with pytest.raises(TrainingError, match="--init-from .* holds no training state"):
+        train(config(tiny_dataset, tmp_path / "nowhere", init_from=tmp_path / "cold" / "missing"), log=quiet)

@@ -15,6 +15,8 @@ from pathlib import Path
 PRESET_NAMES = ("micro", "small", "base")
 PRECISIONS = ("auto", "float32", "bfloat16")
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_LABEL_QUANTUM_M = 0.005
+DEFAULT_LABEL_QUANTUM_RAD = 0.05
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--aux-weight", type=float, default=None,
                         help="weight of the training-only auxiliary losses (object patches, offsets); default "
                              "0.5 when the dataset records object positions, else 0")
+    parser.add_argument("--label-quantum-m", type=float, default=DEFAULT_LABEL_QUANTUM_M,
+                        help="round translation labels to multiples of this (metres; 0: raw; default %(default)g)")
+    parser.add_argument("--label-quantum-rad", type=float, default=DEFAULT_LABEL_QUANTUM_RAD,
+                        help="round rotation labels to multiples of this (radians; 0: raw; default %(default)g)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from the weights of another run's --out (fresh optimiser and schedule)")
     parser.add_argument("--dataset-key", default=None, help="norm-stats key (default: the dataset's only one)")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop (saved) at this step; the same command later continues")
@@ -69,7 +77,9 @@ def _train_policy(args: argparse.Namespace) -> int:
         seed=args.seed, val_fraction=args.val_fraction, val_frames=args.val_frames,
         greedy_frames=args.greedy_frames, eval_every=args.eval_every, save_every=args.save_every,
         device=args.device, threads=args.threads, precision=args.precision, save_dtype=args.save_dtype,
-        dataset_key=args.dataset_key, aux_weight=args.aux_weight, progress=not args.quiet)
+        dataset_key=args.dataset_key, aux_weight=args.aux_weight,
+        label_quantum_m=args.label_quantum_m, label_quantum_rad=args.label_quantum_rad, init_from=args.init_from,
+        progress=not args.quiet)
     result = train(config, until_step=args.stop_at_step, max_minutes=args.max_minutes)
     if result.evaluation is not None:
         evaluation = result.evaluation

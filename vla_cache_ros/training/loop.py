@@ -42,6 +42,7 @@ from vla_cache_ros.training.data import (
     batch_rows,
     evenly_spaced,
     load_training_data,
+    quantize_actions,
     steps_for_epochs,
 )
 from vla_cache_ros.training.model import (
@@ -77,8 +78,11 @@ NO_DECAY_SUFFIXES = ("embed_tokens.weight", "pos_embed", "cls_token", "reg_token
 DEFAULT_AUX_WEIGHT = 0.5
 AUX_PREFIX = "aux_heads."
 """Key prefix of the auxiliary heads in the training state (they are never exported)."""
+DEFAULT_LABEL_QUANTUM_M = 0.005
+DEFAULT_LABEL_QUANTUM_RAD = 0.05
 IDENTITY = ("preset", "total_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
-            "grad_clip", "seed", "val_fraction", "dataset_key", "data_fingerprint", "aux_weight")
+            "grad_clip", "seed", "val_fraction", "dataset_key", "data_fingerprint", "aux_weight",
+            "label_quantum_m", "label_quantum_rad", "init_from")
 """Settings that define a run's losses; a resume must keep them."""
 
 
@@ -112,6 +116,12 @@ class TrainConfig:
         aux_weight: weight of the training-only auxiliary losses (``model.AuxiliaryHeads``: patch
             cross-entropy + offset smooth-L1) added to the action loss; None: ``DEFAULT_AUX_WEIGHT``
             when the dataset records object positions, else 0. Reported losses stay the action loss.
+        label_quantum_m, label_quantum_rad: action labels are rounded to multiples of these
+            (translation, rotation; 0: raw labels) before tokenising; see
+            ``training.data.quantize_actions`` for why.
+        init_from: start from the weights of another run's training state (its ``--out``: the
+            policy and, where shapes match, the auxiliary heads) instead of a fresh
+            initialisation; the optimiser and schedule start anew.
         progress: show a tqdm bar.
     """
 
@@ -138,6 +148,9 @@ class TrainConfig:
     save_dtype: str = "float32"
     dataset_key: str | None = None
     aux_weight: float | None = None
+    label_quantum_m: float = DEFAULT_LABEL_QUANTUM_M
+    label_quantum_rad: float = DEFAULT_LABEL_QUANTUM_RAD
+    init_from: Path | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -154,7 +167,8 @@ class TrainConfig:
             raise TrainingError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         non_negative = {"--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip,
                         "--val-frames": self.val_frames, "--greedy-frames": self.greedy_frames,
-                        "--warmup-steps": self.warmup_steps, "--aux-weight": self.aux_weight}
+                        "--warmup-steps": self.warmup_steps, "--aux-weight": self.aux_weight,
+                        "--label-quantum-m": self.label_quantum_m, "--label-quantum-rad": self.label_quantum_rad}
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise TrainingError(f"{name} must be >= 0, got {value}")
@@ -225,6 +239,20 @@ def frames_batch(model: OpenVLA, frames: FrameSet, rows: np.ndarray, targets: np
 
     return make_batch(model, [frames.images[r] for r in rows], [frames.instruction(r) for r in rows],
                       torch.from_numpy(targets[rows]), pick(frames.patch_targets), pick(frames.offsets))
+
+
+def _initial_weights(init_from: Path | None) -> dict[str, torch.Tensor] | None:
+    """The model tensors of the run in ``init_from`` (None: start from scratch).
+
+    Raises:
+        TrainingError: ``init_from`` holds no training state.
+    """
+    if init_from is None:
+        return None
+    state_dir = Path(init_from) / TRAINING_DIR / STATE_DIR
+    if not state_exists(state_dir):
+        raise TrainingError(f"--init-from {init_from} holds no training state ({state_dir})")
+    return load_state(state_dir).model
 
 
 def _state_tensors(model: OpenVLA, heads: AuxiliaryHeads | None) -> dict[str, torch.Tensor]:
@@ -315,6 +343,8 @@ def _settings(config: TrainConfig, data: TrainingData, total_steps: int) -> dict
             "batch_size": config.batch_size,
             "lr": config.lr, "weight_decay": config.weight_decay, "warmup_steps": config.warmup(total_steps),
             "min_lr_ratio": config.min_lr_ratio, "grad_clip": config.grad_clip, "seed": config.seed,
+            "label_quantum_m": config.label_quantum_m, "label_quantum_rad": config.label_quantum_rad,
+            "init_from": str(config.init_from) if config.init_from is not None else None,
             "val_fraction": config.val_fraction, "dataset_key": data.dataset_key,
             "data_fingerprint": data.fingerprint}
 
@@ -375,10 +405,12 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     aux_weight = settings["aux_weight"]
     heads = AuxiliaryHeads.for_policy(model, len(LOCATED_POINTS)) if aux_weight > 0 else None
     trainee = torch.nn.ModuleDict({"policy": model, **({"aux": heads} if heads is not None else {})})
-    if saved is not None:
-        model.load_state_dict({k: v for k, v in saved.model.items() if not k.startswith(AUX_PREFIX)})
-        if heads is not None:
-            heads.load_state_dict({k[len(AUX_PREFIX):]: v for k, v in saved.model.items() if k.startswith(AUX_PREFIX)})
+    initial = saved.model if saved is not None else _initial_weights(config.init_from)
+    if initial is not None:
+        model.load_state_dict({k: v for k, v in initial.items() if not k.startswith(AUX_PREFIX)})
+        own = {k[len(AUX_PREFIX):]: v for k, v in initial.items() if k.startswith(AUX_PREFIX)}
+        if heads is not None and own:
+            heads.load_state_dict(own)
     trainee.to(device).train()
     optimizer = make_optimizer(trainee, config.lr, config.weight_decay)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -395,8 +427,9 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     start_step = step
     stop_at = min(total_steps, until_step) if until_step is not None else total_steps
     tokenizer, stats = model.action_tokenizer, data.action_stats
-    train_targets = action_tokens(tokenizer, stats, data.train.actions)
-    val_targets = action_tokens(tokenizer, stats, data.val.actions)
+    quanta = (config.label_quantum_m, config.label_quantum_rad)
+    train_targets = action_tokens(tokenizer, stats, quantize_actions(data.train.actions, *quanta))
+    val_targets = action_tokens(tokenizer, stats, quantize_actions(data.val.actions, *quanta))
     val_rows = evenly_spaced(len(data.val), config.val_frames)
     greedy_rows = evenly_spaced(len(data.val), config.greedy_frames)
     warmup = config.warmup(total_steps)
