@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from vla_cache_ros.models.norm_stats import ACTION_DIM
@@ -15,6 +16,7 @@ from vla_cache_ros.training.model import (
     action_logits,
     action_loss,
     build_policy,
+    class_weights,
     make_batch,
 )
 from vla_cache_ros.training.state import (
@@ -78,3 +80,18 @@ def test_training_state_round_trips_exactly(tiny_dataset: Path, tmp_path: Path) 
         for key, value in entries.items():
             assert torch.equal(restored["state"][index][key], value), (index, key)
     assert np.isclose(float(restored["state"][0]["step"]), 1.0)
+
+
+def test_class_weights_favour_rare_tokens_and_keep_the_mean_loss_scale() -> None:
+    targets = torch.tensor([[5, 7]] * 8 + [[6, 7]] * 2)  # dimension 0: 80 % / 20 %; dimension 1: one class
+    weights = class_weights(targets, vocab=10, power=0.5)
+    assert weights.shape == (2, 10)
+    assert weights[0, 6] / weights[0, 5] == pytest.approx(2.0)  # (0.2 / 0.8) ** -0.5
+    assert float(weights[0][targets[:, 0]].mean()) == pytest.approx(1.0)
+    assert torch.all(weights[1, [7]] == 1.0) and weights[0, 0] == 0.0  # unseen tokens weigh nothing
+    capped = class_weights(torch.tensor([[0]] * 99 + [[1]]), vocab=2, power=1.0, max_ratio=5.0)
+    assert capped[0, 1] / capped[0, 0] == pytest.approx(5.0)
+    assert torch.equal(class_weights(targets, 10, power=0.0)[0, 5:7], torch.ones(2))
+    logits = torch.randn(10, 2, 10)
+    # Uniform weights give the plain mean; the weighted loss moves towards the rare rows' loss.
+    assert action_loss(logits, targets, torch.ones(2, 10)) == pytest.approx(float(action_loss(logits, targets)))

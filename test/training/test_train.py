@@ -140,3 +140,12 @@ def test_init_from_starts_from_another_runs_weights(full_run: TrainResult, tiny_
     assert load_state(tmp_path / "warm" / "training" / "state").settings["init_from"] == str(full_run.out_dir)
     with pytest.raises(TrainingError, match="--init-from .* holds no training state"):
         train(config(tiny_dataset, tmp_path / "nowhere", init_from=tmp_path / "cold" / "missing"), log=quiet)
+
+
+def test_balanced_loss_changes_training_but_not_the_reported_loss(full_run: TrainResult, tiny_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    balanced = train(config(tiny_dataset, tmp_path / "balanced", balance_power=0.5), log=quiet)
+    assert balanced.losses[0] == full_run.losses[0]  # step 0 reports the plain mean on the same weights
+    assert balanced.losses[1:] != full_run.losses[1:]
+    with pytest.raises(TrainingError, match="other settings.*balance_power"):
+        train(config(tiny_dataset, tmp_path / "balanced", balance_power=0.25), log=quiet)

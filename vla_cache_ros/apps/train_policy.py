@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="round translation labels to multiples of this (metres; 0: raw; default %(default)g)")
     parser.add_argument("--label-quantum-rad", type=float, default=DEFAULT_LABEL_QUANTUM_RAD,
                         help="round rotation labels to multiples of this (radians; 0: raw; default %(default)g)")
+    parser.add_argument("--balance-power", type=float, default=0.0,
+                        help="weight action tokens by class frequency ** -P per dimension (0: plain mean)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from the weights of another run's --out (fresh optimiser and schedule)")
     parser.add_argument("--dataset-key", default=None, help="norm-stats key (default: the dataset's only one)")
@@ -79,7 +81,7 @@ def _train_policy(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, precision=args.precision, save_dtype=args.save_dtype,
         dataset_key=args.dataset_key, aux_weight=args.aux_weight,
         label_quantum_m=args.label_quantum_m, label_quantum_rad=args.label_quantum_rad, init_from=args.init_from,
-        progress=not args.quiet)
+        balance_power=args.balance_power, progress=not args.quiet)
     result = train(config, until_step=args.stop_at_step, max_minutes=args.max_minutes)
     if result.evaluation is not None:
         evaluation = result.evaluation

@@ -52,6 +52,7 @@ from vla_cache_ros.training.model import (
     action_logits,
     action_loss,
     build_policy,
+    class_weights,
     export_checkpoint,
     forward,
     make_batch,
@@ -82,7 +83,7 @@ DEFAULT_LABEL_QUANTUM_M = 0.005
 DEFAULT_LABEL_QUANTUM_RAD = 0.05
 IDENTITY = ("preset", "total_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
             "grad_clip", "seed", "val_fraction", "dataset_key", "data_fingerprint", "aux_weight",
-            "label_quantum_m", "label_quantum_rad", "init_from")
+            "label_quantum_m", "label_quantum_rad", "init_from", "balance_power")
 """Settings that define a run's losses; a resume must keep them."""
 
 
@@ -119,6 +120,10 @@ class TrainConfig:
         label_quantum_m, label_quantum_rad: action labels are rounded to multiples of these
             (translation, rotation; 0: raw labels) before tokenising; see
             ``training.data.quantize_actions`` for why.
+        balance_power: weight each action token's cross-entropy by its class frequency (per
+            dimension, over the training labels) to the power ``-balance_power`` (0: plain mean,
+            OpenVLA's loss); see ``model.class_weights``. Training only; the reported and
+            validation losses stay the plain mean.
         init_from: start from the weights of another run's training state (its ``--out``: the
             policy and, where shapes match, the auxiliary heads) instead of a fresh
             initialisation; the optimiser and schedule start anew.
@@ -151,6 +156,7 @@ class TrainConfig:
     label_quantum_m: float = DEFAULT_LABEL_QUANTUM_M
     label_quantum_rad: float = DEFAULT_LABEL_QUANTUM_RAD
     init_from: Path | None = None
+    balance_power: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -168,7 +174,8 @@ class TrainConfig:
         non_negative = {"--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip,
                         "--val-frames": self.val_frames, "--greedy-frames": self.greedy_frames,
                         "--warmup-steps": self.warmup_steps, "--aux-weight": self.aux_weight,
-                        "--label-quantum-m": self.label_quantum_m, "--label-quantum-rad": self.label_quantum_rad}
+                        "--label-quantum-m": self.label_quantum_m, "--label-quantum-rad": self.label_quantum_rad,
+                        "--balance-power": self.balance_power}
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise TrainingError(f"{name} must be >= 0, got {value}")
@@ -345,6 +352,7 @@ def _settings(config: TrainConfig, data: TrainingData, total_steps: int) -> dict
             "min_lr_ratio": config.min_lr_ratio, "grad_clip": config.grad_clip, "seed": config.seed,
             "label_quantum_m": config.label_quantum_m, "label_quantum_rad": config.label_quantum_rad,
             "init_from": str(config.init_from) if config.init_from is not None else None,
+            "balance_power": config.balance_power,
             "val_fraction": config.val_fraction, "dataset_key": data.dataset_key,
             "data_fingerprint": data.fingerprint}
 
@@ -430,6 +438,9 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     quanta = (config.label_quantum_m, config.label_quantum_rad)
     train_targets = action_tokens(tokenizer, stats, quantize_actions(data.train.actions, *quanta))
     val_targets = action_tokens(tokenizer, stats, quantize_actions(data.val.actions, *quanta))
+    vocab = model.language_model.get_output_embeddings().weight.shape[0]
+    token_weights = (class_weights(torch.from_numpy(train_targets), vocab, config.balance_power).to(device)
+                     if config.balance_power > 0 else None)
     val_rows = evenly_spaced(len(data.val), config.val_frames)
     greedy_rows = evenly_spaced(len(data.val), config.greedy_frames)
     warmup = config.warmup(total_steps)
@@ -485,10 +496,10 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
                 logits, features, action_hidden = forward(model, batch)
             loss = action_loss(logits, batch.targets)
-            total = loss
+            total = loss if token_weights is None else action_loss(logits, batch.targets, token_weights)
             if heads is not None:
                 patch_loss, offset_loss = heads.losses(features, action_hidden, batch)
-                total = loss + aux_weight * (patch_loss + offset_loss)
+                total = total + aux_weight * (patch_loss + offset_loss)
                 auxiliary = {"patch_loss": float(patch_loss.detach()), "offset_loss": float(offset_loss.detach())}
             total.backward()
             if config.grad_clip > 0:
