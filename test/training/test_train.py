@@ -3,6 +3,7 @@ checkpoint loads with ``load_vla`` and acts as training evaluated it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,15 @@ def test_init_from_starts_from_another_runs_weights(full_run: TrainResult, tiny_
     assert cold.losses[0] == full_run.losses[0]  # same seed, same first batch, fresh weights
     assert warm.losses[0] < full_run.losses[-1] + 0.5 < cold.losses[0]  # carries on from the trained weights
     assert load_state(tmp_path / "warm" / "training" / "state").settings["init_from"] == str(full_run.out_dir)
-    with pytest.raises(TrainingError, match="--init-from .* holds no training state"):
+    # An exported checkpoint alone (no training state, e.g. a shipped model) starts the policy the same.
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    for path in full_run.out_dir.iterdir():
+        if path.is_file():
+            shutil.copy(path, exported / path.name)
+    from_export = train(config(tiny_dataset, tmp_path / "from_export", init_from=exported, steps=1), log=quiet)
+    assert from_export.losses[0] == pytest.approx(warm.losses[0], abs=1e-5)
+    with pytest.raises(TrainingError, match="--init-from .* holds no training state .* and no exported"):
         train(config(tiny_dataset, tmp_path / "nowhere", init_from=tmp_path / "cold" / "missing"), log=quiet)
 
 

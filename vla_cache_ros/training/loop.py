@@ -249,17 +249,24 @@ def frames_batch(model: OpenVLA, frames: FrameSet, rows: np.ndarray, targets: np
 
 
 def _initial_weights(init_from: Path | None) -> dict[str, torch.Tensor] | None:
-    """The model tensors of the run in ``init_from`` (None: start from scratch).
+    """The model tensors to start from (None: from scratch): another run's training state (policy
+    and auxiliary heads) when ``init_from`` holds one, else the exported OpenVLA-format checkpoint
+    there (e.g. the shipped ``sim_policy``; policy only, read with ``load_vla``), as float32.
 
     Raises:
-        TrainingError: ``init_from`` holds no training state.
+        TrainingError: ``init_from`` holds neither.
     """
     if init_from is None:
         return None
     state_dir = Path(init_from) / TRAINING_DIR / STATE_DIR
-    if not state_exists(state_dir):
-        raise TrainingError(f"--init-from {init_from} holds no training state ({state_dir})")
-    return load_state(state_dir).model
+    if state_exists(state_dir):
+        return load_state(state_dir).model
+    if (Path(init_from) / "model.safetensors").is_file():
+        from vla_cache_ros.models.vla import load_vla  # the loader maps checkpoint names back to modules
+
+        return {name: tensor.float() for name, tensor in load_vla(init_from).state_dict().items()}
+    raise TrainingError(f"--init-from {init_from} holds no training state ({state_dir}) "
+                        "and no exported model.safetensors")
 
 
 def _state_tensors(model: OpenVLA, heads: AuxiliaryHeads | None) -> dict[str, torch.Tensor]:
