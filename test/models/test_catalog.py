@@ -1,6 +1,8 @@
-"""Short model names: the shipped policy by default, the seeded random tiny one, directories first."""
+"""Short model names: the default (tiny, until a trained policy ships), the trained sim_policy
+when present, directories first, clear errors otherwise."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,25 +13,31 @@ from vla_cache_ros.models.config import load_config
 from vla_cache_ros.runtime.loop import check_model_path
 
 
-def test_the_default_is_the_shipped_policy_with_its_own_statistics() -> None:
-    resolved = catalog.resolve_model(None)
-    assert resolved.name == catalog.DEFAULT_MODEL and resolved.unnorm_key == "vla_cache_sim"
-    assert resolved.path == catalog.PACKAGE_DIR / "data" / "models" / "sim_policy"
-    # The key exists in the checkpoint, and it is the only one.
-    statistics = load_config(resolved.path).action_statistics()
-    assert statistics.select(None).dataset == "vla_cache_sim"
-    assert catalog.resolve_model("", "other").unnorm_key == "other"  # an explicit key wins
-    # The node takes the name as model_path too.
-    assert check_model_path("sim_policy") == str(resolved.path)
-
-
-def test_tiny_is_written_once_under_the_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_tiny_written_once_under_the_cache_home(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLA_CACHE_HOME", str(tmp_path))
-    first = catalog.resolve_model("tiny")
-    assert first.path == tmp_path / "tiny-seed0" and first.unnorm_key == "tiny_sim"
+    first = catalog.resolve_model(None)
+    assert first.name == catalog.DEFAULT_MODEL == "tiny" and first.unnorm_key == "tiny_sim"
+    assert first.path == tmp_path / "tiny-seed0"
+    assert "tiny_sim" in load_config(first.path).action_statistics().usable
     written = (first.path / "model.safetensors").stat().st_mtime_ns
     assert catalog.resolve_model("tiny").path == first.path
     assert (first.path / "model.safetensors").stat().st_mtime_ns == written
+    assert catalog.resolve_model("", "tiny_alt").unnorm_key == "tiny_alt"  # an explicit key wins
+    assert check_model_path("tiny") == str(first.path)  # the node takes the name as model_path
+
+
+def test_the_trained_policy_resolves_where_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLA_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(catalog, "SHIPPED_DIR", tmp_path / "shipped")
+    with pytest.raises(ConfigurationError, match="trained model 'sim_policy' is not in this installation"):
+        catalog.resolve_model("sim_policy")
+    with pytest.raises(ConfigurationError, match="not in this installation"):
+        check_model_path("sim_policy")
+    shutil.copytree(catalog.ensure_tiny_model(), tmp_path / "shipped" / "sim_policy")
+    resolved = catalog.resolve_model("sim_policy")
+    assert resolved.path == tmp_path / "shipped" / "sim_policy" and resolved.unnorm_key == "vla_cache_sim"
+    assert check_model_path("sim_policy") == str(resolved.path)
 
 
 def test_directories_win_and_unknown_names_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +50,3 @@ def test_directories_win_and_unknown_names_are_refused(tmp_path: Path, monkeypat
         catalog.resolve_model("nope")
     with pytest.raises(ConfigurationError, match=r"not a directory \(nor a known name: sim_policy, tiny\)"):
         check_model_path("nope")
-    monkeypatch.chdir(Path(__file__).parent)
-    monkeypatch.setattr(catalog, "SHIPPED_DIR", tmp_path / "missing")
-    with pytest.raises(ConfigurationError, match="shipped model 'sim_policy' is missing from this installation"):
-        catalog.resolve_model(None)

@@ -177,8 +177,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay", help="compare cache modes offline on a bag: speedup vs off, action fidelity, plots")
     replay.add_argument("bag", help="rosbag2 directory, .mcap or .db3 file")
     replay.add_argument("--model", default=None,
-                        help="OpenVLA-format checkpoint directory, or a short name: sim_policy (default: the "
-                             "shipped trained policy) or tiny (seeded random)")
+                        help="OpenVLA-format checkpoint directory, or a short name: tiny (default: seeded "
+                             "random, made once) or sim_policy (the trained policy, once shipped)")
     replay.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache",
                         help="comma-separated cache modes; off is added first if missing (default: %(default)s)")
     replay.add_argument("--out", type=Path, default=None,

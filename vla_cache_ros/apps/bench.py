@@ -191,8 +191,8 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
     """(model, label, its norm_stats key or None) for a ``--models`` entry.
 
     ``tiny`` / ``midsize``: random presets written to disk and loaded like a real checkpoint;
-    ``openvla-7b``: built randomly in memory; ``sim_policy`` (or another name of
-    ``models.catalog``): the shipped trained policy; anything else: a checkpoint directory.
+    ``openvla-7b``: built randomly in memory; ``sim_policy``: the trained policy of
+    ``models.catalog`` (once shipped); anything else: a checkpoint directory.
     """
     from vla_cache_ros.models.catalog import SHORT_NAMES, resolve_model
     from vla_cache_ros.models.tiny import make_tiny_checkpoint, random_model
@@ -249,9 +249,9 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
     parser = subparsers.add_parser("bench", help="uncached vs each cache mode, per stage, in one run")
-    parser.add_argument("--models", default="sim_policy,midsize",
-                        help="comma-separated: sim_policy (the shipped trained policy), tiny, midsize (random "
-                             "presets), openvla-7b (GPU, in memory) or checkpoint dirs (default: %(default)s)")
+    parser.add_argument("--models", default="tiny,midsize",
+                        help="comma-separated: tiny, midsize (random presets), sim_policy (the trained policy, "
+                             "once shipped), openvla-7b (GPU, in memory) or checkpoint dirs (default: %(default)s)")
     parser.add_argument("--modes", default=",".join(default_sweep()),
                         help="comma-separated modes, first must be off (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=12, help="measured steps per mode")

@@ -1,6 +1,6 @@
 """``vla-cache demo``: the README's first command, the whole loop on a laptop CPU.
 
-Episodes (default): the shipped trained policy (``sim_policy``, or ``--model``) drives the MuJoCo
+Episodes (default): the policy (``models.catalog.DEFAULT_MODEL``, or ``--model``) drives the MuJoCo
 arm closed-loop over ROS 2 for a few episodes, both nodes in their own processes on a private
 domain; one line per episode and a summary, and a GIF of one episode with the reused visual
 tokens overlaid (:mod:`vla_cache_ros.apps.demo_episodes`, on ``sim-eval``'s episode machinery).
@@ -97,14 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="the shipped policy drives the MuJoCo arm over ROS 2 for a few episodes, with a GIF of "
                      "the reused visual tokens; --live: status and cache sweeps; --offline: no ROS",
-        description="Default: sim_arm_node and vla_cache_node (the shipped policy, cache on) as separate "
+        description="Default: sim_arm_node and vla_cache_node (cache on) as separate "
                     "processes; a few closed-loop episodes, one line each and a summary, and an animated GIF "
                     "of one episode with the reused visual tokens overlaid.")
     parser.add_argument("--model", default=None,
-                        help="checkpoint directory or short name: sim_policy (default, the shipped trained "
-                             "policy) or tiny (seeded random, made once)")
+                        help="checkpoint directory or short name: tiny (default: seeded random, made once) or "
+                             "sim_policy (the trained policy, once shipped)")
     parser.add_argument("--unnorm-key", default=None,
-                        help="dataset statistics to un-normalise with (default: the model's, e.g. vla_cache_sim)")
+                        help="dataset statistics to un-normalise with (default: the short name's, e.g. tiny_sim)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="the node's torch threads (default: the node's own, 1 on a machine with <= 2 cores, "
                              "where the robot needs the other)")

@@ -60,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PNG plots). The mode 'expert' runs the scripted expert through the same topics as "
                     "a sanity row, after the cache modes.")
     parser.add_argument("--model", default=None,
-                        help="OpenVLA-format checkpoint directory or a short name: sim_policy (default: the "
-                             "shipped trained policy) or tiny (seeded random); unused by 'expert'")
+                        help="OpenVLA-format checkpoint directory or a short name: tiny (default: seeded "
+                             "random, made once) or sim_policy (the trained policy, once shipped); unused by "
+                             "'expert'")
     parser.add_argument("--modes", default="off,fixed:0.5,vla_cache",
                         help="comma-separated modes: off, fixed:R, vla_cache[:R], learned[:R], expert "
                              "(default off,fixed:0.5,vla_cache)")

@@ -1,15 +1,16 @@
 """Short model names for the command line: the shipped trained policy and the seeded random tiny one.
 
-Every command that takes ``--model`` (demo, replay, bench, sim-eval) accepts a checkpoint
-directory or one of these names:
+Every command that takes ``--model`` (demo, replay, bench, sim-eval) and the node's
+``model_path`` accept a checkpoint directory or one of these names:
 
-- ``sim_policy`` (the default): the miniature OpenVLA-format policy trained by behaviour cloning
-  on the simulated tabletop (``vla-cache train-policy``), shipped inside the package under
-  ``vla_cache_ros/data/models/sim_policy`` with its model card (``MODEL_CARD.md``). Its only
-  norm_stats key is ``vla_cache_sim``.
-- ``tiny``: a seeded random checkpoint (``models.tiny``), written once to
+- ``tiny`` (the default for now): a seeded random checkpoint (``models.tiny``), written once to
   ``$VLA_CACHE_HOME/tiny-seed0`` (default ``~/.cache/vla_cache_ros``); un-normalised with
-  ``tiny_sim``. Meaningless actions: for tests and cache mechanics, not for task success.
+  ``tiny_sim``. Meaningless actions: cache mechanics and speed, not task success.
+- ``sim_policy``: the miniature policy trained by behaviour cloning on the simulated tabletop
+  (``vla-cache train-policy``), to be shipped inside the package under
+  ``vla_cache_ros/data/models/sim_policy`` with its model card once it reaches the quality bar
+  (issue 12; not yet: docs/training.md says where training stands). Norm key ``vla_cache_sim``.
+  It becomes ``DEFAULT_MODEL`` when it ships.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from vla_cache_ros.errors import ConfigurationError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = PACKAGE_DIR / "data" / "models"
-DEFAULT_MODEL = "sim_policy"
 TINY_MODEL = "tiny"
+TRAINED_MODEL = "sim_policy"
+DEFAULT_MODEL = TINY_MODEL
+"""What an omitted ``--model`` means; ``TRAINED_MODEL`` once a trained policy ships."""
 
 
 def cache_home() -> Path:
@@ -45,11 +48,11 @@ class ResolvedModel:
     name: str | None = None
 
 
-SHORT_NAMES: dict[str, str | None] = {DEFAULT_MODEL: "vla_cache_sim", TINY_MODEL: "tiny_sim"}
+SHORT_NAMES: dict[str, str | None] = {TRAINED_MODEL: "vla_cache_sim", TINY_MODEL: "tiny_sim"}
 """Short name -> its norm_stats key."""
 
 
-def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
+def shipped_model_dir(name: str = TRAINED_MODEL) -> Path:
     """Directory of a checkpoint shipped in the package."""
     return SHIPPED_DIR / name
 
@@ -85,8 +88,10 @@ def resolve_model(model: str | Path | None, unnorm_key: str | None = None) -> Re
     if text in SHORT_NAMES:
         path = shipped_model_dir(text)
         if not (path / "config.json").is_file():
-            raise ConfigurationError(f"the shipped model {text!r} is missing from this installation "
-                                     f"(expected {path}); reinstall the package or pass --model DIR")
+            raise ConfigurationError(
+                f"the trained model {text!r} is not in this installation (expected {path}): it has not "
+                "shipped yet (docs/training.md); train one with `vla-cache train-policy` and pass its "
+                f"directory, or use {TINY_MODEL!r}")
         return ResolvedModel(path, unnorm_key or SHORT_NAMES[text], text)
     raise ConfigurationError(f"--model {text!r} is neither a checkpoint directory nor a known name "
                              f"({', '.join(SHORT_NAMES)})")
