@@ -170,3 +170,21 @@ def test_tiny_tokenizer_round_trips_text(tiny_model: OpenVLA) -> None:
     text = "In: What action should the robot take to pick up the red cube?\nOut:"
     ids = tiny_model.tokenizer(text)["input_ids"]
     assert tiny_model.tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_weight_files_get_the_same_mode_as_every_other_file(tmp_path: Path) -> None:
+    # safetensors writes 0600 by itself: a checkpoint readable only by its writer (config.json not).
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        single = make_tiny_checkpoint(tmp_path / "single", seed=0)
+        sharded = make_tiny_checkpoint(tmp_path / "sharded", seed=0, max_shard_bytes=4_000_000)
+    finally:
+        os.umask(old)
+    for directory in (single, sharded):
+        expected = stat.S_IMODE((directory / "config.json").stat().st_mode)
+        assert expected == 0o644
+        for path in weight_files(directory):
+            assert stat.S_IMODE(path.stat().st_mode) == expected, path

@@ -95,3 +95,16 @@ def test_class_weights_favour_rare_tokens_and_keep_the_mean_loss_scale() -> None
     logits = torch.randn(10, 2, 10)
     # Uniform weights give the plain mean; the weighted loss moves towards the rare rows' loss.
     assert action_loss(logits, targets, torch.ones(2, 10)) == pytest.approx(float(action_loss(logits, targets)))
+
+
+def test_training_state_files_are_not_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_state(tmp_path / "state", TrainingState(step=0, settings={}, history={}, model={"w": torch.ones(2)},
+                                                     optimizer={"param_groups": [], "state": {}}, rng={}))
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()} == {0o644}

@@ -10,15 +10,35 @@ under a running process cannot corrupt or crash it). See docs/memory.md for the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from vla_cache_ros.errors import CheckpointError, one_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _default_file_mode() -> int:
+    """The mode ``open()`` gives a new file here: 0o666 minus the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, then the file mode every other file written here gets.
+
+    safetensors creates its files with mode 0600, so a checkpoint written by one user (or by a
+    service account) was unreadable to the others that run the node, while its config.json was
+    readable: a half-readable checkpoint (issue 15).
+    """
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, _default_file_mode())
 
 
 def weight_files(directory: Path) -> list[Path]:

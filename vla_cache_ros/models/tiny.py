@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.models.checkpoint import write_safetensors
 from vla_cache_ros.models.config import parse_config
 from vla_cache_ros.models.processor import (
     BICUBIC_PIL_CODE,
@@ -180,7 +180,7 @@ def save_weights(state: dict[str, torch.Tensor], directory: Path, dtype: torch.d
     tensors = {module_key_to_checkpoint_key(k): v.detach().to(dtype).contiguous() for k, v in state.items()}
     remove_weight_files(directory)
     if max_shard_bytes is None:
-        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(tensors, directory / "model.safetensors", {"format": "pt"})
         return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -194,7 +194,7 @@ def save_weights(state: dict[str, torch.Tensor], directory: Path, dtype: torch.d
     weight_map = {}
     for index, shard in enumerate(shards, start=1):
         filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / filename), metadata={"format": "pt"})
+        write_safetensors(shard, directory / filename, {"format": "pt"})
         weight_map.update({name: filename for name in shard})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (directory / "model.safetensors.index.json").write_text(

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vla_cache_ros.errors import TrainingError, one_line
+from vla_cache_ros.models.checkpoint import write_safetensors
 
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
@@ -108,7 +109,7 @@ def save_state(directory: Path, state: TrainingState) -> None:
     if fresh.exists():
         shutil.rmtree(fresh)
     fresh.mkdir(parents=True)
-    save_file(tensors, str(fresh / TENSORS_FILE), metadata={"format": "vla_cache_training_state/1"})
+    write_safetensors(tensors, fresh / TENSORS_FILE, {"format": "vla_cache_training_state/1"})
     (fresh / STATE_FILE).write_text(json.dumps(document, indent=1) + "\n")
     if directory.exists():
         if previous.exists():
