@@ -54,7 +54,7 @@ def make_episode(seed: int, family: str) -> EpisodeRecord:
         image[row - 10:row + 10, col - 10:col + 10] = (220, 30, 30) if family == "pick" else (30, 30, 220)
         images.append(image)
         delta = (112 - centre) / 2000.0
-        actions.append([delta[0], delta[1], 0.01 * (step - 2), 0.0, 0.0, 0.02 * np.sign(delta[0]),
+        actions.append([delta[0], delta[1], 0.01 * (step - 2), 0.0, 0.0, 0.05 * np.sign(delta[0]),
                         float(step < 3)])
     actions = np.asarray(actions, np.float32)
     return EpisodeRecord(images=np.stack(images), actions=actions, proprio=np.zeros((STEPS, 7), np.float32),

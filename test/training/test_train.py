@@ -158,3 +158,27 @@ def test_balanced_loss_changes_training_but_not_the_reported_loss(full_run: Trai
     assert balanced.losses[1:] != full_run.losses[1:]
     with pytest.raises(TrainingError, match="other settings.*balance_power"):
         train(config(tiny_dataset, tmp_path / "balanced", balance_power=0.25), log=quiet)
+
+
+def test_a_failed_start_names_the_cause_and_leaves_out_reusable(full_run: TrainResult, tiny_dataset: Path,
+                                                                tmp_path: Path) -> None:
+    from vla_cache_ros.models.tiny import make_tiny_checkpoint
+
+    other_preset = make_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"--init-from .*tiny: its weights do not fit preset 'micro'"):
+        train(config(tiny_dataset, out, init_from=other_preset), log=quiet)
+    assert not out.exists()
+    with pytest.raises(TrainingError, match="holds no training state"):
+        train(config(tiny_dataset, out, init_from=tmp_path / "nope"), log=quiet)
+    assert not out.exists()
+    assert train(config(tiny_dataset, out, init_from=full_run.out_dir, steps=1), log=quiet).complete
+    with pytest.raises(TrainingError, match="--label-quantum-rad must be finite"):
+        train(config(tiny_dataset, tmp_path / "q", label_quantum_rad=float("inf")), log=quiet)
+    warned: list[str] = []
+    train(config(tiny_dataset, tmp_path / "q", label_quantum_m=5.0, steps=1), log=warned.append)
+    assert any(line.startswith("warning: --label-quantum-m 5 rounds every label of its group to 0")
+               for line in warned)
+    lines: list[str] = []
+    train(config(tiny_dataset, full_run.out_dir), log=lines.append)  # asked again once complete
+    assert lines[-1].startswith(f"already complete at step {STEPS}/{STEPS}") and "nan" not in lines[-1]

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 DEFAULT_MODES = ",".join(DEFAULT_SWEEP)
 SPEEDUP_DEFINITION = (
     "median total (or prefill) step time of 'off' divided by that of the mode, all modes stepped "
-    "in turn on every frame in this run; steps before 'warmup' excluded"
+    "in turn on every frame in this run; the first --warmup steps of each mode excluded"
 )
 
 

@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--balance-power", type=float, default=0.0,
                         help="weight action tokens by class frequency ** -P per dimension (0: plain mean)")
     parser.add_argument("--init-from", type=Path, default=None,
-                        help="start from the weights of another run's --out (fresh optimiser and schedule)")
+                        help="start from the weights of another run's --out (policy and auxiliary heads) or of an "
+                             "exported checkpoint directory (policy only); same preset; fresh optimiser and schedule")
     parser.add_argument("--dataset-key", default=None, help="norm-stats key (default: the dataset's only one)")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop (saved) at this step; the same command later continues")

@@ -248,6 +248,31 @@ def frames_batch(model: OpenVLA, frames: FrameSet, rows: np.ndarray, targets: np
                       torch.from_numpy(targets[rows]), pick(frames.patch_targets), pick(frames.offsets))
 
 
+def _check_label_quanta(config: TrainConfig, data: TrainingData, log: Callable[[str], None]) -> None:
+    """Refuse label rounding that is not finite; warn when it rounds every label of a group to 0."""
+    groups = (("--label-quantum-m", config.label_quantum_m, slice(0, 3)),
+              ("--label-quantum-rad", config.label_quantum_rad, slice(3, 6)))
+    for name, quantum, columns in groups:
+        if not math.isfinite(quantum):
+            raise TrainingError(f"{name} must be finite, got {quantum}")
+        largest = float(np.abs(data.train.actions[:, columns]).max()) if len(data.train) else 0.0
+        if quantum > 0 and largest > 0 and quantum > 2 * largest:
+            log(f"warning: {name} {quantum:g} rounds every label of its group to 0 (the largest is "
+                f"{largest:.4g}); choose a smaller step, or 0 for raw labels")
+
+
+def _remove_fresh_out_dir(out_dir: Path, created: bool) -> None:
+    """Undo what a failed fresh start wrote: the tokenizer files (the directory itself when this
+    run created it)."""
+    import shutil
+
+    if created:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+        for path in out_dir.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _initial_weights(init_from: Path | None) -> dict[str, torch.Tensor] | None:
     """The model tensors to start from (None: from scratch): another run's training state (policy
     and auxiliary heads) when ``init_from`` holds one, else the exported OpenVLA-format checkpoint
@@ -416,16 +441,25 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
         _refuse_changed(saved.settings, settings, out_dir)
     else:
         _check_out_dir(out_dir)
+    _check_label_quanta(config, data, log)
+    initial = saved.model if saved is not None else _initial_weights(config.init_from)  # before writing anything
+    created = not out_dir.exists()
     model = build_policy(config.preset, data.norm_stats, out_dir, config.seed)
     aux_weight = settings["aux_weight"]
     heads = AuxiliaryHeads.for_policy(model, len(LOCATED_POINTS)) if aux_weight > 0 else None
     trainee = torch.nn.ModuleDict({"policy": model, **({"aux": heads} if heads is not None else {})})
-    initial = saved.model if saved is not None else _initial_weights(config.init_from)
     if initial is not None:
-        model.load_state_dict({k: v for k, v in initial.items() if not k.startswith(AUX_PREFIX)})
-        own = {k[len(AUX_PREFIX):]: v for k, v in initial.items() if k.startswith(AUX_PREFIX)}
-        if heads is not None and own:
-            heads.load_state_dict(own)
+        try:
+            model.load_state_dict({k: v for k, v in initial.items() if not k.startswith(AUX_PREFIX)})
+            own = {k[len(AUX_PREFIX):]: v for k, v in initial.items() if k.startswith(AUX_PREFIX)}
+            if heads is not None and own:
+                heads.load_state_dict(own)
+        except RuntimeError as error:  # another preset: missing, unexpected or mis-shaped tensors
+            if saved is None:  # a fresh run leaves --out as it found it
+                _remove_fresh_out_dir(out_dir, created)
+            first = str(error).strip().splitlines()
+            raise TrainingError(f"--init-from {config.init_from}: its weights do not fit preset {config.preset!r} "
+                                f"({first[1].strip() if len(first) > 1 else first[0]})") from None
     trainee.to(device).train()
     optimizer = make_optimizer(trainee, config.lr, config.weight_decay)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -546,6 +580,10 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     bar.close()
     checkpoint(final=True)
     samples_per_s = len(losses) * config.batch_size / train_seconds if train_seconds else math.nan
-    log(f"{'finished' if step >= total_steps else 'stopped'} at step {step}/{total_steps}; "
-        f"checkpoint in {out_dir} ({samples_per_s:.1f} samples/s)")
+    if not losses:
+        log(f"already complete at step {step}/{total_steps}; checkpoint in {out_dir} re-exported (a longer "
+            "run: a new --out with --init-from this one)")
+    else:
+        log(f"{'finished' if step >= total_steps else 'stopped'} at step {step}/{total_steps}; "
+            f"checkpoint in {out_dir} ({samples_per_s:.1f} samples/s)")
     return TrainResult(out_dir, step, total_steps, start_step, losses, evaluation, samples_per_s)
