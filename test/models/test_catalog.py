@@ -50,3 +50,12 @@ def test_directories_win_and_unknown_names_are_refused(tmp_path: Path, monkeypat
         catalog.resolve_model("nope")
     with pytest.raises(ConfigurationError, match=r"not a directory \(nor a known name: sim_policy, tiny\)"):
         check_model_path("nope")
+
+
+def test_a_short_model_path_brings_its_own_statistics_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert catalog.unnorm_key_for("tiny", "") == "tiny_sim"
+    assert catalog.unnorm_key_for("tiny", "tiny_alt") == "tiny_alt"
+    assert catalog.unnorm_key_for("/some/dir", "") is None
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert catalog.unnorm_key_for("tiny", "") is None  # a directory named like a short name is a directory

@@ -95,3 +95,14 @@ def resolve_model(model: str | Path | None, unnorm_key: str | None = None) -> Re
         return ResolvedModel(path, unnorm_key or SHORT_NAMES[text], text)
     raise ConfigurationError(f"--model {text!r} is neither a checkpoint directory nor a known name "
                              f"({', '.join(SHORT_NAMES)})")
+
+
+def unnorm_key_for(model_path: str, unnorm_key: str | None) -> str | None:
+    """The norm_stats key to use: ``unnorm_key`` when given, else the short name's when
+    ``model_path`` is one (and no directory of that name exists), else None (the checkpoint's
+    only key). Lets the node take ``model_path: tiny`` alone, as the commands take ``--model tiny``."""
+    if unnorm_key:
+        return unnorm_key
+    if model_path in SHORT_NAMES and not Path(model_path).expanduser().is_dir():
+        return SHORT_NAMES[model_path]
+    return unnorm_key or None

@@ -120,17 +120,19 @@ def load_policy(config: NodeConfig, info: Callable[[str], None]) -> Any:
     model_path = check_model_path(config.model.model_path)
     from vla_cache_ros.cache.modes import parse_prepack
     from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
+    from vla_cache_ros.models.catalog import unnorm_key_for
     from vla_cache_ros.models.config import load_config
     from vla_cache_ros.policy import CachedVLAPolicy
 
+    unnorm_key = unnorm_key_for(str(config.model.model_path), config.model.unnorm_key)
     device = resolve_device(config.model.device)
     dtype = resolve_dtype(config.model.dtype)
-    load_config(Path(model_path)).action_statistics().select(config.model.unnorm_key)
+    load_config(Path(model_path)).action_statistics().select(unnorm_key)
     set_cpu_threads(config.model.num_threads)
     info(f"loading {model_path} on {device} ...")
     policy = CachedVLAPolicy.from_pretrained(
         model_path, mode="off", cache_ratio=config.cache.ratio,
-        unnorm_key=config.model.unnorm_key, device=str(device), dtype=dtype,
+        unnorm_key=unnorm_key, device=str(device), dtype=dtype,
         center_crop=config.model.center_crop,
         prepack=parse_prepack(config.model.cpu_weight_prepack))
     info(f"decoder weights: {policy.engine.projections.reason}")

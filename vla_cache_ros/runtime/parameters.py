@@ -55,13 +55,14 @@ def _choice(name: str, default: str, choices: Sequence[str], description: str,
 
 NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     # --- model (fixed at start) ------------------------------------------------------------
-    ParameterSpec("model_path", "string", "", "OpenVLA-format checkpoint directory (required)",
+    ParameterSpec("model_path", "string", "",
+                  "OpenVLA-format checkpoint directory, or a short name: tiny, sim_policy (required)",
                   read_only=True),
     ParameterSpec("device", "string", "cpu", "torch device for the policy, e.g. cpu or cuda:0",
                   read_only=True),
     _choice("dtype", "float32", DTYPES, "weights / compute dtype"),
     ParameterSpec("unnorm_key", "string", "",
-                  "dataset statistics used to un-normalise actions (empty: the only one)",
+                  "dataset statistics used to un-normalise actions (empty: the short name's, or the only one)",
                   read_only=True),
     ParameterSpec("center_crop", "bool", False,
                   "centre-crop 0.9 of the area before resizing (models trained with crop aug)",
