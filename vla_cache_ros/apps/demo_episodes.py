@@ -27,17 +27,6 @@ DEFAULT_OUT = Path("out/demo")
 ANIMATION_NAME = "episode.gif"
 
 
-def parse_families(text: str) -> tuple[str, ...]:
-    """``--families pick,touch`` -> the names (argparse type: an unknown one is a usage error)."""
-    from vla_cache_ros.sim.tasks import FAMILIES
-
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in FAMILIES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown task families {unknown}; choose from {','.join(sorted(FAMILIES))}")
-    return names
-
-
 def parse_demo_mode(text: str) -> Any:
     """One cache mode spec (``vla_cache``, ``fixed:0.5``, ...) as sim-eval's ``EvalMode``.
 
@@ -116,6 +105,14 @@ def write_animation(path: Path, animated: Animated, label: str) -> int:
     outcome = "success" if result.success else "no success"
     title = f"episode {result.index + 1} [{label}]: {result.instruction!r} ({outcome})"
     return write_gif(path, [AnimationStep(s.frame, s.mask, s.latency_ms) for s in animated.steps], title)
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+    """``--families`` as ``sim-collect`` / ``sim-eval`` parse it, imported when used: the demo's
+    parser must build where the simulator area cannot be imported."""
+    from vla_cache_ros.apps.sim_commands import parse_families as parse
+
+    return parse(text)
 
 
 def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | None) -> int:

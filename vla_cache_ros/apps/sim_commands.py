@@ -17,7 +17,8 @@ from vla_cache_ros.sim.evaluate import (
 from vla_cache_ros.sim.tasks import FAMILIES
 
 
-def _families(text: str) -> tuple[str, ...]:
+def parse_families(text: str) -> tuple[str, ...]:
+    """``--families pick,touch`` -> the names (argparse type: an unknown one is a usage error)."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in FAMILIES]
     if unknown or not names:
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes the dataset should hold")
     parser.add_argument("--out", type=Path, required=True, help="dataset directory (created or resumed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode i uses seed+i (default 0)")
-    parser.add_argument("--families", type=_families, default=tuple(sorted(FAMILIES)),
+    parser.add_argument("--families", type=parse_families, default=tuple(sorted(FAMILIES)),
                         help=f"comma-separated task families, cycled (default {','.join(sorted(FAMILIES))})")
     parser.add_argument("--dataset-name", default="vla_cache_sim", help="norm-stats key (unnorm_key)")
     parser.add_argument("--no-bags", action="store_true", help="write the dataset only, no rosbag2")
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default off,fixed:0.5,vla_cache)")
     parser.add_argument("--episodes", type=int, required=True, help="episodes per mode")
     parser.add_argument("--out", type=Path, default=Path("sim_eval"), help="report directory (default sim_eval/)")
-    parser.add_argument("--families", type=_families, default=tuple(sorted(FAMILIES)),
+    parser.add_argument("--families", type=parse_families, default=tuple(sorted(FAMILIES)),
                         help="comma-separated task families, cycled over episodes")
     parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED,
                         help=f"seed of episode 0 (default {DEFAULT_EVAL_SEED}, away from sim-collect's seeds)")

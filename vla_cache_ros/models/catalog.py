@@ -105,4 +105,4 @@ def unnorm_key_for(model_path: str, unnorm_key: str | None) -> str | None:
         return unnorm_key
     if model_path in SHORT_NAMES and not Path(model_path).expanduser().is_dir():
         return SHORT_NAMES[model_path]
-    return unnorm_key or None
+    return None

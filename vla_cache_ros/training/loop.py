@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -264,13 +265,14 @@ def _check_label_quanta(config: TrainConfig, data: TrainingData, log: Callable[[
 def _remove_fresh_out_dir(out_dir: Path, created: bool) -> None:
     """Undo what a failed fresh start wrote: the tokenizer files (the directory itself when this
     run created it)."""
-    import shutil
-
     if created:
         shutil.rmtree(out_dir, ignore_errors=True)
-    else:
-        for path in out_dir.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return
+    for path in out_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _initial_weights(init_from: Path | None) -> dict[str, torch.Tensor] | None:
