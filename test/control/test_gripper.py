@@ -36,3 +36,35 @@ def test_bad_config_and_values() -> None:
         GripperConfig(hysteresis=1.5)
     with pytest.raises(InvalidInputError, match="gripper action must be finite"):
         GripperHysteresis().update(math.nan)
+
+
+def test_action_goals_only_when_the_decision_changes() -> None:
+    """The action output's mapping: the same hysteresis as the topic, a goal per change."""
+    from vla_cache_ros.control.gripper import GoalGate
+
+    gripper = GripperHysteresis(GripperConfig(hysteresis=0.2, command_open=0.04,
+                                              command_closed=0.0))
+    gate = GoalGate()
+    sent = []
+    for value in [1.0, 0.9, 0.45, 0.39, 0.2, 0.55, 0.61, 0.7]:
+        goal = gate.take(gripper.update(value), actuate=True)
+        if goal is not None:
+            gate.delivered(goal)
+            sent.append(goal)
+    assert sent == [0.04, 0.0, 0.04]  # first decision, close below 0.4, open above 0.6
+
+
+def test_goal_gate_retries_undelivered_and_resends_after_actuation_or_reset() -> None:
+    from vla_cache_ros.control.gripper import GoalGate
+
+    gate = GoalGate()
+    assert gate.take(None, actuate=True) is None
+    assert gate.take(1.0, actuate=True) == 1.0  # not delivered (no server yet) ...
+    assert gate.take(1.0, actuate=True) == 1.0  # ... so offered again
+    gate.delivered(1.0)
+    assert gate.take(1.0, actuate=True) is None
+    assert gate.take(1.0, actuate=False) is None  # dry run: nothing goes out ...
+    assert gate.take(1.0, actuate=True) == 1.0  # ... and the decision is sent again after
+    gate.delivered(1.0)
+    gate.reset()  # activation
+    assert gate.take(1.0, actuate=True) == 1.0

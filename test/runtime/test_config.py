@@ -2,6 +2,7 @@
 valid config, changes are validated into a new config (one request at a time, as rqt sends them)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -182,3 +183,32 @@ def test_joint_limits_set_one_request_at_a_time_like_rqt() -> None:
     assert reason is not None and "joint_lower_limits has 5 values but joint_names has 6" in reason
     assert "change joint_upper_limits first" not in reason
     assert current["joint_lower_limits"] == [-1.0] * 6 and current["joint_upper_limits"] == [1.0] * 6
+
+
+def test_optional_interfaces_default_to_what_needs_no_system_ros() -> None:
+    interface = NodeConfig.from_values({}).interface
+    assert (interface.gripper_interface, interface.ee_pose_source, interface.servo_start_service) == (
+        "topic", "topic", "")
+    assert interface.reads_ee_pose and interface.ee_pose_description == "topic ee_pose"
+    tf = NodeConfig.from_values({"ee_pose_source": "tf", "twist_frame_id": "world"}).interface
+    assert (tf.tf_base_frame, tf.tf_tool_frame) == ("world", "tool0")  # base: twist_frame_id
+    assert tf.ee_pose_description == "tf world -> tool0"
+    joints = NodeConfig.from_values({"command_interface": "joint_positions",
+                                     "action_semantics": "joint_delta", "joint_names": JOINTS})
+    assert not joints.interface.reads_ee_pose
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"ee_pose_source": "tf", "tf_tool_frame": " "}, "ee_pose_source tf needs tf_tool_frame"),
+    ({"servo_start_service": "/servo_node/start_servo", "command_interface": "joint_positions",
+      "action_semantics": "joint_delta", "joint_names": JOINTS},
+     "servo_start_service is for MoveIt Servo (command_interface ee_twist), not joint_positions"),
+    ({"gripper_interface": "gripper_command", "gripper_action_name": ""},
+     "gripper_interface gripper_command needs gripper_action_name"),
+    ({"gripper_interface": "robotiq"}, "expected one of topic, gripper_command, "
+     "parallel_gripper_command"),
+    ({"servo_start_type": "start"}, "expected one of switch_command_type, trigger"),
+])
+def test_optional_interface_settings_are_cross_checked(values: dict, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+        NodeConfig.from_values(values)

@@ -78,3 +78,35 @@ class GripperHysteresis:
     def command(self) -> float:
         """The command for the current state."""
         return self.config.command_open if self.is_open else self.config.command_closed
+
+
+class GoalGate:
+    """Lets a gripper command through to an action server only when it changes.
+
+    A topic gripper gets the command every control period; an action server gets a goal only
+    when the open/closed decision (:class:`GripperHysteresis`) differs from the goal last
+    delivered, since each goal restarts the gripper's motion. While actuation is off nothing
+    goes out and the gate forgets the last goal, so the decision in force is sent again when
+    actuation comes back (the gripper may have been moved meanwhile). A command that could not
+    be delivered (no server yet) is not marked, so it is tried again at the next period.
+    """
+
+    def __init__(self) -> None:
+        self._delivered: float | None = None
+
+    def take(self, command: float | None, actuate: bool) -> float | None:
+        """The command to send now, or None (nothing new, no command, or actuation off)."""
+        if not actuate:
+            self._delivered = None
+            return None
+        if command is None or command == self._delivered:
+            return None
+        return command
+
+    def delivered(self, command: float) -> None:
+        """Record that ``command`` went out as a goal."""
+        self._delivered = command
+
+    def reset(self) -> None:
+        """Forget the last goal (activation, cleanup): the next command goes out."""
+        self._delivered = None

@@ -15,14 +15,24 @@ services answer while a large model loads; with ``autostart: false`` a lifecycle
 Topics (relative names, remap as needed):
   in:  image (sensor_msgs/Image or CompressedImage, see image_type), joint_states (merged by
        joint name), instruction (std_msgs/String; latched and volatile publishers), ee_pose
-       (geometry_msgs/PoseStamped, for the workspace box with ee_twist)
+       (geometry_msgs/PoseStamped, for the workspace box with ee_twist; or TF with
+       ee_pose_source: tf, see ros.tf_pose). image, joint_states and ee_pose take the standard
+       QoS override parameters (qos_overrides./image.subscription.reliability, see ros.qos).
   out: joint_trajectory | joint_commands | twist_cmd (per command_interface), gripper_command
-       (std_msgs/Float64MultiArray) -- only when enable_actuation is true; ~/preview/<same names>
+       (std_msgs/Float64MultiArray every period, or a control_msgs gripper action goal when the
+       decision changes, per gripper_interface, see ros.gripper_output) -- only when
+       enable_actuation is true; ~/preview/<same names>
        (always), ~/cache_ratio and ~/inference_latency_ms (std_msgs/Float32, per step),
        ~/step_stats (std_msgs/String, per step: mode, ratios and stage times as JSON, see
        stages.StepRecord), ~/reused_tokens (sensor_msgs/Image mono8, per step: the 16x16 visual
        token grid, 255 = reused, stamped with the camera frame's stamp and frame id),
        /diagnostics (steady clock, ~1 Hz, in every lifecycle state).
+
+MoveIt Servo: with servo_start_service set, every activation calls Servo's start service
+(ServoCommandType TWIST or Trigger, asynchronously, see ros.servo_start); /diagnostics shows the
+outcome as servo_start. Packages only a system ROS 2 provides (control_msgs, tf2_ros,
+moveit_msgs) are imported when a parameter selects them; missing, configure fails with the
+reason (ros.optional_packages).
 
 No callback lets an exception reach the executor: it is reported, faults the watchdog (the
 safety command goes out) and the node carries on.
@@ -46,10 +56,10 @@ from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float32, Float64MultiArray, String
+from std_msgs.msg import Float32, String
 
 from vla_cache_ros import topics
-from vla_cache_ros.control.actions import ArmCommand, CommandInterface
+from vla_cache_ros.control.actions import ArmCommand
 from vla_cache_ros.control.clock import CLOCK_SKEW_TOLERANCE_S
 from vla_cache_ros.control.diagnostics import one_line
 from vla_cache_ros.errors import ConfigurationError, UserFacingError, clip_text
@@ -61,8 +71,12 @@ from vla_cache_ros.image_conversion import (
 )
 from vla_cache_ros.ros import qos
 from vla_cache_ros.ros.commands import COMMAND_TOPICS, command_message
+from vla_cache_ros.ros.gripper_output import gripper_output
+from vla_cache_ros.ros.optional_packages import check_for
 from vla_cache_ros.ros.parameters import declare_from_table, parameter_values
 from vla_cache_ros.ros.process import run_node
+from vla_cache_ros.ros.servo_start import ServoStarter
+from vla_cache_ros.ros.tf_pose import TfPose
 from vla_cache_ros.runtime.config import NodeConfig
 from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, StepReport, check_model_path
 from vla_cache_ros.runtime.parameters import SPECS
@@ -89,7 +103,8 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             info=logger.info, on_step=self._publish_step)
         self._entities: list[Any] = []
         self._command_pub: Any = None
-        self._gripper_pubs: Any = None
+        self._gripper: Any = None  # gripper_output.TopicGripper / ActionGripper
+        self._servo: ServoStarter | None = None
         self.startup_error: UserFacingError | None = None  # autostart failed: the process ends
         self._configure_error: UserFacingError | None = None
         self._camera_frame_id = ""  # of the latest camera frame: the frame of ~/reused_tokens
@@ -124,6 +139,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         """Validate the configuration, load the model, warm up, create the interfaces."""
         try:
             self._runtime.apply(NodeConfig.from_values(parameter_values(self)))
+            check_for(self._runtime.config.interface)  # system-ROS packages, before loading
             self._runtime.load()
         except UserFacingError as error:
             self.get_logger().error(f"configure failed: {error}")
@@ -144,7 +160,13 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Policy output allowed; the next gripper decision goes out; MoveIt Servo is started
+        (``servo_start_service``, asynchronously)."""
         self._runtime.activate()
+        if self._gripper is not None:
+            self._gripper.reset()
+        if self._servo is not None:
+            self._servo.start()
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -154,10 +176,14 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._runtime.release()
-        self._command_pub = self._gripper_pubs = None
+        self._command_pub = self._gripper = self._servo = None
         for entity in self._entities:  # through the node, so the executor forgets them too
-            {Subscription: self.destroy_subscription, Publisher: self.destroy_publisher}.get(
-                type(entity), self.destroy_timer)(entity)
+            close = getattr(entity, "close", None)  # this package's adapters
+            if close is not None:
+                close()
+            else:
+                {Subscription: self.destroy_subscription, Publisher: self.destroy_publisher}.get(
+                    type(entity), self.destroy_timer)(entity)
         self._entities = []
         return SUCCESS
 
@@ -191,34 +217,57 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         pub, sub = self.create_publisher, self._subscribe
         self._command_pub = pub(command_type, topic, qos.COMMAND_QOS)
         self._preview_pub = pub(command_type, f"~/preview/{topic}", qos.COMMAND_QOS)
-        self._gripper_pubs = ((pub(Float64MultiArray, topics.GRIPPER_COMMAND, qos.COMMAND_QOS),
-                               pub(Float64MultiArray, f"~/preview/{topics.GRIPPER_COMMAND}", qos.COMMAND_QOS))
-                              if config.interface.publish_gripper else None)
+        runtime = self._runtime
+        self._gripper = gripper_output(
+            self, config.interface, config.controller.gripper,
+            report=lambda line: runtime.set_interface_status("gripper_action", line),
+            warn=lambda line: runtime.log.warn("gripper_action", line))
         self._ratio_pub = pub(Float32, topics.CACHE_RATIO, qos.TELEMETRY_QOS)
         self._latency_pub = pub(Float32, topics.INFERENCE_LATENCY_MS, qos.TELEMETRY_QOS)
         self._step_pub = pub(String, topics.STEP_STATS, qos.TELEMETRY_QOS)
         self._reused_pub = pub(Image, topics.REUSED_TOKENS, qos.TELEMETRY_QOS)
-        runtime = self._runtime
+        overridable = {"qos_overriding_options": qos.overridable()}  # see qos.py
         if config.interface.image_type == "compressed":
-            sub(CompressedImage, topics.IMAGE, lambda m: self._on_image(m, compressed_image_to_rgb), qos.SENSOR_QOS)
+            sub(CompressedImage, topics.IMAGE, lambda m: self._on_image(m, compressed_image_to_rgb),
+                qos.sensor_profile(), **overridable)
         else:
-            sub(Image, topics.IMAGE, lambda m: self._on_image(m, image_to_rgb), qos.SENSOR_QOS)
+            sub(Image, topics.IMAGE, lambda m: self._on_image(m, image_to_rgb), qos.sensor_profile(),
+                **overridable)
         sub(JointState, topics.JOINT_STATES, lambda m: runtime.on_joint_state(
-            m.name, m.position, stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
+            m.name, m.position, stamp_seconds(m.header.stamp)), qos.sensor_profile(), **overridable)
         # Transient-local hears a latched instruction published before the node started but
         # cannot match volatile publishers (``ros2 topic pub`` since Jazzy); volatile matches
         # both. A latched message heard twice is the same instruction and changes nothing.
         sub(String, topics.INSTRUCTION, lambda m: runtime.on_instruction_message(m.data), qos.LATCHED_QOS,
             event_callbacks=qos.ignore_incompatible_qos())
         sub(String, topics.INSTRUCTION, lambda m: runtime.on_instruction_message(m.data), qos.VOLATILE_QOS)
-        if config.interface.command_interface is CommandInterface.EE_TWIST:
-            sub(PoseStamped, topics.EE_POSE, lambda m: runtime.on_ee_position(
-                [m.pose.position.x, m.pose.position.y, m.pose.position.z],
-                stamp_seconds(m.header.stamp)), qos.SENSOR_QOS)
+        self._create_optional_interfaces(config)
         self._entities += [self._command_pub, self._preview_pub, self._ratio_pub, self._latency_pub,
-                           self._step_pub, self._reused_pub, *(self._gripper_pubs or ()), self.create_timer(
+                           self._step_pub, self._reused_pub, self.create_timer(
                                1.0 / config.interface.control_rate_hz,
                                self._guarded("control tick", self._on_control_tick))]
+
+    def _create_optional_interfaces(self, config: NodeConfig) -> None:
+        """The EE pose input (topic or TF), the gripper output and the MoveIt Servo starter."""
+        interface, runtime = config.interface, self._runtime
+        if interface.reads_ee_pose and interface.ee_pose_source == "tf":
+            self._entities.append(TfPose(
+                self, interface.tf_base_frame, interface.tf_tool_frame,
+                1.0 / interface.control_rate_hz, runtime.on_ee_position,
+                lambda line: runtime.log.warn("ee_pose", line)))
+        elif interface.reads_ee_pose:
+            self._subscribe(PoseStamped, topics.EE_POSE, lambda m: runtime.on_ee_position(
+                [m.pose.position.x, m.pose.position.y, m.pose.position.z],
+                stamp_seconds(m.header.stamp)), qos.sensor_profile(),
+                qos_overriding_options=qos.overridable())
+        if interface.servo_start_service:
+            self._servo = ServoStarter(
+                self, interface.servo_start_service, interface.servo_start_type,
+                interface.servo_start_timeout_s,
+                report=lambda line: runtime.set_interface_status("servo_start", line),
+                error=lambda line: runtime.log.error("servo_start", line),
+                info=self.get_logger().info)
+        self._entities += [entity for entity in (self._gripper, self._servo) if entity is not None]
 
     def _on_image(self, message: Any, convert: Callable[[Any], Any]) -> None:
         self._camera_frame_id = message.header.frame_id  # for ~/reused_tokens
@@ -271,11 +320,8 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
             self._preview_pub.publish(message)
             if actuate:
                 self._command_pub.publish(message)
-        if gripper is not None and self._gripper_pubs is not None:
-            message = Float64MultiArray(data=[float(gripper)])
-            self._gripper_pubs[1].publish(message)
-            if actuate:
-                self._gripper_pubs[0].publish(message)
+        if gripper is not None and self._gripper is not None:
+            self._gripper.publish(gripper, actuate)
 
     def _on_diagnostics(self) -> None:
         state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "?"

@@ -16,6 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.ros import qos
 from vla_cache_ros.runtime.parameters import NODE_PARAMETERS, SPECS, ParameterSpec, coerce_parameter
 
 ROS_OWN_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
@@ -50,8 +51,9 @@ def declare_from_table(node: Node) -> None:
     """Declare every parameter of the table on ``node``, after checking the given values.
 
     Raises:
-        ConfigurationError: an unknown parameter name (with the closest known one), or a given
-            value of the wrong type, out of range, or not finite.
+        ConfigurationError: an unknown parameter name (with the closest known one), a given
+            value of the wrong type, out of range, or not finite, or a bad QoS override of the
+            node's subscriptions (see :func:`~vla_cache_ros.ros.qos.check_overrides`).
     """
     overrides = getattr(node, "_parameter_overrides", {})  # rclpy's parsed --ros-args values
     unknown = sorted(name for name in overrides
@@ -63,6 +65,9 @@ def declare_from_table(node: Node) -> None:
         raise ConfigurationError(
             f"unknown parameters: {', '.join(hints)} (a params file shared with other nodes must "
             f"put this node's parameters under its own name, not /**)")
+    qos.check_overrides({name: given.value for name, given in overrides.items()},
+                        [node.resolve_topic_name(topic) for topic in qos.OVERRIDABLE_TOPICS],
+                        [node.resolve_topic_name(topic) for topic in qos.FIXED_TOPICS])
     for spec in NODE_PARAMETERS:
         given = overrides.get(spec.name)
         if given is not None and given.type_ is not Parameter.Type.NOT_SET:

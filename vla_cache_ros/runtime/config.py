@@ -52,7 +52,17 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class InterfaceConfig:
-    """Message types, topics' meaning and rates (fixed once configured)."""
+    """Message types, topics' meaning and rates (fixed once configured).
+
+    Attributes:
+        ee_pose_source: ``topic`` or ``tf`` (the EE position is read only for ``ee_twist``).
+        tf_base_frame, tf_tool_frame: the TF lookup of ``ee_pose_source: tf`` (the base frame
+            defaults to ``twist_frame_id``).
+        servo_start_service: MoveIt Servo's start service ("" = none), of
+            ``servo_start_type``, waited for at most ``servo_start_timeout_s`` (s).
+        gripper_interface: ``topic`` or a control_msgs gripper action on
+            ``gripper_action_name`` with ``gripper_max_effort``.
+    """
 
     image_type: str
     command_interface: CommandInterface
@@ -60,6 +70,28 @@ class InterfaceConfig:
     twist_frame_id: str
     control_rate_hz: float
     publish_gripper: bool
+    ee_pose_source: str
+    tf_base_frame: str
+    tf_tool_frame: str
+    servo_start_service: str
+    servo_start_type: str
+    servo_start_timeout_s: float
+    gripper_interface: str
+    gripper_action_name: str
+    gripper_max_effort: float
+
+    @property
+    def reads_ee_pose(self) -> bool:
+        """Whether the node reads the EE pose (for ``ee_twist``'s workspace box)."""
+        return self.command_interface is CommandInterface.EE_TWIST
+
+    @property
+    def ee_pose_description(self) -> str:
+        """Where the EE pose comes from, for /diagnostics (``topic ee_pose`` or
+        ``tf <base> -> <tool>``)."""
+        if self.ee_pose_source == "tf":
+            return f"tf {self.tf_base_frame} -> {self.tf_tool_frame}"
+        return "topic ee_pose"
 
 
 @dataclass(frozen=True)
@@ -120,7 +152,8 @@ class NodeConfig:
                 joint_names=tuple(merged["joint_names"]),
                 twist_frame_id=str(merged["twist_frame_id"]),
                 control_rate_hz=float(merged["control_rate_hz"]),
-                publish_gripper=bool(merged["publish_gripper"])),
+                publish_gripper=bool(merged["publish_gripper"]),
+                **_optional_interfaces(merged, controller.action.interface)),
             controller=controller,
             instruction=str(merged["instruction"]).strip(),
             enable_actuation=bool(merged["enable_actuation"]),
@@ -218,6 +251,37 @@ def controller_config(values: Mapping[str, Any]) -> ControllerConfig:
                                 max_inference_s=float(values["max_inference_s"])),
         safety_command=values["safety_command"], joint_names=joint_names,
         min_duration_s=1.0 / float(values["control_rate_hz"]))
+
+
+def _optional_interfaces(values: Mapping[str, Any],
+                         interface: CommandInterface) -> dict[str, Any]:
+    """The EE pose source, the servo start and the gripper interface settings, cross-checked.
+
+    Raises:
+        ConfigurationError: a TF source without frames, a servo start service for a command
+            interface other than ``ee_twist``, or a gripper action without a name.
+    """
+    base = str(values["tf_base_frame"]).strip() or str(values["twist_frame_id"]).strip()
+    tool = str(values["tf_tool_frame"]).strip()
+    if values["ee_pose_source"] == "tf" and not (base and tool):
+        raise ConfigurationError("ee_pose_source tf needs tf_tool_frame and tf_base_frame (or "
+                                 "twist_frame_id) to name frames")
+    service = str(values["servo_start_service"]).strip()
+    if service and interface is not CommandInterface.EE_TWIST:
+        raise ConfigurationError(
+            f"servo_start_service is for MoveIt Servo (command_interface ee_twist), not "
+            f"{interface.value}: leave it empty")
+    action_name = str(values["gripper_action_name"]).strip()
+    if values["gripper_interface"] != "topic" and not action_name:
+        raise ConfigurationError(
+            f"gripper_interface {values['gripper_interface']} needs gripper_action_name")
+    return {"ee_pose_source": str(values["ee_pose_source"]), "tf_base_frame": base,
+            "tf_tool_frame": tool, "servo_start_service": service,
+            "servo_start_type": str(values["servo_start_type"]),
+            "servo_start_timeout_s": float(values["servo_start_timeout_s"]),
+            "gripper_interface": str(values["gripper_interface"]),
+            "gripper_action_name": action_name,
+            "gripper_max_effort": float(values["gripper_max_effort"])}
 
 
 def _partner_hint(merged: Mapping[str, Any], changes: Mapping[str, Any]) -> str:

@@ -182,6 +182,7 @@ class PolicyRuntime:
         self._policy: Any = None
         self._worker: threading.Thread | None = None
         self._closing = threading.Event()
+        self._interface_status: dict[str, str] = {}
 
     # -------------------------------------------------------------------------- lifecycle
     @property
@@ -348,6 +349,12 @@ class PolicyRuntime:
         if reason is not None:  # None: nothing was commanded yet (e.g. the first /clock)
             self.log.error("clock", f"clock jump: {reason}")
 
+    def set_interface_status(self, key: str, value: str) -> None:
+        """Show ``key: value`` on /diagnostics from now on (the node's optional interfaces
+        report here: ``servo_start``, ``gripper_action``)."""
+        with self._lock:
+            self._interface_status[key] = clip_text(value, MESSAGE_LIMIT)
+
     def internal_error(self, where: str, error: BaseException) -> None:
         """Something escaped a callback or the worker: report it (traceback once per kind),
         fault the watchdog so the safety command goes out, and keep serving."""
@@ -483,15 +490,18 @@ class PolicyRuntime:
                       else f"waiting for {', '.join(missing)}" if missing
                       else "waiting for the first inference step")
             state = WatchdogState.WAITING if not active else state
-        controller = self._controller.config
-        inputs = [CAMERA, JOINT_STATES] + ([EE_POSE] if EE_POSE in controller.required_inputs
-                                           else [])
+        controller, interface = self._controller.config, self._config.interface
+        reads_pose = interface.reads_ee_pose or EE_POSE in controller.required_inputs
+        inputs = [CAMERA, JOINT_STATES] + ([EE_POSE] if reads_pose else [])
         policy = self._policy
+        with self._lock:
+            interface_status = dict(self._interface_status)
         values = {"instruction": clip_text(instruction),
-                  "command_interface": self._config.interface.command_interface.value,
+                  "command_interface": interface.command_interface.value,
+                  **({"ee_pose_source": interface.ee_pose_description} if reads_pose else {}),
                   "decoder_weights": (policy.engine.projections.reason if policy is not None
                                       else "not loaded"),
-                  **(extra or {})}
+                  **interface_status, **(extra or {})}
         return build_status(
             state=state, reason=reason, telemetry=self._telemetry.snapshot(),
             clamp_counts=self._controller.clamp_counts, actuation_enabled=actuate,

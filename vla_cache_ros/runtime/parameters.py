@@ -25,6 +25,13 @@ from vla_cache_ros.errors import ConfigurationError, clip_text
 
 IMAGE_TYPES = ("raw", "compressed")
 DTYPES = ("float32", "bfloat16", "float16")
+GRIPPER_INTERFACES = ("topic", "gripper_command", "parallel_gripper_command")
+"""topic: std_msgs/Float64MultiArray; the others: control_msgs/action/GripperCommand /
+ParallelGripperCommand goals (see :mod:`vla_cache_ros.ros.gripper_output`)."""
+EE_POSE_SOURCES = ("topic", "tf")
+SERVO_START_TYPES = ("switch_command_type", "trigger")
+"""switch_command_type: moveit_msgs/srv/ServoCommandType (Jazzy and later); trigger:
+std_srvs/srv/Trigger (Humble's ``~/start_servo``)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,41 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "time_from_start", read_only=True, minimum=0.001, maximum=10.0),
     ParameterSpec("action_scale", "double_array", [],
                   "per-dimension multiplier for the 7 action values (empty: all 1)"),
+    _choice("ee_pose_source", "topic", EE_POSE_SOURCES,
+            "where the measured EE position (workspace box, ee_twist only) comes from: "
+            "geometry_msgs/PoseStamped on ee_pose, or a TF lookup of tf_tool_frame in "
+            "tf_base_frame (needs tf2_ros: a system ROS 2)"),
+    ParameterSpec("tf_base_frame", "string", "",
+                  "ee_pose_source tf: frame the EE position and the workspace box are in "
+                  "(empty: twist_frame_id)", read_only=True),
+    ParameterSpec("tf_tool_frame", "string", "tool0",
+                  "ee_pose_source tf: the end-effector frame looked up", read_only=True),
+    ParameterSpec("servo_start_service", "string", "",
+                  "MoveIt Servo service called on every activation, e.g. "
+                  "/servo_node/switch_command_type (Jazzy+) or /servo_node/start_servo "
+                  "(Humble); empty: none", read_only=True),
+    _choice("servo_start_type", "switch_command_type", SERVO_START_TYPES,
+            "type of servo_start_service: moveit_msgs ServoCommandType, TWIST (needs "
+            "moveit_msgs: a system ROS 2) or std_srvs Trigger"),
+    ParameterSpec("servo_start_timeout_s", "double", 5.0,
+                  "how long the servo start waits for the service and its reply (steady "
+                  "clock; the executor is never blocked)", read_only=True, minimum=0.1,
+                  maximum=60.0),
     ParameterSpec("publish_gripper", "bool", True,
-                  "publish the gripper command (std_msgs/Float64MultiArray)", read_only=True),
+                  "send gripper commands (see gripper_interface)", read_only=True),
+    _choice("gripper_interface", "topic", GRIPPER_INTERFACES,
+            "topic: std_msgs/Float64MultiArray on gripper_command every control period; "
+            "gripper_command / parallel_gripper_command: a control_msgs action goal on "
+            "gripper_action_name when the open/closed decision changes (needs control_msgs: a "
+            "system ROS 2)"),
+    ParameterSpec("gripper_action_name", "string", "gripper_controller/gripper_cmd",
+                  "gripper action server (ros2_controllers: <controller>/gripper_cmd)",
+                  read_only=True),
+    ParameterSpec("gripper_max_effort", "double", 0.0,
+                  "max effort of gripper action goals (N, or N m for a revolute finger); "
+                  "position-controlled grippers ignore it, effort-controlled ones apply at "
+                  "most this (0: no force); parallel_gripper_command sends it only when > 0",
+                  read_only=True, minimum=0.0, maximum=1000.0),
     ParameterSpec("gripper_action_open", "double", 1.0,
                   "policy gripper value meaning open (OpenVLA: 1)", read_only=True,
                   minimum=-10.0, maximum=10.0),
@@ -115,11 +155,12 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("gripper_hysteresis", "double", 0.2,
                   "dead band around the middle of the open/closed range, as a fraction",
                   read_only=True, minimum=0.0, maximum=0.99),
-    ParameterSpec("gripper_command_open", "double", 1.0, "value published to open the gripper",
-                  read_only=True, minimum=-10.0, maximum=10.0),
+    ParameterSpec("gripper_command_open", "double", 1.0,
+                  "value published to open the gripper (the goal position for gripper actions, "
+                  "m or rad)", read_only=True, minimum=-10.0, maximum=10.0),
     ParameterSpec("gripper_command_closed", "double", 0.0,
-                  "value published to close the gripper", read_only=True, minimum=-10.0,
-                  maximum=10.0),
+                  "value published to close the gripper (the goal position for gripper "
+                  "actions)", read_only=True, minimum=-10.0, maximum=10.0),
     # --- safety ----------------------------------------------------------------------------
     ParameterSpec("enable_actuation", "bool", False,
                   "publish on command topics; false = dry run (preview topics only)"),
