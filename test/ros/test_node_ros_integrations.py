@@ -121,6 +121,31 @@ def test_an_invalid_qos_override_is_a_clear_error(checkpoint: Path) -> None:
         "parameter qos_overrides./image.subscription.reliability: got 'often', expected one of")
 
 
+def test_configure_cleanup_configure_again_with_overrides_and_servo_start(checkpoint: Path) -> None:
+    """The adapters close on cleanup; a second configure re-creates them and re-reads the
+    already declared QoS override parameters."""
+    key = "qos_overrides./image.subscription.reliability"
+    context, node = in_process_node(checkpoint, **{
+        key: "reliable", "servo_start_service": "/nowhere/start_servo",
+        "servo_start_type": "trigger"})
+    try:
+        for _ in range(2):
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert node.get_parameter(key).value == "reliable"
+            [image] = [sub for sub in node.subscriptions if sub.topic_name == "/image"]
+            assert image.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+            assert not [sub for sub in node.subscriptions if sub.topic_name == "/image"]
+            assert not list(node.clients) or all(
+                client.srv_name != "/nowhere/start_servo" for client in node.clients)
+        assert qos.SENSOR_QOS.reliability == ReliabilityPolicy.BEST_EFFORT
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 MISSING = [
     pytest.param("control_msgs", {"gripper_interface": "gripper_command"},
                  "gripper_interface gripper_command needs the ROS 2 package control_msgs",
