@@ -80,7 +80,8 @@ def test_overrides_servo_start_and_ee_pose_source_in_a_running_node(
     pose_timer = peer.node.create_timer(0.05, publish_pose)
     node = start_node(name, {"model_path": str(checkpoint), **COMMON,
                              "servo_start_service": "/test_servo_node/start_servo",
-                             "servo_start_type": "trigger"}, params_files=[params],
+                             "servo_start_type": "trigger", "servo_start_timeout_s": 30.0},
+                      params_files=[params],
                       workdir=tmp_path)
     try:
         status = peer.wait_status(

@@ -59,11 +59,20 @@ def peer() -> Iterator[Peer]:
     peer.close()
 
 
-@pytest.fixture()
-def client() -> Iterator[Client]:
+@pytest.fixture(scope="module")
+def spun_client() -> Iterator[Client]:
+    # One context for the module: DDS discovery after a context with the same node name was
+    # torn down sometimes took 2-3 s here.
     client = Client()
     yield client
     client.close()
+
+
+@pytest.fixture()
+def client(spun_client: Client) -> Client:
+    for lines in (spun_client.lines, spun_client.errors, spun_client.infos):
+        lines.clear()
+    return spun_client
 
 
 def serve(peer: Peer, name: str, respond: Callable[[Any, Any], Any]) -> Any:
@@ -136,7 +145,10 @@ def test_a_server_that_never_answers_times_out(peer: Peer, client: Client) -> No
         return response
     service = serve(peer, "/servo_stuck/start_servo", respond)
     try:
-        client.starter("/servo_stuck/start_servo", timeout_s=1.5).start()
+        starter = client.starter("/servo_stuck/start_servo", timeout_s=1.5)
+        # the 1.5 s are for the reply: wait until the service is discovered first
+        wait_until(starter._client.service_is_ready, 20, "the service to be discovered")
+        starter.start()
         line = wait_until(finished(client), 20, "the reply timeout")
         assert line == "FAILED: no reply from /servo_stuck/start_servo within 1.5 s"
     finally:
