@@ -122,6 +122,19 @@ def test_an_invalid_qos_override_is_a_clear_error(checkpoint: Path) -> None:
         "parameter qos_overrides./image.subscription.reliability: got 'often', expected one of")
 
 
+def test_an_invalid_servo_service_name_fails_configure_before_loading(checkpoint: Path) -> None:
+    context, node = in_process_node(checkpoint, servo_start_service="servo node/start",
+                                    servo_start_type="trigger")
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert str(node._configure_error).startswith(
+            "parameter servo_start_service: 'servo node/start' is not a valid ROS name (")
+        assert node._runtime.policy is None
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 def test_configure_cleanup_configure_again_with_overrides_and_servo_start(checkpoint: Path) -> None:
     """The adapters close on cleanup; a second configure re-creates them and re-reads the
     already declared QoS override parameters."""

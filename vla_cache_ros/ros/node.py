@@ -139,7 +139,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         """Validate the configuration, load the model, warm up, create the interfaces."""
         try:
             self._runtime.apply(NodeConfig.from_values(parameter_values(self)))
-            check_for(self._runtime.config.interface)  # system-ROS packages, before loading
+            check_for(self._runtime.config.interface, self)  # packages and names, before loading
             self._runtime.load()
         except UserFacingError as error:
             self.get_logger().error(f"configure failed: {error}")

@@ -35,19 +35,34 @@ def require(module: str, feature: str) -> ModuleType:
             f"node from a sourced workspace") from None
 
 
-def check_for(interface: Any) -> None:
-    """Check that every package the configured interfaces need imports.
+def check_for(interface: Any, node: Any = None) -> None:
+    """Check that every package the configured interfaces need imports, and (given ``node``)
+    that the servo service and gripper action names are valid ROS names.
 
     Args:
         interface: the node's :class:`~vla_cache_ros.runtime.config.InterfaceConfig`.
+        node: the node that will resolve the names (None: names not checked).
 
     Raises:
-        ConfigurationError: a selected feature's package is missing (see :func:`require`).
+        ConfigurationError: a selected feature's package is missing (see :func:`require`), or
+            a name rcl cannot resolve (the reason is rcl's).
     """
+    names = []
     if interface.publish_gripper and interface.gripper_interface != "topic":
         require("control_msgs.action", f"gripper_interface {interface.gripper_interface}")
+        names.append(("gripper_action_name", interface.gripper_action_name, "resolve_topic_name"))
     if interface.reads_ee_pose and interface.ee_pose_source == "tf":
         require("tf2_ros", "ee_pose_source tf")
-    if interface.servo_start_service and interface.servo_start_type == "switch_command_type":
-        require("moveit_msgs.srv", "servo_start_type switch_command_type (use trigger for "
-                "Humble's ~/start_servo)")
+    if interface.servo_start_service:
+        if interface.servo_start_type == "switch_command_type":
+            require("moveit_msgs.srv", "servo_start_type switch_command_type (use trigger for "
+                    "Humble's ~/start_servo)")
+        names.append(("servo_start_service", interface.servo_start_service,
+                      "resolve_service_name"))
+    for parameter, name, resolve in names if node is not None else ():
+        try:
+            getattr(node, resolve)(name)
+        except Exception as error:  # noqa: BLE001 - rclpy raises its RCLError for a bad name
+            reason = str(error).splitlines()[0].split(", at /")[0]
+            raise ConfigurationError(f"parameter {parameter}: {name!r} is not a valid ROS name "
+                                     f"({reason})") from None
