@@ -249,10 +249,13 @@ class Peer:
         return recorded
 
     def statuses(self, node_name: str, since: float = 0.0) -> list[Any]:
-        """DiagnosticStatus entries from ``node_name`` received after ``since``."""
+        """DiagnosticStatus entries from ``node_name`` (a node name, or a fully qualified one
+        with its namespace) received after ``since``; the node names its status
+        ``<fully qualified name>: policy``."""
+        prefix = (node_name if node_name.startswith("/") else f"/{node_name}") + ":"
         found = []
         for array in self.recorded[topics.DIAGNOSTICS].since(since):
-            found += [status for status in array.status if status.name.startswith(node_name)]
+            found += [status for status in array.status if status.name.startswith(prefix)]
         return found
 
     def wait_status(self, node_name: str, predicate: Callable[[Any, dict[str, str]], bool],

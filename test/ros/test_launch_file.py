@@ -51,28 +51,34 @@ class Logger:
         self.warnings.append(message)
 
 
-@pytest.fixture
-def launch_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+def load_launch_file(path: Path, monkeypatch: pytest.MonkeyPatch, share: Path) -> Any:
+    """Execute a launch file against the stand-ins; its logger's warnings land in
+    ``module.test_logger.warnings``."""
     logger = Logger()
     stand_ins = {
         "launch": {"LaunchContext": object, "LaunchDescription": Recorder},
         "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument,
-                           "OpaqueFunction": Recorder},
+                           "OpaqueFunction": Recorder, "ExecuteProcess": Recorder},
         "launch.logging": {"get_logger": lambda name: logger},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
         "launch_ros": {}, "launch_ros.actions": {"Node": Recorder},
         "ament_index_python": {},
-        "ament_index_python.packages": {"get_package_share_directory": lambda name: str(tmp_path)},
+        "ament_index_python.packages": {"get_package_share_directory": lambda name: str(share)},
     }
     for name, attributes in stand_ins.items():
         module = types.ModuleType(name)
         module.__dict__.update(attributes)
         monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location("vla_cache_launch_under_test", LAUNCH_FILE)
+    spec = importlib.util.spec_from_file_location(f"launch_under_test_{path.stem.replace('.', '_')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.test_logger = logger
-    yield module
+    return module
+
+
+@pytest.fixture
+def launch_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    yield load_launch_file(LAUNCH_FILE, monkeypatch, tmp_path)
 
 
 def declared(module: Any) -> dict[str, str]:

@@ -146,6 +146,27 @@ def test_whole_numbers_accepted_for_doubles(checkpoint: Path, peer: Peer, tmp_pa
     assert code == 0 and "Traceback" not in log, log[-3000:]
 
 
+def test_two_arms_in_namespaces_have_distinct_diagnostics(checkpoint: Path, peer: Peer,
+                                                         tmp_path: Path) -> None:
+    """Regression (issue 15): the status was named ``vla_cache_node: policy`` whatever the
+    namespace, so two arms collided in a diagnostic aggregator. It carries the full name now."""
+    name = "vla_startup_ns"
+    for arm in ("arm_left", "arm_right"):
+        (tmp_path / arm).mkdir()
+    nodes = [start_node(name, {"model_path": str(checkpoint), "unnorm_key": "tiny_sim",
+                               "num_threads": 1}, extra_args=["-r", f"__ns:=/{arm}"],
+                        workdir=tmp_path / arm) for arm in ("arm_left", "arm_right")]
+    try:
+        for arm, node in zip(("arm_left", "arm_right"), nodes):
+            status = peer.wait_status(f"/{arm}/{name}", lambda s, v: "cache_mode" in v, 60,
+                                      f"diagnostics from /{arm}/{name}", node)
+            assert status.name == f"/{arm}/{name}: policy"
+            assert status.hardware_id == f"/{arm}/{name}"
+    finally:
+        logs = [node.stop() for node in nodes]
+    assert all(code == 0 for code, _ in logs), [log[-2000:] for _, log in logs]
+
+
 def test_warm_up_runs_before_ready(checkpoint: Path, tmp_path: Path) -> None:
     name = "vla_startup_warm"
     node = start_node(name, {"model_path": str(checkpoint), "unnorm_key": "tiny_sim",

@@ -60,7 +60,7 @@ class Monitor:
 
     def _on_diagnostics(self, message: Any) -> None:
         for status in message.status:
-            if status.name.startswith(f"{self.target}:"):
+            if status.name.startswith(f"/{self.target}:"):  # "<fully qualified name>: policy"
                 self.latest, self.latest_at = status, time.monotonic()
                 instruction = next((kv.value for kv in status.values if kv.key == "instruction"), None)
                 if instruction and instruction != self.instruction:

@@ -327,7 +327,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "?"
         report = self._runtime.status_report(extra={"lifecycle_state": state})
         array = DiagnosticArray(status=[DiagnosticStatus(
-            level=bytes([int(report.level)]), name=f"{self.get_name()}: policy",
+            level=bytes([int(report.level)]), name=f"{self.get_fully_qualified_name()}: policy",
             message=report.message, hardware_id=self.get_fully_qualified_name(),
             values=[KeyValue(key=key, value=value) for key, value in report.values])])
         array.header.stamp = self.get_clock().now().to_msg()

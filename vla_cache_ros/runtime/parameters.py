@@ -60,6 +60,14 @@ def _choice(name: str, default: str, choices: Sequence[str], description: str,
                          choices=tuple(choices))
 
 
+RQT_SLIDER_STEPS = 100
+"""rqt_reconfigure maps a parameter's range onto a slider of this many steps (its double slider
+ignores the descriptor's ``step``), so a live parameter's range is chosen for the values an
+operator actually tunes: one slider step stays well below the default. The clamps' and the
+watchdog's ranges follow from that (e.g. ``max_inference_s`` 0.01-10 s moves in 0.1 s steps; a
+step slower than 10 s is not closed-loop control - evaluate such a model offline with
+``vla-cache replay``)."""
+
 NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     # --- model (fixed at start) ------------------------------------------------------------
     ParameterSpec("model_path", "string", "",
@@ -168,12 +176,12 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
             tuple(item.value for item in SafetyCommand),
             "sent on fault and shutdown: hold = last measured joints / zero twist"),
     ParameterSpec("max_translation_m", "double", 0.05, "largest EE translation per action",
-                  minimum=0.0001, maximum=1.0),
+                  minimum=0.001, maximum=0.2),
     ParameterSpec("max_rotation_rad", "double", 0.3, "largest EE rotation per action",
-                  minimum=0.0001, maximum=3.2),
+                  minimum=0.001, maximum=1.0),
     ParameterSpec("max_joint_delta_rad", "double", 0.2,
-                  "largest joint target change from the measured position", minimum=0.0001,
-                  maximum=3.2),
+                  "largest joint target change from the measured position", minimum=0.001,
+                  maximum=1.0),
     ParameterSpec("joint_lower_limits", "double_array", [],
                   "joint position lower limits, one per joint (empty: none; may be set without "
                   "the upper limits)"),
@@ -188,10 +196,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "workspace_min)"),
     ParameterSpec("max_obs_age_s", "double", 0.5,
                   "observations older than this (ROS clock) never produce a command",
-                  minimum=0.01, maximum=60.0),
+                  minimum=0.01, maximum=5.0),
     ParameterSpec("max_inference_s", "double", 2.0,
-                  "an inference step running longer than this is a fault", minimum=0.001,
-                  maximum=600.0),
+                  "an inference step running longer than this is a fault", minimum=0.01,
+                  maximum=10.0),
     # --- reporting -------------------------------------------------------------------------
     ParameterSpec("telemetry_window", "int", 100, "steps / ticks in the rolling statistics",
                   read_only=True, minimum=2, maximum=100000),
