@@ -19,15 +19,15 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"models"}),
     frozenset({"cache"}),
     frozenset({"policy", "control"}),
-    frozenset({"runs", "runtime", "replay", "sim", "training"}),
+    frozenset({"runs", "runtime", "replay", "sim", "training", "serving"}),
     frozenset({"ros"}),
     frozenset({"apps"}),
 )
 """Areas from the bottom up: top-level modules and sub-packages of ``vla_cache_ros``."""
 
-SAME_LAYER = {("sim", "replay"), ("training", "sim")}
+SAME_LAYER = {("sim", "replay"), ("training", "sim"), ("runtime", "serving")}
 """Imports allowed between areas of one layer (the simulator records bags; training reads its
-dataset)."""
+dataset; the runtime's remote backend is the policy server's client)."""
 
 
 def layer_of(area: str) -> int:

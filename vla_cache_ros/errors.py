@@ -64,6 +64,11 @@ class InstructionError(ConfigurationError):
     """An instruction is empty or does not fit in the model's context."""
 
 
+class PolicyServerError(UserFacingError):
+    """The policy server could not be reached, timed out, or refused a request (its reason
+    included)."""
+
+
 class TrainingError(UserFacingError):
     """A training run cannot start or resume: unusable data, bad options, or a --out that holds
     another run or something else."""

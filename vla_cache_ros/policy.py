@@ -110,6 +110,9 @@ class CachedVLAPolicy:
         selector_options: keyword options per mode for the registry's selector factories, e.g.
             ``{"vla_cache": {"threshold": 0.99}}``.
         prepack: the engine's CPU weight-prepacking choice (None: automatic).
+        engine: an engine over ``model`` to share (its prepacked weights) instead of building
+            one; the policy server's sessions share their replica's. Steps of policies sharing
+            an engine must not run concurrently.
 
     Raises:
         CacheModeError: ``mode`` unknown or not runnable; a ``selectors`` key that is no known mode.
@@ -120,9 +123,9 @@ class CachedVLAPolicy:
                  unnorm_key: str | None = None, max_token_age: int = DEFAULT_MAX_TOKEN_AGE,
                  selectors: Mapping[str, Selector] | None = None,
                  selector_options: Mapping[str, Mapping[str, Any]] | None = None,
-                 prepack: bool | None = None) -> None:
+                 prepack: bool | None = None, engine: KVReuseEngine | None = None) -> None:
         self.model = model
-        self.engine = KVReuseEngine(model.language_model, prepack=prepack)
+        self.engine = engine if engine is not None else KVReuseEngine(model.language_model, prepack=prepack)
         self.num_visual = model.num_visual_tokens
         self.unnorm_key = unnorm_key
         options = selector_options or {}

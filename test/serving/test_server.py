@@ -1,0 +1,139 @@
+"""The Ray Serve policy server over loopback: /act equals the local model, sessions are isolated
+and reuse tokens, bad requests get 4xx with the reason and the server stays up, LRU eviction.
+
+One server (one local Ray instance, 2 CPUs, 200 MB object store) for the whole module, stopped
+at its end. Skips when ray[serve] is not installed.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pinned in requirements/base.in)")
+json_numpy = pytest.importorskip("json_numpy", reason="json-numpy is not installed (requirements/base.in)")
+
+from test.serving.conftest import UNNORM_KEY, stream  # noqa: E402
+from vla_cache_ros.policy import CachedVLAPolicy  # noqa: E402
+from vla_cache_ros.serving.client import RemotePolicy  # noqa: E402
+from vla_cache_ros.serving.sessions import SessionLimits  # noqa: E402
+from vla_cache_ros.serving.wire import SESSION_HEADER, Limits, SessionSettings, step_request_body  # noqa: E402
+
+TOKEN = "test-token"
+INSTRUCTION = "pick up the red block"
+pytestmark = pytest.mark.timeout(300)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_checkpoint):
+    from vla_cache_ros.serving import server
+
+    options = server.ServerOptions(
+        model_path=str(tiny_checkpoint), unnorm_key=UNNORM_KEY, device="cpu", num_threads=1,
+        port=free_port(), local_cpus=2, limits=Limits(max_request_bytes=2 * 2**20, max_image_pixels=640 * 480),
+        sessions=SessionLimits(max_sessions=3), token=TOKEN)
+    try:
+        yield server.start(options)
+    finally:
+        server.stop()
+
+
+def post(url: str, body: bytes, headers: dict | None = None, token: str | None = TOKEN,
+         method: str = "POST") -> tuple[int, bytes]:
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body if method == "POST" else None, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_act_equals_the_local_model(server_url, tiny_model) -> None:
+    """OpenVLA deploy.py's request, both forms; the answer is the local uncached action."""
+    frame = stream(7)[0]
+    expected, _ = CachedVLAPolicy(tiny_model, mode="off", unnorm_key=UNNORM_KEY).step(frame, INSTRUCTION)
+    payload = {"image": frame, "instruction": INSTRUCTION, "unnorm_key": UNNORM_KEY}
+    status, body = post(server_url + "/act", json_numpy.dumps(payload).encode())
+    assert status == 200, body
+    assert np.array_equal(json_numpy.loads(body), expected)
+    status, body = post(server_url + "/act", json.dumps({"encoded": json_numpy.dumps(payload)}).encode())
+    assert status == 200, body
+    assert np.array_equal(json_numpy.loads(json.loads(body)), expected)
+
+
+def test_sessions_are_isolated_and_reuse_tokens(server_url, tiny_model) -> None:
+    robots = {"robot_a": (stream(1), "pick up the red block"), "robot_b": (stream(2), "push the blue block")}
+    clients = {name: RemotePolicy(server_url, name, timeout_s=60.0, token=TOKEN) for name in robots}
+    local = {name: CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=0.5, unnorm_key=UNNORM_KEY)
+             for name in robots}
+    for step in range(3):
+        for name, (frames, instruction) in robots.items():
+            action, stats = clients[name].step(frames[step], instruction)
+            expected, local_stats = local[name].step(frames[step], instruction)
+            assert np.array_equal(action, expected)
+            assert stats.reuse_indices.tolist() == local_stats.reuse_indices.tolist()
+            assert stats.cache_reset == (step == 0) and (stats.reused_tokens > 0) == (step > 0)
+            assert stats.session_steps == step + 1
+
+
+def _step_body(**changes) -> bytes:
+    body = json.loads(step_request_body(stream(3)[0], INSTRUCTION, SessionSettings("fixed", 0.5)))
+    return json.dumps({**body, **changes}).encode()
+
+
+def _raw_image(shape: list, size: int) -> dict:
+    return {"encoding": "raw", "shape": shape, "data": base64.b64encode(bytes(size)).decode()}
+
+
+@pytest.mark.parametrize("path, body, headers, token, method, status, reason", [
+    ("/step", b"{oops", {SESSION_HEADER: "bad"}, TOKEN, "POST", 400, "not valid JSON"),
+    ("/step", _step_body(image=_raw_image([4, 4, 4], 64)), {SESSION_HEADER: "bad"}, TOKEN, "POST", 400, "[H, W, 3]"),
+    ("/step", _step_body(image=_raw_image([4000, 4000, 3], 3)), {SESSION_HEADER: "bad"}, TOKEN, "POST", 400,
+     "exceeds the server's limit of 307200 pixels"),
+    ("/step", b" " * (3 * 2**20), {SESSION_HEADER: "bad"}, TOKEN, "POST", 413, "exceeds the server's limit"),
+    ("/step", _step_body(settings={"speed": 2}), {SESSION_HEADER: "bad"}, TOKEN, "POST", 400,
+     "unknown session settings: speed"),
+    ("/step", _step_body(settings={"mode": "telepathy"}), {SESSION_HEADER: "bad"}, TOKEN, "POST", 400, "telepathy"),
+    ("/step", _step_body(), {}, TOKEN, "POST", 400, SESSION_HEADER),
+    ("/act", json_numpy.dumps({"image": np.zeros((4, 4), np.uint8), "instruction": "go"}).encode(), {}, TOKEN,
+     "POST", 400, "(H, W, 3)"),
+    ("/act", json.dumps({"image": {"__numpy__": "AAAA", "dtype": "|O", "shape": [3]}}).encode(), {}, TOKEN,
+     "POST", 400, "not valid JSON"),
+    ("/act", json_numpy.dumps({"image": np.zeros((4, 4, 3), np.uint8), "instruction": "go",
+                               "unnorm_key": "nope"}).encode(), {}, TOKEN, "POST", 400, "nope"),
+    ("/step", _step_body(), {SESSION_HEADER: "bad"}, None, "POST", 401, "bearer token"),
+    ("/step", _step_body(), {SESSION_HEADER: "bad"}, "wrong", "POST", 401, "bearer token"),
+    ("/nothing", b"{}", {}, TOKEN, "POST", 404, "no endpoint"),
+    ("/step", b"", {SESSION_HEADER: "bad"}, TOKEN, "GET", 405, "takes POST"),
+])
+def test_bad_requests_get_4xx_with_the_reason(server_url, path, body, headers, token, method, status,
+                                              reason) -> None:
+    got, answer = post(server_url + path, body, headers, token, method)
+    assert got == status, answer
+    assert reason in json.loads(answer)["error"]
+    health = RemotePolicy(server_url, "probe", token=TOKEN).health()  # still up
+    assert health["status"] == "ok"
+
+
+def test_lru_eviction_beyond_max_sessions(server_url) -> None:
+    probe = RemotePolicy(server_url, "probe", timeout_s=60.0, token=TOKEN)
+    before = probe.health()["counters"]["evictions"]
+    for index in range(4):
+        RemotePolicy(server_url, f"evict_{index}", timeout_s=60.0, token=TOKEN).step(stream(9)[0], INSTRUCTION)
+    health = probe.health()
+    assert health["counters"]["evictions"] - before >= 1
+    assert len(health["sessions"]) <= 3

@@ -1,0 +1,101 @@
+"""Sessions on one replica, without Ray: isolation, equality with local policies, /act, idle
+expiry, eviction bookkeeping, refused settings."""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from test.serving.conftest import UNNORM_KEY, stream
+from vla_cache_ros.errors import InvalidInputError
+from vla_cache_ros.policy import CachedVLAPolicy
+from vla_cache_ros.serving.sessions import SessionLimits, build_replica
+from vla_cache_ros.serving.wire import SessionSettings, StepRequest
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def replica(tiny_model):
+    clock = FakeClock()
+    replica = build_replica(tiny_model, UNNORM_KEY, SessionLimits(max_sessions=4, idle_timeout_s=10.0))
+    replica.clock = clock
+    return replica, clock
+
+
+def request(frame: np.ndarray, instruction: str, **settings) -> StepRequest:
+    return StepRequest(instruction, frame, SessionSettings(**settings), reset=False)
+
+
+def test_interleaved_sessions_match_their_own_local_policies(replica, tiny_model) -> None:
+    """Two robots with different instructions and camera streams, steps interleaved on one
+    replica: each gets exactly the actions of its own local policy, and both reuse tokens."""
+    replica, _ = replica
+    robots = {"a": (stream(1), "pick up the red block"), "b": (stream(2), "push the blue block left")}
+    sessions = {name: replica.new_session(name) for name in robots}
+    local = {name: CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=0.5, unnorm_key=UNNORM_KEY)
+             for name in robots}
+    for step in range(4):
+        for name, (frames, instruction) in robots.items():
+            answer = replica.step(sessions[name], request(frames[step], instruction, mode="fixed", cache_ratio=0.5))
+            expected, stats = local[name].step(frames[step], instruction)
+            assert answer["action"] == [float(value) for value in expected]
+            assert answer["stats"]["reused_tokens"] == stats.reused_tokens
+            assert answer["stats"]["reuse_indices"] == stats.reuse_indices.tolist()
+            assert answer["session"]["restarted"] == ("new" if step == 0 else None)
+            assert (answer["stats"]["reused_tokens"] > 0) == (step > 0)
+
+
+def test_act_equals_an_uncached_local_step(replica, tiny_model) -> None:
+    replica, _ = replica
+    frame = stream(3)[0]
+    local = CachedVLAPolicy(tiny_model, mode="off", unnorm_key=UNNORM_KEY)
+    for _ in range(2):  # stateless: the same answer twice
+        assert np.array_equal(replica.act(frame, "pick up the block", None), local.step(frame, "pick up the block")[0])
+    with pytest.raises(InvalidInputError, match="no_such_key"):
+        replica.act(frame, "pick up the block", "no_such_key")
+
+
+def test_idle_session_restarts_with_a_full_recompute(replica) -> None:
+    replica, clock = replica
+    frames = stream(4)
+    session = replica.new_session("robot")
+    replica.step(session, request(frames[0], "go"))
+    clock.now = 11.0
+    assert replica.health()["counters"]["idle_expired"] == 1
+    assert not session.holds_cache
+    answer = replica.step(session, request(frames[1], "go"))
+    assert answer["session"]["restarted"] == "idle" and answer["stats"]["cache_reset"]
+    assert answer["stats"]["reused_tokens"] == 0
+
+
+def test_eviction_is_counted_once(replica) -> None:
+    """Serve's multiplexer calls ``__del__`` on the session it evicts."""
+    replica, _ = replica
+    session = replica.new_session("old")
+    session.__del__()
+    session.__del__()
+    del session
+    gc.collect()
+    health = replica.health()
+    assert health["counters"]["evictions"] == 1 and health["sessions"] == []
+
+
+def test_refused_settings_leave_the_session_as_it_was(replica) -> None:
+    replica, _ = replica
+    frames = stream(5)
+    session = replica.new_session("robot")
+    replica.step(session, request(frames[0], "go", mode="fixed", cache_ratio=0.5))
+    for settings, reason in [({"mode": "telepathy"}, "telepathy"), ({"cache_ratio": 2.0}, r"\[0, 1\]"),
+                             ({"max_token_age": 0}, "max_token_age")]:
+        with pytest.raises(InvalidInputError, match=reason):
+            replica.step(session, request(frames[1], "go", **settings))
+    answer = replica.step(session, request(frames[1], "go"))
+    assert answer["session"]["restarted"] is None and answer["stats"]["reused_tokens"] > 0
