@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from test.serving.stand_in import StandIn
 from vla_cache_ros.models import OpenVLA, load_vla
 from vla_cache_ros.synthetic import SyntheticScene
 
@@ -22,3 +23,11 @@ def stream(seed: int, count: int = 6) -> list[np.ndarray]:
     """A camera stream: a moving block over a textured scene (consecutive frames share most
     patches, so a cached policy reuses tokens)."""
     return SyntheticScene(height=96, width=128, seed=seed).frames(count)
+
+
+@pytest.fixture
+def stand_in() -> StandIn:
+    """A stand-in policy server on a free loopback port."""
+    server = StandIn()
+    yield server
+    server.close()

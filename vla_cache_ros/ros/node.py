@@ -78,7 +78,7 @@ from vla_cache_ros.ros.process import run_node
 from vla_cache_ros.ros.servo_start import ServoStarter
 from vla_cache_ros.ros.tf_pose import TfPose
 from vla_cache_ros.runtime.config import NodeConfig
-from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, StepReport, check_model_path
+from vla_cache_ros.runtime.loop import PolicyRuntime, Publication, StepReport, check_policy_source
 from vla_cache_ros.runtime.parameters import SPECS
 from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
 from vla_cache_ros.stamps import seconds_to_nanoseconds, stamp_seconds, time_message
@@ -96,11 +96,12 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
         declare_from_table(self)
         config = NodeConfig.from_values(parameter_values(self))
-        check_model_path(config.model.model_path)  # before any heavy import
+        check_policy_source(config)  # before any heavy import
         logger = self.get_logger()
         self._runtime = PolicyRuntime(
             config, self._now, ProblemLog(warn=logger.warning, error=logger.error),
-            info=logger.info, on_step=self._publish_step)
+            info=logger.info, on_step=self._publish_step,
+            session_name=self.get_fully_qualified_name())
         self._entities: list[Any] = []
         self._command_pub: Any = None
         self._gripper: Any = None  # gripper_output.TopicGripper / ActionGripper

@@ -42,6 +42,29 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class BackendConfig:
+    """Where inference runs (fixed once configured).
+
+    Attributes:
+        backend: ``local`` (a policy in this process) or ``remote`` (a policy server).
+        server_url, session_id, request_timeout_s, image_encoding: the remote backend's server,
+            this robot's session ("" = the node's full name), per-request timeout (s) and frame
+            encoding (see :mod:`vla_cache_ros.serving.client`).
+    """
+
+    backend: str
+    server_url: str
+    session_id: str
+    request_timeout_s: float
+    image_encoding: str
+
+    @property
+    def remote(self) -> bool:
+        """Whether inference runs on a policy server."""
+        return self.backend == "remote"
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """Visual-token cache settings (live)."""
 
@@ -99,7 +122,7 @@ class NodeConfig:
     """Every setting of the node, validated together.
 
     Attributes:
-        model, cache, interface: see their classes.
+        model, backend, cache, interface: see their classes.
         controller: the ROS-free controller's configuration (action mapping, limits, gripper,
             watchdog, safety command).
         instruction: the task ("" until one is given).
@@ -111,6 +134,7 @@ class NodeConfig:
     """
 
     model: ModelConfig
+    backend: BackendConfig
     cache: CacheConfig
     interface: InterfaceConfig
     controller: ControllerConfig
@@ -144,6 +168,11 @@ class NodeConfig:
                 dtype=str(merged["dtype"]), unnorm_key=str(merged["unnorm_key"]) or None,
                 center_crop=bool(merged["center_crop"]), num_threads=int(merged["num_threads"]),
                 cpu_weight_prepack=str(merged["cpu_weight_prepack"])),
+            backend=BackendConfig(
+                backend=str(merged["inference_backend"]), server_url=str(merged["server_url"]).strip(),
+                session_id=str(merged["session_id"]).strip(),
+                request_timeout_s=float(merged["request_timeout_s"]),
+                image_encoding=str(merged["server_image_encoding"])),
             cache=CacheConfig(mode=str(merged["cache_mode"]), ratio=float(merged["cache_ratio"]),
                               max_token_age=int(merged["max_token_age"])),
             interface=InterfaceConfig(

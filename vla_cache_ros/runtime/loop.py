@@ -111,12 +111,34 @@ def check_model_path(value: Any) -> str:
     return model_path
 
 
-def load_policy(config: NodeConfig, info: Callable[[str], None]) -> Any:
-    """Check device, dtype and statistics key (no weight read), then load the policy.
+def check_policy_source(config: NodeConfig) -> None:
+    """Before any heavy import: the local backend needs a model directory (or short name);
+    the remote one's server is checked at configure (:meth:`RemotePolicy.warm_up`).
+
+    Raises:
+        ConfigurationError: see :func:`check_model_path`.
+    """
+    if not config.backend.remote:
+        check_model_path(config.model.model_path)
+
+
+def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: str = "") -> Any:
+    """Check device, dtype and statistics key (no weight read), then load the policy; or, with
+    ``inference_backend: remote``, the client of the policy server (session ``session_id``,
+    else ``session_name``).
 
     Raises:
         UserFacingError: any of them unusable.
     """
+    if config.backend.remote:
+        from vla_cache_ros.serving.client import RemotePolicy
+
+        backend = config.backend
+        session = backend.session_id or session_name or "vla_cache_node"
+        info(f"policy server {backend.server_url}, session {session!r}")
+        return RemotePolicy(backend.server_url, session, backend.request_timeout_s,
+                            backend.image_encoding, mode=config.cache.mode,
+                            cache_ratio=config.cache.ratio, max_token_age=config.cache.max_token_age)
     model_path = check_model_path(config.model.model_path)
     from vla_cache_ros.cache.modes import parse_prepack
     from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
@@ -142,12 +164,27 @@ def load_policy(config: NodeConfig, info: Callable[[str], None]) -> Any:
 def warm_up(policy: Any) -> float:
     """One untimed step on a blank frame, so the first real step is not the slow one (lazy
     initialisation, allocator growth) that trips the watchdog; then a fresh episode. Returns
-    the seconds it took."""
+    the seconds it took. A policy with its own ``warm_up`` (the policy server's client: it
+    checks that the server answers) does that instead."""
+    own = getattr(policy, "warm_up", None)
+    if own is not None:
+        return float(own())
     start = time.monotonic()
     size = policy.model.config.image_sizes[0]
     policy.step(np.full((size, size, 3), 127, dtype=np.uint8), WARM_UP_INSTRUCTION)
     policy.reset()
     return time.monotonic() - start
+
+
+def backend_values(policy: Any) -> dict[str, str]:
+    """What /diagnostics says about the policy backend: the decoder weights' form for a local
+    policy; server, session and round trip for the policy server's client."""
+    if policy is None:
+        return {"decoder_weights": "not loaded"}
+    remote = getattr(policy, "diagnostic_values", None)
+    if remote is not None:
+        return dict(remote())
+    return {"decoder_weights": policy.engine.projections.reason}
 
 
 class PolicyRuntime:
@@ -161,12 +198,16 @@ class PolicyRuntime:
         info: sink for informational lines.
         on_step: called after each step with its :class:`StepReport` (the node publishes the
             ratio, the latency and the reuse mask from it).
+        session_name: the remote backend's session id when ``session_id`` is empty (the node
+            passes its full name).
     """
 
     def __init__(self, config: NodeConfig, clock: Callable[[], float], log: ProblemLog,
                  info: Callable[[str], None] = lambda line: None,
-                 on_step: Callable[[StepReport], None] | None = None) -> None:
+                 on_step: Callable[[StepReport], None] | None = None,
+                 session_name: str = "") -> None:
         self._config = config
+        self._session_name = session_name
         self._clock = clock
         self.log = log
         self._info = info
@@ -209,7 +250,8 @@ class PolicyRuntime:
             UserFacingError: a bad model directory, device, dtype, statistics key, cache mode or
                 instruction; nothing is kept then.
         """
-        policy = policy if policy is not None else load_policy(self._config, self._info)
+        if policy is None:
+            policy = load_policy(self._config, self._info, self._session_name)
         cache = self._config.cache
         policy.set_mode(cache.mode)
         policy.set_cache_ratio(cache.ratio)
@@ -499,8 +541,7 @@ class PolicyRuntime:
         values = {"instruction": clip_text(instruction),
                   "command_interface": interface.command_interface.value,
                   **({"ee_pose_source": interface.ee_pose_description} if reads_pose else {}),
-                  "decoder_weights": (policy.engine.projections.reason if policy is not None
-                                      else "not loaded"),
+                  **backend_values(policy),
                   **interface_status, **(extra or {})}
         return build_status(
             state=state, reason=reason, telemetry=self._telemetry.snapshot(),

@@ -29,6 +29,11 @@ GRIPPER_INTERFACES = ("topic", "gripper_command", "parallel_gripper_command")
 """topic: std_msgs/Float64MultiArray; the others: control_msgs/action/GripperCommand /
 ParallelGripperCommand goals (see :mod:`vla_cache_ros.ros.gripper_output`)."""
 EE_POSE_SOURCES = ("topic", "tf")
+INFERENCE_BACKENDS = ("local", "remote")
+"""local: a CachedVLAPolicy in the node; remote: a ``vla-cache serve`` server
+(:mod:`vla_cache_ros.serving.client`)."""
+SERVER_IMAGE_ENCODINGS = ("raw", "png", "jpeg")
+"""As :data:`vla_cache_ros.serving.wire.ENCODINGS` (spelled here so the table stays light)."""
 SERVO_START_TYPES = ("switch_command_type", "trigger")
 """switch_command_type: moveit_msgs/srv/ServoCommandType (Jazzy and later); trigger:
 std_srvs/srv/Trigger (Humble's ``~/start_servo``)."""
@@ -87,6 +92,22 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
+    # --- inference backend (fixed at start) ------------------------------------------------
+    _choice("inference_backend", "local", INFERENCE_BACKENDS,
+            "where the policy runs: in this process (model_path), or on a vla-cache serve "
+            "policy server (server_url; model_path, device, dtype, threads are the server's)"),
+    ParameterSpec("server_url", "string", "http://127.0.0.1:8000",
+                  "inference_backend remote: the policy server's URL (bearer token, if the "
+                  "server wants one: environment variable VLA_CACHE_SERVE_TOKEN)", read_only=True),
+    ParameterSpec("session_id", "string", "",
+                  "inference_backend remote: this robot's session (its visual cache) on the "
+                  "server (empty: the node's full name)", read_only=True),
+    ParameterSpec("request_timeout_s", "double", 2.0,
+                  "inference_backend remote: a step request unanswered this long is a failed "
+                  "inference", read_only=True, minimum=0.01, maximum=60.0),
+    _choice("server_image_encoding", "raw", SERVER_IMAGE_ENCODINGS,
+            "inference_backend remote: how frames travel (raw: lossless, no encoding cost; png: "
+            "lossless, smaller; jpeg: smallest, lossy: actions differ from the local policy's)"),
     # --- cache (live) ----------------------------------------------------------------------
     _choice("cache_mode", "fixed", MODE_NAMES,
             "visual-token cache mode; learned needs a trained cache policy", read_only=False),
