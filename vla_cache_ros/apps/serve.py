@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queued", type=int, default=64, help="queued requests per replica before 503")
     parser.set_defaults(handler=_serve)
 
+    parser = subparsers.add_parser("serve-wire", help="size and encode/decode time of each frame encoding")
+    parser.add_argument("--sizes", default="224x224,640x480", help="frame sizes WxH, comma-separated")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repetitions (median reported)")
+    parser.set_defaults(handler=_serve_wire)
+
     parser = subparsers.add_parser("serve-load", help="bounded load test of a running policy server")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server URL")
     parser.add_argument("--sessions", type=int, default=8, help="concurrent sessions (default 8)")
@@ -244,3 +249,43 @@ def _serve_load(args: argparse.Namespace) -> int:
             json.dump(report, handle, indent=2)
     lost = report["answered"] != report["requests"]
     return 1 if lost or report["wrong"] else 0
+
+
+# ----------------------------------------------------------------------------- wire cost
+def wire_costs(sizes: list[tuple[int, int]], repeats: int) -> list[dict[str, Any]]:
+    """For each (width, height) and encoding: the ``/step`` body's size and the median client
+    encode and server decode times (one synthetic camera frame; real camera images compress
+    less than it in PNG)."""
+    from vla_cache_ros.serving.wire import ENCODINGS, Limits, SessionSettings, parse_step_request, step_request_body
+    from vla_cache_ros.synthetic import SyntheticScene
+
+    rows = []
+    for width, height in sizes:
+        frame = SyntheticScene(height=height, width=width, seed=0).frame(0)
+        for encoding in ENCODINGS:
+            encode, decode = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                body = step_request_body(frame, "pick up the block", SessionSettings("fixed", 0.5), encoding)
+                middle = time.perf_counter()
+                decoded = parse_step_request(body, "wire", Limits()).image
+                decode.append(time.perf_counter() - middle)
+                encode.append(middle - start)
+            error = float(np.abs(decoded.astype(np.int16) - frame.astype(np.int16)).mean())
+            rows.append({"size": f"{width}x{height}", "encoding": encoding, "body_bytes": len(body),
+                         "encode_ms": 1000.0 * float(np.median(encode)), "decode_ms": 1000.0 * float(np.median(decode)),
+                         "mean_abs_pixel_error": error})
+    return rows
+
+
+def _serve_wire(args: argparse.Namespace) -> int:
+    try:
+        sizes = [tuple(int(part) for part in text.lower().split("x")) for text in args.sizes.split(",")]
+    except ValueError:
+        raise ConfigurationError(f"--sizes must look like 224x224,640x480, got {args.sizes!r}") from None
+    print("| frame | encoding | body (KiB) | encode (ms) | decode (ms) | mean abs pixel error |")
+    print("|---|---|---|---|---|---|")
+    for row in wire_costs(sizes, max(1, args.repeats)):
+        print(f"| {row['size']} | {row['encoding']} | {row['body_bytes'] / 1024:.0f} | {row['encode_ms']:.2f} | "
+              f"{row['decode_ms']:.2f} | {row['mean_abs_pixel_error']:.2f} |")
+    return 0
