@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 
@@ -42,7 +43,7 @@ def server_url(tiny_checkpoint):
     options = server.ServerOptions(
         model_path=str(tiny_checkpoint), unnorm_key=UNNORM_KEY, device="cpu", num_threads=1,
         port=free_port(), local_cpus=2, limits=Limits(max_request_bytes=2 * 2**20, max_image_pixels=640 * 480),
-        sessions=SessionLimits(max_sessions=3), token=TOKEN)
+        sessions=SessionLimits(max_sessions=3), token=TOKEN, max_ongoing_requests=1, max_queued_requests=1)
     try:
         yield server.start(options)
     finally:
@@ -137,3 +138,30 @@ def test_lru_eviction_beyond_max_sessions(server_url) -> None:
     health = probe.health()
     assert health["counters"]["evictions"] - before >= 1
     assert len(health["sessions"]) <= 3
+
+
+def test_a_full_queue_gets_503_and_the_server_carries_on(server_url) -> None:
+    """One request running and one queued per replica (this module's server): a burst beyond that
+    is refused with 503 by Serve, not queued without bound. Bursts repeat (at most 5) until one
+    overlaps enough to be refused."""
+    body = json_numpy.dumps({"image": stream(8, 1)[0], "instruction": INSTRUCTION}).encode()
+    seen: set[int] = set()
+    for _ in range(5):
+        statuses: list[int] = []
+        start = threading.Barrier(8)
+
+        def fire() -> None:
+            start.wait()
+            statuses.append(post(server_url + "/act", body)[0])
+
+        threads = [threading.Thread(target=fire) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        seen |= set(statuses)
+        assert set(statuses) <= {200, 503}, statuses
+        if 503 in seen:
+            break
+    assert {200, 503} <= seen, seen
+    assert RemotePolicy(server_url, "probe", token=TOKEN).health()["status"] == "ok"

@@ -111,6 +111,7 @@ class SessionRun:
 
     session_id: str
     latencies_s: list[float] = field(default_factory=list)
+    server_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
@@ -149,6 +150,7 @@ def run_session(url: str, index: int, steps: int, args: Any, deadline: float) ->
             run.errors.append(str(error))
             continue
         run.latencies_s.append(time.perf_counter() - start)
+        run.server_s.append(stats.server_total_s)
         run.actions.append(action)
         if stats.restarted in ("new", "idle") and step > 0:
             run.restarts += 1
@@ -204,6 +206,7 @@ def load_test(url: str, args: Any) -> dict[str, Any]:
     after = probe.health()
     latencies = np.asarray([value for run in done for value in run.latencies_s]) * 1000.0
     answered = int(latencies.size)
+    server = np.asarray([value for run in done for value in run.server_s]) * 1000.0
     wrong = [problem for run in done for problem in run.wrong]
     if args.verify_model:
         wrong += verify_actions(args.verify_model, args.unnorm_key, done, args.verify_steps, args)
@@ -214,7 +217,8 @@ def load_test(url: str, args: Any) -> dict[str, Any]:
             "wrong": wrong[:10], "elapsed_s": elapsed,
             "throughput_steps_s": answered / elapsed if elapsed > 0 else 0.0,
             "latency_ms": ({"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
-                            "max": float(latencies.max())} if answered else {}),
+                            "max": float(latencies.max()), "server_step_p50": float(np.percentile(server, 50))}
+                           if answered else {}),
             "session_restarts": sum(run.restarts for run in done),
             "evictions": counters["evictions"] - before["evictions"],
             "server_replica_answering_health": after["replica"],
@@ -228,8 +232,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['mode']} {report['ratio']:g}) against {report['url']}",
              f"answered {report['answered']}/{report['requests']} in {report['elapsed_s']:.1f} s: "
              f"{report['throughput_steps_s']:.1f} steps/s",
-             (f"latency p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms, max {latency['max']:.1f} ms"
-              if latency else "no answers"),
+             (f"latency p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms, max {latency['max']:.1f} ms "
+              f"(the server's step: p50 {latency['server_step_p50']:.1f} ms)" if latency else "no answers"),
              f"evictions {report['evictions']}, sessions restarted {report['session_restarts']}, "
              f"wrong answers {len(report['wrong'])}"
              + (f" (first {report['verified_steps']} steps of each session compared with a local policy)"
