@@ -23,11 +23,17 @@ import torch
 
 from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV
 from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
-from vla_cache_ros.cache.modes import build_selector, check_available, get_mode, runnable_modes
+from vla_cache_ros.cache.modes import (
+    build_selector,
+    check_available,
+    check_max_token_age,
+    check_ratio,
+    get_mode,
+    runnable_modes,
+)
 from vla_cache_ros.cache.selectors import SelectionContext, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
 from vla_cache_ros.cache.tokens import reuse_mask as token_reuse_mask
-from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
 from vla_cache_ros.stages import STAGES, StageClock, StepRecord, device_sync
 
@@ -138,8 +144,8 @@ class CachedVLAPolicy:
         self._vision_dims = vision_dims(model)
         self._lock = threading.Lock()
         self._mode = self._check_mode(mode)
-        self._ratio = self._check_ratio(cache_ratio)
-        self._max_token_age = self._check_age(max_token_age)
+        self._ratio = check_ratio(cache_ratio)
+        self._max_token_age = check_max_token_age(max_token_age)
         self._reset_requested = False
         self._tokens = TokenStates(self.num_visual)
         self._prompt_kv: PromptKV | None = None
@@ -164,19 +170,6 @@ class CachedVLAPolicy:
     def _check_mode(self, mode: str) -> str:
         return check_available(mode, self._selectors)
 
-    @staticmethod
-    def _check_ratio(ratio: float) -> float:
-        value = float(ratio)
-        if not np.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise ConfigurationError(f"cache ratio must lie in [0, 1], got {ratio}")
-        return value
-
-    @staticmethod
-    def _check_age(age: int) -> int:
-        if int(age) < 1:
-            raise ConfigurationError(f"max_token_age must be >= 1, got {age}")
-        return int(age)
-
     def set_mode(self, mode: str) -> None:
         """Switch mode; takes effect at the next step.
 
@@ -190,12 +183,12 @@ class CachedVLAPolicy:
     def set_cache_ratio(self, ratio: float) -> None:
         """Set the target/maximum cache ratio in [0, 1]; takes effect at the next step."""
         with self._lock:
-            self._ratio = self._check_ratio(ratio)
+            self._ratio = check_ratio(ratio)
 
     def set_max_token_age(self, age: int) -> None:
         """Tokens reused this many steps in a row are recomputed (bounded staleness)."""
         with self._lock:
-            self._max_token_age = self._check_age(age)
+            self._max_token_age = check_max_token_age(age)
 
     def register_selector(self, name: str, selector: Selector) -> None:
         """Make mode ``name`` (declared in the registry, e.g. ``learned``) runnable with ``selector``.

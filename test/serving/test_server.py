@@ -43,7 +43,7 @@ def server_url(tiny_checkpoint):
     options = server.ServerOptions(
         model_path=str(tiny_checkpoint), unnorm_key=UNNORM_KEY, device="cpu", num_threads=1,
         port=free_port(), local_cpus=2, limits=Limits(max_request_bytes=2 * 2**20, max_image_pixels=640 * 480),
-        sessions=SessionLimits(max_sessions=3), token=TOKEN, max_ongoing_requests=1, max_queued_requests=1)
+        sessions=SessionLimits(max_sessions=3), token=TOKEN, max_ongoing_requests=1, max_queued_requests=2)
     try:
         yield server.start(options)
     finally:
@@ -141,7 +141,7 @@ def test_lru_eviction_beyond_max_sessions(server_url) -> None:
 
 
 def test_a_full_queue_gets_503_and_the_server_carries_on(server_url) -> None:
-    """One request running and one queued per replica (this module's server): a burst beyond that
+    """One request running and two queued per replica (this module's server): a burst beyond that
     is refused with 503 by Serve, not queued without bound. Bursts repeat (at most 5) until one
     overlaps enough to be refused."""
     body = json_numpy.dumps({"image": stream(8, 1)[0], "instruction": INSTRUCTION}).encode()
@@ -165,3 +165,19 @@ def test_a_full_queue_gets_503_and_the_server_carries_on(server_url) -> None:
             break
     assert {200, 503} <= seen, seen
     assert RemotePolicy(server_url, "probe", token=TOKEN).health()["status"] == "ok"
+
+
+def test_bounded_load_test_answers_everything_right(server_url, tiny_checkpoint, monkeypatch) -> None:
+    """``vla-cache serve-load`` in small: 2 concurrent sessions x 4 steps, every answer checked
+    (step counts) and compared with a local policy."""
+    from argparse import Namespace
+
+    from vla_cache_ros.apps.serve import format_report, load_test
+
+    monkeypatch.setenv("VLA_CACHE_SERVE_TOKEN", TOKEN)
+    args = Namespace(sessions=2, steps=4, encoding="raw", mode="fixed", ratio=0.5, timeout_s=60.0,
+                     verify_model=str(tiny_checkpoint), verify_steps=4, unnorm_key=UNNORM_KEY)
+    report = load_test(server_url, args)
+    assert report["answered"] == report["requests"] == 8, format_report(report)
+    assert not report["wrong"] and not report["errors"] and report["session_restarts"] == 0, format_report(report)
+    assert "steps/s" in format_report(report)

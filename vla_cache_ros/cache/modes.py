@@ -15,6 +15,7 @@ cheap. Selector classes are imported on first use, by :func:`build_selector`.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -125,6 +126,29 @@ def get_mode(name: str) -> CacheMode:
         return _REGISTRY[name]
     except KeyError:
         raise CacheModeError(f"unknown cache mode {name!r}; available: {describe_modes()}") from None
+
+
+def check_ratio(ratio: float) -> float:
+    """A cache ratio as a float in [0, 1].
+
+    Raises:
+        ConfigurationError: not finite or outside [0, 1].
+    """
+    value = float(ratio)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"cache ratio must lie in [0, 1], got {ratio}")
+    return value
+
+
+def check_max_token_age(age: int) -> int:
+    """A token age bound (steps a token may be reused in a row) >= 1.
+
+    Raises:
+        ConfigurationError: below 1.
+    """
+    if int(age) < 1:
+        raise ConfigurationError(f"max_token_age must be >= 1, got {age}")
+    return int(age)
 
 
 def check_available(name: str, available: Collection[str]) -> str:

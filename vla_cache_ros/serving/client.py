@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.cache.modes import MODE_NAMES, check_available
+from vla_cache_ros.cache.modes import MODE_NAMES, check_available, check_max_token_age, check_ratio
 from vla_cache_ros.cache.tokens import reuse_mask as token_reuse_mask
 from vla_cache_ros.errors import ConfigurationError, InstructionError, PolicyServerError, clip_text
 from vla_cache_ros.serving.wire import (
@@ -162,8 +162,8 @@ class RemotePolicy:
         self._lock = threading.Lock()
         self._modes: list[str] = list(MODE_NAMES)
         self._mode = check_available(mode, self._modes)
-        self._ratio = self._check_ratio(cache_ratio)
-        self._age = self._check_age(max_token_age)
+        self._ratio = check_ratio(cache_ratio)
+        self._age = check_max_token_age(max_token_age)
         self._reset_requested = True  # the first request starts a fresh cache
         self._steps = 0
         self._restarts = 0
@@ -173,19 +173,6 @@ class RemotePolicy:
         self._instruction_limit = Limits().max_instruction_chars
 
     # --- settings, as CachedVLAPolicy offers them --------------------------------------------
-    @staticmethod
-    def _check_ratio(ratio: float) -> float:
-        value = float(ratio)
-        if not np.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise ConfigurationError(f"cache ratio must lie in [0, 1], got {ratio}")
-        return value
-
-    @staticmethod
-    def _check_age(age: int) -> int:
-        if int(age) < 1:
-            raise ConfigurationError(f"max_token_age must be >= 1, got {age}")
-        return int(age)
-
     def available_modes(self) -> list[str]:
         """The modes the server's replicas can run (known after :meth:`warm_up`)."""
         return list(self._modes)
@@ -198,12 +185,12 @@ class RemotePolicy:
     def set_cache_ratio(self, ratio: float) -> None:
         """Set the target/maximum ratio in [0, 1] from the next step."""
         with self._lock:
-            self._ratio = self._check_ratio(ratio)
+            self._ratio = check_ratio(ratio)
 
     def set_max_token_age(self, age: int) -> None:
         """Tokens reused this many steps in a row are recomputed (from the next step)."""
         with self._lock:
-            self._age = self._check_age(age)
+            self._age = check_max_token_age(age)
 
     def reset(self) -> None:
         """New episode: the next step asks the server for a fresh cache."""

@@ -19,7 +19,7 @@ methods, 413 for a body over the limit, 500 naming an unexpected failure, and 50
 itself when a replica's queue is full (``max_queued_requests``). Nothing on the wire is pickled.
 
 Local by default (``ray.init`` on this machine, HTTP on 127.0.0.1); ``address`` joins an
-existing Ray cluster. Imports Ray (``ray[serve]``) at module level: import this module only
+existing Ray cluster. Imports Ray (``ray[serve]``) and json-numpy at module level: import this module only
 where the server runs.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import json_numpy
 import ray
 from ray import serve
 from starlette.requests import Request
@@ -188,8 +189,6 @@ def build_app(options: ServerOptions, device: str) -> Any:
             return b"".join(chunks)
 
         async def _act(self, request: Request) -> Response:
-            import json_numpy
-
             body = await self._body(request)
             loop = asyncio.get_running_loop()
             payload = await loop.run_in_executor(None, parse_json, body, options.limits, json_numpy.object_hook)
