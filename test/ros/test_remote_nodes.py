@@ -40,6 +40,7 @@ from vla_cache_ros.subprocesses import ChildProcess, python_module, start_child
 from vla_cache_ros.synthetic import SyntheticScene
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pinned in requirements/base.in)")
+pytest.importorskip("json_numpy", reason="json-numpy is not installed (requirements/base.in)")
 pytestmark = pytest.mark.timeout(300)
 
 ARMS = {"arm_a": ("image", "pick up the red block"), "arm_b": ("image_b", "push the blue block left")}

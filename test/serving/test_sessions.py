@@ -94,8 +94,10 @@ def test_refused_settings_leave_the_session_as_it_was(replica) -> None:
     session = replica.new_session("robot")
     replica.step(session, request(frames[0], "go", mode="fixed", cache_ratio=0.5))
     for settings, reason in [({"mode": "telepathy"}, "telepathy"), ({"cache_ratio": 2.0}, r"\[0, 1\]"),
-                             ({"max_token_age": 0}, "max_token_age")]:
+                             ({"max_token_age": 0}, "max_token_age"),
+                             ({"mode": "off", "cache_ratio": 0.1, "max_token_age": 0}, "max_token_age")]:
         with pytest.raises(InvalidInputError, match=reason):
             replica.step(session, request(frames[1], "go", **settings))
     answer = replica.step(session, request(frames[1], "go"))
     assert answer["session"]["restarted"] is None and answer["stats"]["reused_tokens"] > 0
+    assert (answer["stats"]["mode"], answer["stats"]["target_ratio"]) == ("fixed", 0.5)  # nothing half-applied

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_cache_ros.cache.modes import check_available, check_max_token_age, check_ratio
 from vla_cache_ros.errors import ConfigurationError, InvalidInputError, UserFacingError
 from vla_cache_ros.serving.wire import SessionSettings, StepRequest, step_response
 
@@ -83,7 +84,14 @@ class Session:
         self._policy = None
 
     def _apply(self, settings: SessionSettings) -> None:
+        """Check every setting first, then apply them: a refused request changes nothing."""
         policy = self._policy
+        if settings.mode is not None:
+            check_available(settings.mode, policy.available_modes())
+        if settings.cache_ratio is not None:
+            check_ratio(settings.cache_ratio)
+        if settings.max_token_age is not None:
+            check_max_token_age(settings.max_token_age)
         if settings.mode is not None:
             policy.set_mode(settings.mode)
         if settings.cache_ratio is not None:
