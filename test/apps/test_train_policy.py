@@ -64,3 +64,35 @@ def test_the_parser_offers_what_the_library_accepts() -> None:
     assert PRECISIONS == loop.PRECISIONS and SAVE_DTYPES == loop.SAVE_DTYPES
     assert (DEFAULT_LABEL_QUANTUM_M, DEFAULT_LABEL_QUANTUM_RAD) == (loop.DEFAULT_LABEL_QUANTUM_M,
                                                                    loop.DEFAULT_LABEL_QUANTUM_RAD)
+
+
+def test_sigterm_saves_the_last_step(data: Path, tmp_path: Path) -> None:
+    """Regression: `kill` (SIGTERM, what schedulers and `timeout` send) ended a run without
+    saving, losing every step since the last --save-every; it now saves like Ctrl-C."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vla_cache_ros.training.state import load_state
+
+    out, log = tmp_path / "policy", tmp_path / "stderr.txt"
+    argv = ["train-policy", "--data", str(data), "--out", str(out), "--steps", "100000", "--save-every", "100000",
+            "--eval-every", "100000", *[a for a in SHORT if a != "--quiet"]]
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "vla_cache_ros.apps.cli", *argv],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not [int(n) for n in re.findall(r"(\d+)/100000", log.read_text()) if int(n) >= 3]:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, log.read_text()[-2000:]
+    saved = int(re.search(r"interrupted: saved step (\d+)", stdout).group(1))
+    assert saved >= 3 and load_state(out / "training" / "state").step == saved

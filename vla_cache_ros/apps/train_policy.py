@@ -3,8 +3,8 @@
 ``train-policy --data DIR --out DIR`` trains on a ``vla-cache sim-collect`` dataset and writes an
 OpenVLA-format checkpoint that ``load_vla`` (and so the node, bench, replay and sim-eval) reads
 unchanged, with resumable state, learning curves and a summary under ``DIR/training``. Running
-the same command again resumes; Ctrl-C saves first. The recipe: docs/training.md. Torch is
-imported only when the command runs.
+the same command again resumes; Ctrl-C (or SIGTERM, e.g. ``kill``) saves first. The recipe:
+docs/training.md. Torch is imported only when the command runs.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_policy(args: argparse.Namespace) -> int:
+    from vla_cache_ros.subprocesses import sigterm_as_keyboard_interrupt
     from vla_cache_ros.training.loop import TrainConfig, train
 
     config = TrainConfig(
@@ -83,7 +84,8 @@ def _train_policy(args: argparse.Namespace) -> int:
         dataset_key=args.dataset_key, aux_weight=args.aux_weight,
         label_quantum_m=args.label_quantum_m, label_quantum_rad=args.label_quantum_rad, init_from=args.init_from,
         balance_power=args.balance_power, progress=not args.quiet)
-    result = train(config, until_step=args.stop_at_step, max_minutes=args.max_minutes)
+    with sigterm_as_keyboard_interrupt():  # `kill` (a scheduler, `timeout`) saves like Ctrl-C
+        result = train(config, until_step=args.stop_at_step, max_minutes=args.max_minutes)
     if result.evaluation is not None:
         evaluation = result.evaluation
         print(f"held-out: loss {evaluation.loss:.4f}, token accuracy {evaluation.accuracy:.3f}, "
