@@ -16,7 +16,12 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/hook", glob("resource/hook/*")),
     ],
+    # Humble runs Python 3.10, Jazzy and Kilted 3.12; requirements/ pins each (tools/bootstrap.sh).
+    python_requires=">=3.10",
+    # The dependencies are not listed here: they come pinned from requirements/base.in with the
+    # constraints file for the interpreter's Python, so `pip install -e .` installs none of them.
     install_requires=["setuptools"],
     zip_safe=False,
     maintainer="vla_cache_ros maintainers",
