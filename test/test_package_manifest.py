@@ -42,8 +42,8 @@ PYTHON_LIBRARIES = {
 and this table; anything imported that is not here counts as a ROS package."""
 
 OPTIONAL_PYTHON_LIBRARIES = {"ray": "ray[serve]", "starlette": "ray[serve]", "json_numpy": "json-numpy"}
-"""Imported only by `vla-cache serve` (vla_cache_ros/serving/), installed by hand for it and not by
-requirements/base.in; package.xml's comment names them."""
+"""Imported only by `vla-cache serve` (vla_cache_ros/serving/server.py): requirements/serve.in (which
+tools/bootstrap.sh installs without a system ROS 2), not base.in; package.xml's comment names them."""
 
 NOT_IMPORTED_ROS_DEPENDS = {
     "ros2launch": "provides `ros2 launch` for the files in launch/",
@@ -138,3 +138,10 @@ def test_test_depends_are_what_the_tests_use():
     """The ament lint test_depends were never run: only pytest (with pytest-timeout in CI) is."""
     assert declared("test_depend") == {"python3-pytest", "python3-pytest-timeout"}
     assert "--timeout=" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_server_libraries_come_from_serve_in():
+    lines = (ROOT / "requirements" / "serve.in").read_text().splitlines()
+    serve_in = {line.strip().lower() for line in lines if line.strip() and not line.startswith("#")}
+    assert set(OPTIONAL_PYTHON_LIBRARIES.values()) <= serve_in
+    assert "requirements/serve.in" in (ROOT / "tools" / "bootstrap.sh").read_text()

@@ -76,7 +76,7 @@ fi
 
 if [[ "$MODE" == pypi ]]; then
   CONSTRAINTS=requirements/constraints.txt
-  REQUIREMENTS=(-r requirements/base.in -r requirements/dev.in -r requirements/ros.in)
+  REQUIREMENTS=(-r requirements/base.in -r requirements/dev.in -r requirements/ros.in -r requirements/serve.in)
   VENV_OPTIONS=()
   [[ "$PY_VERSION" == 3.11 ]] || fail "without a sourced ROS 2 the setup is Python 3.11 (the \
 ROS 2 wheels and pins in requirements/constraints.txt); $PY is $PY_VERSION. Set PYTHON to a \
@@ -114,7 +114,7 @@ if [[ "$DRY_RUN" == "1" ]]; then
 fi
 
 fingerprint() {
-  { cat "$CONSTRAINTS" requirements/base.in requirements/dev.in requirements/ros.in setup.py \
+  { cat "$CONSTRAINTS" requirements/base.in requirements/dev.in requirements/ros.in requirements/serve.in setup.py \
         tools/bootstrap.sh
     echo "mode=$MODE python=$PY_VERSION"; } | sha256sum | cut -d' ' -f1
 }
