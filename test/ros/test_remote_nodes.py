@@ -133,6 +133,8 @@ def test_two_nodes_share_the_server_and_each_reuses_its_cache(setup: dict) -> No
     sessions = {session["session_id"]: session for session in health(setup["url"])["sessions"]}
     assert {"/arm_a", "/arm_b"} <= set(sessions), sessions
     assert all(sessions[f"/{name}"]["steps"] >= 3 and sessions[f"/{name}"]["holds_cache"] for name in ARMS)
+    for node in setup["nodes"].values():  # the ready line names the server, not an empty model path
+        assert f"ready: policy server {setup['url']}," in node.log()
 
 
 def test_server_restart_faults_both_nodes_then_they_recover_with_a_full_recompute(setup: dict) -> None:

@@ -154,8 +154,10 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._create_interfaces(self._runtime.config)
         self._runtime.start_worker()
         config = self._runtime.config
+        source = (f"policy server {config.backend.server_url}" if config.backend.remote
+                  else f"model {config.model.model_path}")
         self.get_logger().info(
-            f"ready: model {config.model.model_path}, mode {config.cache.mode} ratio "
+            f"ready: {source}, mode {config.cache.mode} ratio "
             f"{config.cache.ratio:g}, interface {config.interface.command_interface.value}, "
             f"actuation {'ENABLED' if config.enable_actuation else 'disabled (dry run)'}")
         return SUCCESS
