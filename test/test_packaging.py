@@ -159,7 +159,7 @@ def test_bootstrap_without_ros_is_python_3_11_and_the_kilted_wheels(tmp_path):
     result = bootstrap_dry_run(tmp_path, "3.11", None)
     assert result.returncode == 0, result.stderr
     assert "--system-site-packages" not in result.stdout and "COLCON_IGNORE" not in result.stdout
-    assert "-r requirements/ros.in -c requirements/constraints.txt" in result.stdout
+    assert "-r requirements/ros.in -r requirements/serve.in -c requirements/constraints.txt" in result.stdout
     refused = bootstrap_dry_run(tmp_path, "3.12", None)
     assert refused.returncode == 1 and "Python 3.11" in refused.stderr
 

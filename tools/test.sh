@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's second command: set up .venv if needed, then run the whole test suite.
+# The README's second command: set up .venv if needed, then run the whole test suite (or, given
+# test paths, only those).
 # Each run gets its own ROS_DOMAIN_ID and localhost-only discovery, so two runs cannot cross-talk.
 #
 # `tools/test.sh --jazzy [pytest args]` runs the node tests (test/ros/test_node*.py) against the
@@ -21,6 +22,10 @@ else
   "$ROOT/tools/bootstrap.sh"
   PYTHON="$ROOT/.venv/bin/python"
   TESTS=(test)
+  for argument in "$@"; do  # tools/test.sh test/ros/test_node.py -q: only those tests
+    path="${argument%%::*}"
+    if [[ "$argument" != -* && ( -e "$path" || -e "$ROOT/$path" ) ]]; then TESTS=(); break; fi
+  done
 fi
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ($$ % 100) + 1 ))}"
