@@ -16,8 +16,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pinned in requirements/base.in)")
-json_numpy = pytest.importorskip("json_numpy", reason="json-numpy is not installed (requirements/base.in)")
+pytest.importorskip("ray.serve", reason="ray[serve] is not installed (requirements/serve.in)")
+json_numpy = pytest.importorskip("json_numpy", reason="json-numpy is not installed (requirements/serve.in)")
 
 from test.serving.conftest import UNNORM_KEY, stream  # noqa: E402
 from vla_cache_ros.policy import CachedVLAPolicy  # noqa: E402
@@ -113,7 +113,11 @@ def _raw_image(shape: list, size: int) -> dict:
     ("/act", json_numpy.dumps({"image": np.zeros((4, 4), np.uint8), "instruction": "go"}).encode(), {}, TOKEN,
      "POST", 400, "(H, W, 3)"),
     ("/act", json.dumps({"image": {"__numpy__": "AAAA", "dtype": "|O", "shape": [3]}}).encode(), {}, TOKEN,
-     "POST", 400, "not valid JSON"),
+     "POST", 400, "(H, W, 3)"),
+    ("/act", b"{oops", {}, TOKEN, "POST", 400, "not valid JSON"),
+    # Regression: /act decoded any image within the body limit; the pixel limit held only for /step.
+    ("/act", json_numpy.dumps({"image": np.zeros((500, 700, 3), np.uint8), "instruction": "go"}).encode(), {},
+     TOKEN, "POST", 400, "image of 500 x 700 pixels exceeds the server's limit of 307200 pixels"),
     ("/act", json_numpy.dumps({"image": np.zeros((4, 4, 3), np.uint8), "instruction": "go",
                                "unnorm_key": "nope"}).encode(), {}, TOKEN, "POST", 400, "nope"),
     ("/step", _step_body(), {SESSION_HEADER: "bad"}, None, "POST", 401, "bearer token"),

@@ -101,3 +101,21 @@ def test_step_request_checks() -> None:
                            ({"reset": "yes"}, "reset must be"), ({"image": None}, "must be an object")]:
         with pytest.raises(InvalidInputError, match=reason):
             parse_step_request(json.dumps({**good, **change}).encode(), "a", LIMITS)
+
+
+def test_checked_array_hook_refuses_before_decoding() -> None:
+    """The stated shape and dtype are checked before json-numpy decodes any pixel."""
+    from vla_cache_ros.serving.wire import checked_array_hook
+
+    json_numpy = pytest.importorskip("json_numpy", reason="json-numpy (requirements/serve.in) is not installed")
+
+    hook = checked_array_hook(Limits(max_image_pixels=100), json_numpy.object_hook)
+    image = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
+    assert np.array_equal(json.loads(json_numpy.dumps(image), object_hook=hook), image)
+    undecodable = {"__numpy__": "not base64", "dtype": "|u1"}
+    for shape, reason in (([20, 20, 3], "20 x 20 pixels exceeds"), ([5, 5], "got shape"),
+                          ([5, 5, True], "got shape"), ([-1, 1, 3], "empty")):
+        with pytest.raises(InvalidInputError, match=reason):
+            hook({**undecodable, "shape": shape})
+    with pytest.raises(InvalidInputError, match="dtype"):
+        hook({**undecodable, "dtype": "<f4", "shape": [5, 5, 3]})

@@ -91,11 +91,16 @@ def _serve(args: argparse.Namespace) -> int:
         sessions=SessionLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s),
         token=os.environ.get(server.TOKEN_ENV) or None, max_queued_requests=args.max_queued)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+
+    def stop_on_signals() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+
+    stop_on_signals()
     print(f"starting the policy server ({resolved.path}, {args.replicas} replica(s)) ...", flush=True)
     try:
         url = server.start(options)
+        stop_on_signals()  # again: ray.init installs its own SIGTERM handler, which left Ray's daemons running
         print(f"policy server ready at {url} (POST /act, POST /step, GET /health); Ctrl-C stops it", flush=True)
         stop.wait()
     finally:

@@ -46,6 +46,7 @@ from vla_cache_ros.serving.wire import (
     check_instruction,
     check_session_id,
     check_size,
+    checked_array_hook,
     parse_json,
     parse_step_request,
 )
@@ -146,6 +147,7 @@ def build_app(options: ServerOptions, device: str) -> Any:
             except Exception:  # noqa: BLE001 - only a label
                 name = str(os.getpid())
             self.replica = load_replica(options, device, name)
+            self._array_hook = checked_array_hook(options.limits, json_numpy.object_hook)  # pixels checked first
 
         @serve.multiplexed(max_num_models_per_replica=options.sessions.max_sessions)
         async def get_session(self, session_id: str) -> Any:
@@ -191,12 +193,12 @@ def build_app(options: ServerOptions, device: str) -> Any:
         async def _act(self, request: Request) -> Response:
             body = await self._body(request)
             loop = asyncio.get_running_loop()
-            payload = await loop.run_in_executor(None, parse_json, body, options.limits, json_numpy.object_hook)
+            payload = await loop.run_in_executor(None, parse_json, body, options.limits, self._array_hook)
             encoded = "encoded" in payload
             if encoded:  # deploy.py's form for clients without json-numpy
                 if len(payload) != 1 or not isinstance(payload["encoded"], str):
                     raise InvalidInputError("an 'encoded' payload must be the only field, a JSON string")
-                payload = parse_json(payload["encoded"].encode(), options.limits, json_numpy.object_hook)
+                payload = parse_json(payload["encoded"].encode(), options.limits, self._array_hook)
             unknown = sorted(set(payload) - {"image", "instruction", "unnorm_key"})
             if unknown:
                 raise InvalidInputError(f"unknown fields: {', '.join(map(str, unknown))} (known: image, "

@@ -191,6 +191,28 @@ def check_array_image(image: Any) -> np.ndarray:
     return image
 
 
+def checked_array_hook(limits: Limits, decode: Any) -> Any:
+    """A JSON ``object_hook`` that checks a json-numpy array's stated shape before ``decode``
+    (json-numpy's own ``object_hook``) turns its base64 into pixels: an image (H, W, 3) uint8
+    within ``limits.max_image_pixels``. Other objects pass through ``decode`` unchanged.
+
+    Raises:
+        InvalidInputError: a shape that is not a list of 3 positive integers ending in 3, a dtype
+            other than uint8, or more pixels than the limit.
+    """
+    def hook(obj: dict) -> Any:
+        if "__numpy__" in obj:
+            shape, dtype = obj.get("shape"), obj.get("dtype")
+            if not (isinstance(shape, list) and len(shape) == 3 and shape[2] == 3
+                    and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)):
+                raise InvalidInputError(f"image must be RGB uint8 (H, W, 3), got shape {clip_text(repr(shape))}")
+            if dtype not in ("|u1", "uint8"):
+                raise InvalidInputError(f"image must be RGB uint8 (H, W, 3), got dtype {clip_text(repr(dtype))}")
+            _check_pixels(shape[0], shape[1], limits)
+        return decode(obj)
+    return hook
+
+
 # ----------------------------------------------------------------------------- requests
 def check_size(length: int, limits: Limits) -> None:
     """Refuse a body longer than the limit (raised before it is parsed)."""
@@ -209,8 +231,12 @@ def parse_json(body: bytes, limits: Limits, object_hook: Any = None) -> dict[str
     check_size(len(body), limits)
     try:
         data = json.loads(body, object_hook=object_hook)
-    except (ValueError, TypeError, KeyError, binascii.Error) as error:  # json, base64, dtype, shape
-        raise InvalidInputError(f"body is not valid JSON for this endpoint ({type(error).__name__}: "
+    except InvalidInputError:  # from a checking object_hook: its own reason
+        raise
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"body is not valid JSON ({clip_text(str(error))})") from None
+    except (ValueError, TypeError, KeyError, binascii.Error) as error:  # base64, dtype, shape
+        raise InvalidInputError(f"body holds an array that cannot be decoded ({type(error).__name__}: "
                                 f"{clip_text(str(error))})") from None
     except RecursionError:
         raise InvalidInputError("body is nested too deeply") from None
