@@ -59,3 +59,18 @@ def test_a_short_model_path_brings_its_own_statistics_key(tmp_path: Path, monkey
     (tmp_path / "tiny").mkdir()
     monkeypatch.chdir(tmp_path)
     assert catalog.unnorm_key_for("tiny", "") is None  # a directory named like a short name is a directory
+
+
+def test_predict_takes_a_short_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (a new user's trial): `vla-cache predict tiny` said 'model directory tiny does not
+    exist' although serve, replay, the node and the demo take the name; its unnorm_key follows it."""
+    from vla_cache_ros.apps import cli
+
+    monkeypatch.setenv("VLA_CACHE_HOME", str(tmp_path))
+    assert cli.main(["predict", "tiny"]) == 0
+    by_name = capsys.readouterr().out
+    assert cli.main(["predict", str(tmp_path / "tiny-seed0"), "--unnorm-key", "tiny_sim"]) == 0
+    assert capsys.readouterr().out == by_name and by_name.startswith("tokens ")
+    assert cli.main(["predict", "tinyy"]) == 2
+    assert "'tinyy' is neither a checkpoint directory nor a known name" in capsys.readouterr().err

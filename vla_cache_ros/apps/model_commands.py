@@ -32,10 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_make_tiny)
 
     parser = subparsers.add_parser("predict", help="load a checkpoint and print the reference action for one image")
-    parser.add_argument("model", type=Path, help="OpenVLA-format checkpoint directory")
+    parser.add_argument("model", help="OpenVLA-format checkpoint directory, or a short name (tiny, sim_policy)")
     parser.add_argument("--image", type=Path, default=None, help="RGB image file (default: a generated frame)")
     parser.add_argument("--instruction", default="pick up the red cube", help="task instruction")
-    parser.add_argument("--unnorm-key", default=None, help="norm_stats dataset (required when several exist)")
+    parser.add_argument("--unnorm-key", default=None,
+                        help="norm_stats dataset (default: the short name's; required when a directory has several)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weight dtype")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--center-crop", action="store_true", help="LIBERO-style 0.9-area centre crop")
@@ -76,15 +77,17 @@ def read_image(path: Path) -> np.ndarray:
 
 def _predict(args: argparse.Namespace) -> int:
     from vla_cache_ros.compute import resolve_device, resolve_dtype
+    from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.models.vla import load_vla, read_checkpoint_config
 
     image = read_image(args.image) if args.image else generated_frame()
     # Device, dtype, statistics and unnorm_key are checked before any weight is read.
     resolve_device(args.device)
     dtype = resolve_dtype(args.dtype)
-    read_checkpoint_config(args.model).action_statistics().select(args.unnorm_key)
-    model = load_vla(args.model, device=args.device, dtype=dtype, center_crop=args.center_crop)
+    resolved = resolve_model(args.model, args.unnorm_key)  # a short name as serve / replay / the node take it
+    read_checkpoint_config(resolved.path).action_statistics().select(resolved.unnorm_key)
+    model = load_vla(resolved.path, device=args.device, dtype=dtype, center_crop=args.center_crop)
     prediction = model.predict_action_tokens(image, args.instruction)
-    action = model.decode_action(prediction.tokens.numpy(), args.unnorm_key)
+    action = model.decode_action(prediction.tokens.numpy(), resolved.unnorm_key)
     print(f"tokens {prediction.tokens.tolist()} action {np.array2string(action, precision=5, max_line_width=200)}")
     return 0

@@ -72,17 +72,21 @@ def resolve_model(model: str | Path | None, unnorm_key: str | None = None) -> Re
     """Turn a ``--model`` value (None, a short name or a directory) into a checkpoint.
 
     Args:
-        model: None or ``""`` -> ``DEFAULT_MODEL``; an existing directory; else a name of
-            ``SHORT_NAMES`` (a directory of the same name, e.g. a training ``--out``, wins).
+        model: None or ``""`` -> ``DEFAULT_MODEL``; an existing directory; a name of
+            ``SHORT_NAMES`` (a directory of the same name, e.g. a training ``--out``, wins); any
+            other existing path or text with a path separator is returned as a path, so that
+            the checkpoint loader names what is wrong with it.
         unnorm_key: overrides the short name's key when given.
 
     Raises:
         ConfigurationError: the shipped model is missing from this installation, or ``model``
-            is neither a short name nor a directory.
+            is a bare word that is neither a short name nor a directory.
     """
     text = str(model) if model not in (None, "") else DEFAULT_MODEL
-    if Path(text).expanduser().is_dir():
-        return ResolvedModel(Path(text).expanduser(), unnorm_key, None)
+    path = Path(text).expanduser()
+    if path.is_dir() or (text not in SHORT_NAMES and (path.exists() or os.sep in text)):
+        # A path (it exists, or is written as one): the loader names what is wrong with it.
+        return ResolvedModel(path, unnorm_key, None)
     if text == TINY_MODEL:
         return ResolvedModel(ensure_tiny_model(), unnorm_key or SHORT_NAMES[TINY_MODEL], TINY_MODEL)
     if text in SHORT_NAMES:
