@@ -55,6 +55,13 @@ def _processes(context: LaunchContext) -> list:
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
+    def number(name: str, kind: type) -> float | int:
+        try:
+            return kind(value(name))
+        except ValueError:
+            raise ValueError(f"launch argument {name}:={value(name)!r} is not "
+                             f"{'an integer' if kind is int else 'a number'}") from None
+
     unknown = sorted(set(context.launch_configurations) - set(NAMES))
     if unknown:
         get_logger("demo.launch").warning(
@@ -62,14 +69,14 @@ def _processes(context: LaunchContext) -> list:
             f"(declared: {', '.join(NAMES)})")
     config = os.path.join(get_package_share_directory(PACKAGE), "config", CONFIG_NAME)
     arm = Node(package=PACKAGE, executable="sim_arm_node", name="sim_arm_node", output="screen",
-               parameters=[{"auto_reset": True, "seed": int(value("seed")),
+               parameters=[{"auto_reset": True, "seed": number("seed", int),
                             "task_family": value("task_family"),
-                            "episode_timeout_s": float(value("episode_timeout_s"))}])
+                            "episode_timeout_s": number("episode_timeout_s", float)}])
     policy = Node(package=PACKAGE, executable="vla_cache_node", name="vla_cache_node",
                   output="screen", emulate_tty=True, remappings=list(NODE_REMAPS),
                   parameters=[config, {"model_path": value("model_path"), "unnorm_key": value("unnorm_key"),
                                        "enable_actuation": True, "cache_mode": value("cache_mode"),
-                                       "cache_ratio": float(value("cache_ratio"))}])
+                                       "cache_ratio": number("cache_ratio", float)}])
     processes = [arm, policy]
     if value("record").lower() == "true":
         processes.append(ExecuteProcess(

@@ -170,6 +170,15 @@ def test_bootstrap_with_ros_refuses_a_python_without_pins(tmp_path):
     assert "constraints-py3.10.txt" in result.stderr and "PYTHON=/usr/bin/python3" in result.stderr
 
 
+def test_bootstrap_refuses_a_python_the_distro_does_not_run(tmp_path):
+    """Regression (a new user's trial): Humble with a 3.12 interpreter only warned and set up a
+    venv in which the distro's rclpy cannot import; an unknown distro says which pins it uses."""
+    result = bootstrap_dry_run(tmp_path, "3.12", "humble")
+    assert result.returncode == 1 and "ROS 2 humble runs Python 3.10" in result.stderr
+    rolling = bootstrap_dry_run(tmp_path, "3.12", "rolling")
+    assert rolling.returncode == 0 and "'rolling' is not one the pins were checked for" in rolling.stderr
+
+
 def test_pip_install_e_is_documented_as_installing_no_dependencies():
     section = " ".join(readme_section(WORKSPACE_SECTION).split())
     assert "`pip install -e .` installs the package and its `vla-cache`" in section

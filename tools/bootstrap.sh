@@ -89,8 +89,12 @@ else
 ($ROS_DISTRO): requirements/ has constraints-py3.10.txt (Humble) and constraints-py3.12.txt \
 (Jazzy, Kilted). Use the distro's interpreter (PYTHON=/usr/bin/python3)."
   expected="${DISTRO_PYTHON[$ROS_DISTRO]:-}"
-  if [[ -n "$expected" && "$expected" != "$PY_VERSION" ]]; then
-    echo "[bootstrap] warning: ROS 2 $ROS_DISTRO runs Python $expected, $PY is $PY_VERSION" >&2
+  if [[ -z "$expected" ]]; then
+    echo "[bootstrap] warning: ROS 2 '$ROS_DISTRO' is not one the pins were checked for (humble, \
+jazzy, kilted); using the pins for Python $PY_VERSION" >&2
+  elif [[ "$expected" != "$PY_VERSION" ]]; then  # its compiled rclpy would not import in that venv
+    fail "ROS 2 $ROS_DISTRO runs Python $expected, but $PY is Python $PY_VERSION: its rclpy and \
+messages would not import. Use the distro's interpreter (PYTHON=/usr/bin/python3)."
   fi
   if [[ "$JAZZY" == "1" ]]; then
     fail "--jazzy is for machines without a system ROS 2 (it installs the Jazzy wheels from PyPI)"

@@ -27,6 +27,28 @@ def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for_subscribers(topic: str, count: int, timeout_s: float, node_process: subprocess.Popen) -> None:
+    """Until ``topic`` has ``count`` subscribers. The node subscribes to the camera only once its
+    model is loaded (the recorder only once a publisher appears), while the player starts as
+    soon as each bag topic has some subscriber (the node's /clock one comes first): on a busy
+    machine a node still loading missed the whole bag."""
+    import rclpy
+    from rclpy.node import Node
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = Node("pipeline_test_probe", context=context)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while probe.count_subscribers(topic) < count:
+            assert node_process.poll() is None, "the node exited"
+            assert time.monotonic() < deadline, f"{topic} has fewer than {count} subscribers after {timeout_s} s"
+            time.sleep(0.2)
+    finally:
+        probe.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 @pytest.mark.ros
 def test_play_node_record(tmp_path: Path) -> None:
     from vla_cache_ros.models.tiny import make_tiny_checkpoint
@@ -35,11 +57,12 @@ def test_play_node_record(tmp_path: Path) -> None:
     source = write_synthetic_bag(
         tmp_path / "source", "mcap", SyntheticBagSpec(num_frames=12, height=60, width=80, camera_hz=5.0))
     node = _start("-m", "vla_cache_ros.ros.node", "--ros-args", "-p", f"model_path:={model}",
-                  "-p", "unnorm_key:=tiny_sim", "-p", "use_sim_time:=true", "-p", "max_obs_age_s:=10.0",
+                  "-p", "unnorm_key:=tiny_sim", "-p", "use_sim_time:=true", "-p", "max_obs_age_s:=5.0",
                   "-r", "image:=/camera/image_raw")
     recorder = _start("-m", "vla_cache_ros.apps.bag_commands", "record", str(tmp_path / "recorded"), "--topics",
                       *RECORDED, "--use-sim-time")
     try:
+        _wait_for_subscribers("/camera/image_raw", 1, 120, node)
         player = _start("-m", "vla_cache_ros.apps.bag_commands", "play", str(source.path), "--delay", "1.0",
                         "--wait-for-subscribers", "90")
         play = collect(player, 150)

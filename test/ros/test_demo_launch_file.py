@@ -59,6 +59,13 @@ def test_same_wiring_as_the_demo_command(launch_module: Any) -> None:
     assert "enable_actuation:=true" in command
 
 
+def test_a_misspelt_number_is_named(launch_module: Any) -> None:
+    with pytest.raises(ValueError, match="launch argument cache_ratio:='0,5' is not a number"):
+        processes(launch_module, cache_ratio="0,5")
+    with pytest.raises(ValueError, match="launch argument seed:='1e5' is not an integer"):
+        processes(launch_module, seed="1e5")
+
+
 def test_record_false_and_unknown_arguments(launch_module: Any) -> None:
     assert len(processes(launch_module, record="false")) == 2
     processes(launch_module, model="sim_policy")
