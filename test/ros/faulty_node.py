@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ def faulty_node() -> VlaCacheNode:
     real_load = runtime.load
 
     def load(policy: Any = None) -> None:
+        time.sleep(float(os.environ.get("VLA_TEST_SLOW_LOAD_S", "0")))  # a large model's load
         real_load(policy)
         real_step = runtime.policy.step
 

@@ -167,6 +167,23 @@ def test_two_arms_in_namespaces_have_distinct_diagnostics(checkpoint: Path, peer
     assert all(code == 0 for code, _ in logs), [log[-2000:] for _, log in logs]
 
 
+def test_ctrl_c_while_the_model_loads_ends_the_process_cleanly(checkpoint: Path, peer: Peer,
+                                                                tmp_path: Path) -> None:
+    """Regression: a node stopped while its start-up thread was inside the model load aborted
+    ("terminate called without an active exception", exit -6; a race seen in CI). It now ends at
+    once with exit 0 and says so; the load is made slow here so the stop lands inside it."""
+    name = "vla_startup_loading"
+    node = start_node(name, {"model_path": str(checkpoint), "unnorm_key": "tiny_sim", "num_threads": 1},
+                      workdir=tmp_path, module="test.ros.faulty_node",
+                      env={"VLA_TEST_FAULT_FILE": str(tmp_path / "no_fault"), "VLA_TEST_SLOW_LOAD_S": "60"})
+    peer.wait_status(name, lambda s, v: True, 60,
+                     "diagnostics while the model loads", node)
+    started = time.monotonic()
+    code, log = node.stop(timeout_s=30)
+    assert code == 0 and time.monotonic() - started < 20, log[-2000:]
+    assert "stopped while starting up" in log and "terminate called" not in log, log[-2000:]
+
+
 def test_warm_up_runs_before_ready(checkpoint: Path, tmp_path: Path) -> None:
     name = "vla_startup_warm"
     node = start_node(name, {"model_path": str(checkpoint), "unnorm_key": "tiny_sim",

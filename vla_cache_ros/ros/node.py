@@ -107,6 +107,7 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         self._gripper: Any = None  # gripper_output.TopicGripper / ActionGripper
         self._servo: ServoStarter | None = None
         self.startup_error: UserFacingError | None = None  # autostart failed: the process ends
+        self.startup_thread: threading.Thread | None = None  # autostart's configure -> activate
         self._configure_error: UserFacingError | None = None
         self._camera_frame_id = ""  # of the latest camera frame: the frame of ~/reused_tokens
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
@@ -126,7 +127,8 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
         """With ``autostart``: configure and activate in a background thread (the executor
         keeps answering meanwhile); a configuration error is kept in :attr:`startup_error`."""
         if self._runtime.config.autostart:
-            threading.Thread(target=self._autostart, name="vla_autostart", daemon=True).start()
+            self.startup_thread = threading.Thread(target=self._autostart, name="vla_autostart", daemon=True)
+            self.startup_thread.start()
 
     def _autostart(self) -> None:
         # startup_error is set only once the transition is over, so the process may stop then.

@@ -7,6 +7,7 @@ down. A configuration error the user can fix prints one line and exits with code
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,10 @@ def _stop(node: Node) -> None:
             pass
     if not getattr(node, "worker_alive", False):  # a stuck worker still uses the node: leave it
         node.destroy_node()
+
+
+STARTUP_JOIN_S = 2.0
+"""How long a stopped process waits for a start-up thread to finish before ending at once."""
 
 
 def restore_sigint() -> None:
@@ -98,7 +103,27 @@ def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
         if node is not None:
             _stop(node)
         rclpy.try_shutdown()
+        _exit_if_still_starting(node, name, code)
     return code
+
+
+def _exit_if_still_starting(node: Node | None, name: str, code: int) -> None:
+    """End the process at once when the node's start-up thread (``startup_thread``, e.g. loading
+    the model) is still running after Ctrl-C / SIGTERM.
+
+    Finalising the interpreter under a thread that is inside torch aborted the process ("terminate
+    called without an active exception", exit -6, seen in CI when a node was stopped while it
+    loaded). A node that never finished configuring has published nothing, and :func:`_stop` has
+    already run, so nothing is left to clean up.
+    """
+    thread = getattr(node, "startup_thread", None)
+    if thread is None or not thread.is_alive():
+        return
+    thread.join(timeout=STARTUP_JOIN_S)
+    if thread.is_alive():
+        print(f"{name}: stopped while starting up (the model was still loading)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
 
 
 @contextmanager
