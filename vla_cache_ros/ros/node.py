@@ -132,10 +132,16 @@ class VlaCacheNode(LifecycleNodeMixin, Node):
 
     def _autostart(self) -> None:
         # startup_error is set only once the transition is over, so the process may stop then.
-        if self.trigger_configure() != SUCCESS:
-            self.startup_error = self._configure_error or ConfigurationError("configure failed")
-        else:
-            self.trigger_activate()
+        try:
+            if self.trigger_configure() != SUCCESS:
+                self.startup_error = self._configure_error or ConfigurationError("configure failed")
+            else:
+                self.trigger_activate()
+        except Exception as error:  # noqa: BLE001 - a thread's exception would only be printed
+            if not self.context.ok():  # stopped meanwhile (Ctrl-C during the load): nothing to report
+                return
+            self.startup_error = ConfigurationError(
+                f"start-up failed: {type(error).__name__}: {clip_text(str(error))}")
 
     # -------------------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
