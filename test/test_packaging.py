@@ -109,6 +109,24 @@ def test_bootstrap_second_run_reinstalls_nothing():
     assert (ROOT / ".venv" / ".bootstrap-stamp").stat().st_mtime == stamp_before
 
 
+def test_bootstrap_names_a_full_disk_before_installing(tmp_path):
+    """Regression (a CI run on a nearly full disk): pip failed half-way through torch's CUDA
+    libraries with '[Errno 28] No space left on device'. The bootstrap now checks the free space
+    first, says how much it needs and creates nothing."""
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "requirements", copy / "requirements")
+    (copy / "tools").mkdir()
+    shutil.copy2(ROOT / "tools" / "bootstrap.sh", copy / "tools" / "bootstrap.sh")
+    shutil.copy2(ROOT / "setup.py", copy / "setup.py")
+    env = {key: value for key, value in os.environ.items() if key not in ("ROS_DISTRO", "PYTHON")}
+    env.update(PYTHON=sys.executable, BOOTSTRAP_NEED_FREE_GB="1000000")  # a million GB: never free
+    result = subprocess.run(["bash", str(copy / "tools" / "bootstrap.sh")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert "not enough free disk" in result.stderr and "1000000 GB needed" in result.stderr
+    assert not (copy / ".venv").exists()
+
+
 def bootstrap_dry_run(tmp_path: Path, python_version: str, ros_distro: str | None) -> subprocess.CompletedProcess:
     """tools/bootstrap.sh --dry-run with a stand-in `python3` of ``python_version`` first on PATH
     (and named by PYTHON without a ROS 2, where the bootstrap would look for python3.11 first)."""

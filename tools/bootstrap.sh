@@ -141,6 +141,19 @@ ensure_system_libs() {
   fi
 }
 
+# Free space an install needs (GB): a full disk fails pip half-way with "[Errno 28] No space left
+# on device" after minutes of downloads; this names the need first.
+NEED_FREE_GB="${BOOTSTRAP_NEED_FREE_GB:-8}"
+check_free_space() {  # check_free_space GB WHAT: fail unless the repository's disk has GB free
+  local free_kb
+  free_kb="$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')"
+  if [[ -n "$free_kb" && "$free_kb" -lt $(($1 * 1024 * 1024)) ]]; then
+    fail "not enough free disk for $2: $(($free_kb / 1024)) MB free on $(df -P "$ROOT" | awk 'NR == 2 { print $6 }'), \
+about $1 GB needed (BOOTSTRAP_NEED_FREE_GB overrides the check). Free space (old clones, build and \
+pytest temporary directories) and rerun."
+  fi
+}
+
 run_logged() {  # run "$@" with its output in $LOG; on failure show the log's tail and stop
   if ! "$@" >>"$LOG" 2>&1; then
     echo "[bootstrap] failed: $* (see $ROOT/$LOG)" >&2
@@ -155,6 +168,8 @@ setup_main_venv() {
   fi
   echo "[bootstrap] setting up $ROOT/$VENV for $([[ "$MODE" == pypi ]] && echo "PyPI's ROS 2 Kilted wheels" \
 || echo "the sourced ROS 2 $ROS_DISTRO") on Python $PY_VERSION (first run takes a few minutes)" >&2
+  check_free_space "$NEED_FREE_GB" "$VENV (torch's PyPI build for Linux brings its CUDA libraries: \
+about 6.6 GB with the ROS 2 wheels and Ray)"
   if [[ ! -x "$VENV/bin/python" ]]; then
     "$PY" -m venv "${VENV_OPTIONS[@]}" "$VENV" \
       || fail "could not create $VENV with $PY (on Debian/Ubuntu: apt install python3-venv)"
@@ -187,6 +202,7 @@ setup_jazzy_venv() {
     return 0
   fi
   echo "[bootstrap] setting up $ROOT/$JAZZY_VENV (ROS 2 Jazzy wheels; the rest shared with $VENV)" >&2
+  check_free_space 1 "$JAZZY_VENV"
   rm -rf "$JAZZY_VENV"
   local base_python
   base_python="$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')"
