@@ -45,6 +45,29 @@ def test_train_policy_writes_a_checkpoint_and_resumes(data: Path, tmp_path: Path
     assert load_vla(out).predict_action(make_episode(9, "pick").images[0], "pick up the red cube").shape == (7,)
 
 
+def test_several_data_directories_train_together(data: Path, tmp_path: Path) -> None:
+    """`--data A B`: B's episodes (here a policy-driven DAgger collection, failures kept) join A's;
+    A's statistics normalise both; the summary names both directories."""
+    import json
+
+    from vla_cache_ros.sim.dataset import episode_path, write_episode
+
+    dagger = tmp_path / "dagger"
+    for index in range(2):
+        record = make_episode(50 + index, "touch")
+        record.success = False
+        write_episode(episode_path(dagger, index), record)
+    (dagger / "manifest.json").write_text(json.dumps({"policy": {"model": "earlier_run"}}))
+    out = tmp_path / "policy"
+    assert main(["train-policy", "--data", str(data), str(dagger), "--out", str(out), "--steps", "1",
+                 "--val-fraction", "0", *SHORT]) == 0
+    summary = json.loads((out / "training" / "summary.json").read_text())
+    assert summary["data"]["more"] == [str(dagger)] and summary["config"]["more_data"] == [str(dagger)]
+    assert summary["data"]["train_seeds"][-2:] == [50, 51]
+    stats = json.loads((data / "dataset_statistics.json").read_text())
+    assert load_vla(out).config.raw["norm_stats"] == stats
+
+
 def test_user_errors_are_one_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "out")
     assert "not a directory" in one_line_error(

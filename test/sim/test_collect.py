@@ -153,3 +153,58 @@ def test_noise_fraction_picks_an_exact_share_of_episodes() -> None:
     assert sum(config.noisy(i) for i in range(100)) == 50
     assert [config.noisy(i) for i in range(4)] == [False, True, False, True]
     assert config.action_noise(0) is None and config.action_noise(1) is not None
+
+
+def test_policy_driven_collection_executes_the_policy_and_labels_with_the_expert(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    """DAgger (issue 12): the policy (here the seeded random `tiny` checkpoint) drives the arm, every
+    frame is labelled with the expert's action for the state reached; with --expert-mix 1 the
+    expert drives every step and the episode equals a plain expert recording."""
+    expert, driven, mixed = tmp_path / "expert", tmp_path / "driven", tmp_path / "mixed"
+    common = ["--episodes", "1", "--seed", "5", "--families", "touch", "--no-bags", "--quiet"]
+    assert cli_main(["sim-collect", "--out", str(expert), *common]) == 0
+    assert cli_main(["sim-collect", "--out", str(driven), *common, "--policy", "tiny", "--stall-steps", "10"]) == 0
+    assert "policy (expert mix 0) success 0/1" in capsys.readouterr().out
+    assert cli_main(["sim-collect", "--out", str(mixed), *common, "--policy", "tiny", "--expert-mix", "1"]) == 0
+    a, b, c = (read_episode(episode_path(out, 0)) for out in (expert, driven, mixed))
+    np.testing.assert_array_equal(a.actions[0], b.actions[0])  # same first state, the expert's label
+    steps = min(len(a), len(b))
+    assert not np.allclose(a.proprio[:steps], b.proprio[:steps])  # the policy's actions were executed
+    assert not b.success and len(b) < len(a) + 200  # a random policy fails; it is kept on file
+    assert np.all(b.actions[:, 6] == 0.0)  # touch: the expert's label keeps the gripper closed
+    np.testing.assert_array_equal(a.actions, c.actions)
+    np.testing.assert_array_equal(a.images, c.images)
+    manifest = json.loads((driven / "manifest.json").read_text())
+    assert manifest["policy"] == {"model": "tiny", "unnorm_key": None, "expert_mix": 0.0, "stall_steps": 10}
+    # A resume must keep the driving settings; bags and DART noise do not mix with a policy.
+    assert cli_main(["sim-collect", "--out", str(driven), *common, "--policy", "tiny", "--expert-mix", "0.5",
+                     "--stall-steps", "10"]) != 0
+    assert "expert_mix" in capsys.readouterr().err
+    with_bags = [arg for arg in common if arg != "--no-bags"]
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "b"), *with_bags, "--policy", "tiny"]) != 0
+    assert "--no-bags" in capsys.readouterr().err
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "n"), *common, "--policy", "tiny",
+                     "--noise-fraction", "0.5"]) != 0
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "m"), *common, "--policy", "tiny",
+                     "--expert-mix", "1.5"]) != 0
+    assert "--expert-mix must lie in [0, 1]" in capsys.readouterr().err
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "k"), *common, "--expert-mix", "0.5"]) != 0
+    assert "only with --policy" in capsys.readouterr().err
+
+
+def test_a_stalled_policy_ends_its_episode_early() -> None:
+    """A policy that stands still would fill the 20 s timeout with copies of one state; the
+    episode ends once the tcp moved less than 1 cm over ``stall_steps`` steps."""
+    from vla_cache_ros.sim.collect import PolicyDriver, record_episode
+    from vla_cache_ros.sim.env import TabletopSim
+    from vla_cache_ros.sim.expert import ScriptedExpert
+
+    def stand_still(image: np.ndarray, instruction: str) -> np.ndarray:
+        assert image.shape == (224, 224, 3) and instruction.startswith("touch")
+        return np.zeros(7)
+
+    with TabletopSim() as sim:
+        driver = PolicyDriver(stand_still, 0.0, np.random.default_rng(0))
+        record = record_episode(sim, ScriptedExpert(), 11, "touch", None, 50.0, driver=driver, stall_steps=6)
+    assert len(record) == 6 and driver.policy_steps == 6 and not record.success
+    assert np.abs(record.actions[:, :3]).max() > 0.01  # the labels still say where to go

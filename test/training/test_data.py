@@ -1,12 +1,13 @@
 """Training data: seed-wise split, action normalisation that inverts OpenVLA's, batch order, errors."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test.training.conftest import DATASET_KEY, EPISODES, STEPS, write_dataset
+from test.training.conftest import DATASET_KEY, EPISODES, FAMILIES, STEPS, make_episode, write_dataset
 from vla_cache_ros.errors import TrainingError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer
 from vla_cache_ros.sim.dataset import (
@@ -130,3 +131,28 @@ def test_quantised_labels_round_each_group_and_leave_the_gripper() -> None:
                                          [0.0, 0.0, -0.02, 0.0, 0.0, 0.0, 0.0]], atol=1e-12)
     np.testing.assert_array_equal(quantize_actions(actions, 0.0, 0.0), actions)  # 0: raw labels
     np.testing.assert_array_equal(actions[0, 0], 0.0124)  # the input is not modified
+
+
+def test_policy_driven_collections_join_with_their_failed_episodes(tiny_dataset: Path, tmp_path: Path) -> None:
+    """DAgger data (issue 12): a further --data directory made by `sim-collect --policy` adds every
+    episode, failed ones too (their labels are the expert's); the first directory's statistics
+    normalise all; an expert directory keeps only successes; seeds must not repeat."""
+    dagger = tmp_path / "dagger"
+    for index in range(3):
+        record = make_episode(100 + index, FAMILIES[index % len(FAMILIES)])
+        record.success = index == 0
+        record.actions[:, 0] *= 50.0  # outside the first directory's range: statistics are not recomputed
+        write_episode(episode_path(dagger, index), record)
+    write_norm_stats(dagger, compute_norm_stats(dagger, DATASET_KEY))
+    (dagger / "manifest.json").write_text(json.dumps({"policy": {"model": "m", "expert_mix": 0.0}}))
+    base = load_training_data(tiny_dataset, 0.0, 0)
+    joined = load_training_data([tiny_dataset, dagger], 0.0, 0)
+    assert len(joined.train) == len(base.train) + 3 * STEPS
+    assert joined.train_seeds == base.train_seeds + [100, 101, 102]
+    assert joined.norm_stats == base.norm_stats and joined.fingerprint != base.fingerprint
+    (dagger / "manifest.json").unlink()  # an expert collection: its failures are left out
+    assert load_training_data([tiny_dataset, dagger], 0.0, 0).train_seeds == base.train_seeds + [100]
+    with pytest.raises(TrainingError, match="share a seed"):
+        load_training_data([tiny_dataset, tiny_dataset], 0.0, 0)
+    with pytest.raises(TrainingError, match="not a directory"):
+        load_training_data([tiny_dataset, tmp_path / "missing"], 0.0, 0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vla_cache_ros.sim.collect import CollectConfig, collect
+from vla_cache_ros.errors import UserFacingError
+from vla_cache_ros.sim.collect import CollectConfig, PolicyDriving, collect
 from vla_cache_ros.sim.evaluate import (
     DEFAULT_EVAL_SEED,
     DEFAULT_WARMUP_EPISODES,
@@ -47,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="noise std on dx, dy, dz in metres (default 0.005)")
     parser.add_argument("--noise-rotation", type=float, default=0.02,
                         help="noise std on droll, dpitch, dyaw in radians (default 0.02)")
+    parser.add_argument("--policy", default=None,
+                        help="DAgger: this checkpoint (directory or short name) drives the arm while the expert "
+                             "labels every frame; failed episodes are kept for training (needs --no-bags)")
+    parser.add_argument("--unnorm-key", default=None, help="norm-stats key of --policy (default: its only one)")
+    parser.add_argument("--expert-mix", type=float, default=0.0,
+                        help="with --policy: per-step probability of executing the expert's action instead "
+                             "(DAgger's beta; default 0)")
+    parser.add_argument("--stall-steps", type=int, default=30,
+                        help="with --policy: end an episode once the arm moved < 1 cm over this many steps "
+                             "(0: never; default 30)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_sim_collect)
 
@@ -91,15 +102,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sim_collect(args: argparse.Namespace) -> int:
+    policy = None
+    if args.policy is not None:
+        policy = PolicyDriving(args.policy, args.unnorm_key, args.expert_mix, args.stall_steps)
+    elif args.unnorm_key is not None or args.expert_mix != 0.0:
+        raise UserFacingError("--unnorm-key and --expert-mix apply only with --policy")
     config = CollectConfig(out_dir=args.out, episodes=args.episodes, seed=args.seed, families=args.families,
                            dataset_name=args.dataset_name, record_bags=not args.no_bags,
                            noise_fraction=args.noise_fraction,
                            noise_translation_m=args.noise_translation,
-                           noise_rotation_rad=args.noise_rotation)
+                           noise_rotation_rad=args.noise_rotation, policy=policy)
     summary = collect(config, progress=not args.quiet)
     print(f"{summary.episodes} episodes in {args.out} ({summary.newly_recorded} recorded now)")
+    driver = "expert" if policy is None else f"policy (expert mix {policy.expert_mix:g})"
     for family in sorted(summary.episodes_by_family):
-        print(f"  {family:6s} expert success {summary.successes_by_family.get(family, 0)}"
+        print(f"  {family:6s} {driver} success {summary.successes_by_family.get(family, 0)}"
               f"/{summary.episodes_by_family[family]}")
     if summary.stats_path is not None:
         print(f"norm stats: {summary.stats_path}")

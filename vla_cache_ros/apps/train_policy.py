@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Behaviour cloning (next-token cross-entropy on the 7 action tokens, teacher forcing) "
                     "of a miniature OpenVLA-format policy on a `vla-cache sim-collect` dataset. --out becomes "
                     "a checkpoint that load_vla reads; the same command resumes from it.")
-    parser.add_argument("--data", type=Path, required=True, help="dataset directory written by sim-collect")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="dataset directories written by sim-collect; the first one's norm stats normalise "
+                             "every one's actions (later ones: e.g. DAgger collections made with --policy)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory (created or resumed)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default="small",
                         help="model size (micro: tests; small: CPU default; base: fused vision, for a GPU)")
@@ -76,7 +78,8 @@ def _train_policy(args: argparse.Namespace) -> int:
     from vla_cache_ros.training.loop import TrainConfig, train
 
     config = TrainConfig(
-        data_dir=args.data, out_dir=args.out, preset=args.preset, steps=args.steps, epochs=args.epochs,
+        data_dir=args.data[0], more_data=tuple(args.data[1:]), out_dir=args.out, preset=args.preset,
+        steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         seed=args.seed, val_fraction=args.val_fraction, val_frames=args.val_frames,
         greedy_frames=args.greedy_frames, eval_every=args.eval_every, save_every=args.save_every,

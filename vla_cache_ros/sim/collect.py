@@ -17,6 +17,16 @@ while the *recorded* label stays the expert's clean action for the state it saw.
 then sees how the expert corrects drift, instead of only its own perfect path (the idea of
 DART, Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"). The noise of
 episode ``i`` is seeded by ``(seed, i)``, so a collection stays deterministic and resumable.
+
+States the *policy* reaches (DAgger, Ross et al. 2011, "A Reduction of Imitation Learning and
+Structured Prediction to No-Regret Online Learning"): with ``policy`` set, a trained checkpoint
+drives the arm (at each step, with probability ``expert_mix``, the expert's action instead: the
+paper's mixture ``beta pi* + (1 - beta) pi``) while every frame is labelled with the expert's
+action for the state the policy reached. Such labels are right whether or not the episode
+succeeds, so training keeps a policy collection's failed episodes too
+(``training.data.load_training_data``). An episode whose arm stays within ``STALL_DISTANCE_M`` for
+``stall_steps`` steps ends early: a stalled policy would otherwise fill the timeout with copies of
+one state. Policy collections write no bags (the executed commands are not the labels).
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -51,6 +62,60 @@ MANIFEST_FILE = "manifest.json"
 BAGS_DIR = "bags"
 PARTIAL_DIR = ".partial"
 FORMAT = "vla_cache_sim_dataset/1"
+STALL_DISTANCE_M = 0.01
+"""A policy-driven episode has stalled once its tcp stayed this close to where it was
+``stall_steps`` steps before (the expert never stands still that long: its longest pause, the
+grasp, lasts 4-5 steps)."""
+
+Predict = Callable[[np.ndarray, str], np.ndarray]
+"""A policy: (image (224, 224, 3) uint8, instruction) -> 7-D action in robot units."""
+
+
+@dataclass(frozen=True)
+class PolicyDriving:
+    """A trained policy that drives the arm while the expert labels (DAgger).
+
+    Attributes:
+        model: OpenVLA-format checkpoint directory (``load_vla``) or a short model name.
+        unnorm_key: its norm-stats key (None: the checkpoint's only one).
+        expert_mix: per-step probability of executing the expert's action instead, in [0, 1]
+            (DAgger's beta; 0: the policy alone).
+        stall_steps: end an episode once the tcp moved less than ``STALL_DISTANCE_M`` over this
+            many steps (0: never; the episode runs to success or its timeout).
+    """
+
+    model: str
+    unnorm_key: str | None = None
+    expert_mix: float = 0.0
+    stall_steps: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.expert_mix <= 1.0:
+            raise UserFacingError(f"--expert-mix must lie in [0, 1], got {self.expert_mix}")
+        if self.stall_steps < 0:
+            raise UserFacingError(f"--stall-steps must be >= 0, got {self.stall_steps}")
+
+    def manifest(self) -> dict:
+        return {"model": self.model, "unnorm_key": self.unnorm_key, "expert_mix": self.expert_mix,
+                "stall_steps": self.stall_steps}
+
+
+class PolicyDriver:
+    """Chooses each step's executed action: the policy's, or with probability ``expert_mix`` the
+    expert's (seeded per episode, so a collection stays deterministic)."""
+
+    def __init__(self, predict: Predict, expert_mix: float, rng: np.random.Generator) -> None:
+        self.predict = predict
+        self.expert_mix = expert_mix
+        self.rng = rng
+        self.policy_steps = 0
+
+    def __call__(self, image: np.ndarray, instruction: str, expert_action: np.ndarray) -> np.ndarray:
+        """The action to execute for this frame (the label stays ``expert_action``)."""
+        if self.expert_mix > 0.0 and self.rng.random() < self.expert_mix:
+            return expert_action
+        self.policy_steps += 1
+        return np.asarray(self.predict(image, instruction), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -68,6 +133,8 @@ class CollectConfig:
         noise_fraction: fraction of episodes executed with action noise (0: none).
         noise_translation_m: standard deviation of the noise on each of dx, dy, dz (metres).
         noise_rotation_rad: standard deviation of the noise on each of droll, dpitch, dyaw.
+        policy: a trained policy drives the arm while the expert labels (DAgger); None: the
+            expert drives.
     """
 
     out_dir: Path
@@ -80,6 +147,7 @@ class CollectConfig:
     noise_fraction: float = 0.0
     noise_translation_m: float = 0.005
     noise_rotation_rad: float = 0.02
+    policy: PolicyDriving | None = None
     sim: SimConfig = field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:
@@ -94,6 +162,17 @@ class CollectConfig:
             raise UserFacingError(f"--noise-fraction must lie in [0, 1], got {self.noise_fraction}")
         if not (self.noise_translation_m >= 0.0 and self.noise_rotation_rad >= 0.0):
             raise UserFacingError("--noise-translation and --noise-rotation must be >= 0")
+        if self.policy is not None and self.record_bags:
+            raise UserFacingError("a collection driven by --policy writes no rosbag2 (its executed commands are "
+                                  "the policy's, its labels the expert's): pass --no-bags")
+        if self.policy is not None and self.noise_fraction > 0:
+            raise UserFacingError("--noise-fraction applies to expert-driven collections; with --policy, "
+                                  "--expert-mix sets how often the expert's action is executed")
+
+    def driver(self, index: int, predict: Predict) -> PolicyDriver:
+        """The per-step choice of executed action in episode ``index`` (needs ``policy``)."""
+        assert self.policy is not None
+        return PolicyDriver(predict, self.policy.expert_mix, np.random.default_rng([self.seed, index, 1]))
 
     def noisy(self, index: int) -> bool:
         """Whether episode ``index`` is executed with action noise (an exact share of
@@ -112,7 +191,8 @@ class CollectConfig:
         noise = {} if self.noise_fraction == 0.0 else {  # absent: collections made before noise
             "noise_fraction": self.noise_fraction, "noise_translation_m": self.noise_translation_m,
             "noise_rotation_rad": self.noise_rotation_rad}
-        return {**noise,
+        policy = {} if self.policy is None else {"policy": self.policy.manifest()}
+        return {**noise, **policy,
             "format": FORMAT,
             "dataset_name": self.dataset_name,
             "seed": self.seed,
@@ -183,18 +263,29 @@ class ActionNoise:
 
 def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: str,
                    bag: EpisodeBagRecorder | None, joint_state_hz: float,
-                   noise: ActionNoise | None = None) -> EpisodeRecord:
-    """Run one expert episode, recording observations and the expert's actions (and the bag, if
-    given); with ``noise``, the arm executes the noisy action while the label stays clean."""
+                   noise: ActionNoise | None = None, driver: PolicyDriver | None = None,
+                   stall_steps: int = 0) -> EpisodeRecord:
+    """Run one episode, recording observations and the expert's actions (and the bag, if given).
+
+    The arm executes the expert's action, or with ``noise`` the noisy action, or with ``driver``
+    what the driver chooses (a policy's action); the label is always the expert's clean action.
+    With ``stall_steps`` > 0 the episode ends once the tcp moved less than ``STALL_DISTANCE_M``
+    over that many steps.
+    """
     task = sim.reset(seed, family)
     expert.reset(sim)
     period = sim.config.control_period_s
     substeps = max(1, int(round(joint_state_hz * period)))
     images, actions, proprio, joints, objects = [], [], [], [], []
+    tcp: list[np.ndarray] = []
     if bag is not None:
         bag.instruction(sim.time, task.instruction)
         bag.robot_state(sim)
     while not sim.status().done:
+        tcp.append(sim.ee_position())
+        if stall_steps > 0 and len(tcp) > stall_steps and \
+                np.linalg.norm(tcp[-1] - tcp[-1 - stall_steps]) < STALL_DISTANCE_M:
+            break
         image = sim.render()
         action = expert.act(sim)
         images.append(image)
@@ -205,7 +296,11 @@ def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: 
         if bag is not None:
             bag.camera(sim.time, image)
             bag.action(sim.time, action, period)
-        sim.command_action(action if noise is None else noise(action))
+        if driver is not None:
+            executed = driver(image, task.instruction, action)
+        else:
+            executed = action if noise is None else noise(action)
+        sim.command_action(executed)
         for _ in range(substeps):
             sim.advance(period / substeps)
             if bag is not None:
@@ -220,6 +315,26 @@ def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: 
         object_positions=np.array(objects, np.float32))
 
 
+def load_policy(driving: PolicyDriving) -> Predict:
+    """The driving policy as ``predict(image, instruction)``: ``load_vla`` of the checkpoint
+    (a short name through ``models.catalog.resolve_model``), greedy ``predict_action``.
+
+    Raises:
+        UserFacingError (ModelLoadError, ConfigurationError): an unusable checkpoint or key.
+    """
+    from vla_cache_ros.models.catalog import resolve_model
+    from vla_cache_ros.models.vla import load_vla
+
+    resolved = resolve_model(driving.model, driving.unnorm_key)
+    model = load_vla(resolved.path)
+    unnorm_key = resolved.unnorm_key
+
+    def predict(image: np.ndarray, instruction: str) -> np.ndarray:
+        return model.predict_action(image, instruction, unnorm_key)
+
+    return predict
+
+
 def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     """Collect (or complete) ``config.episodes`` expert episodes in ``config.out_dir``."""
     out_dir = Path(config.out_dir)
@@ -229,6 +344,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     bags_dir = out_dir / BAGS_DIR
     todo = [i for i in range(config.episodes) if not episode_path(out_dir, i).exists()]
     newly = 0
+    predict = load_policy(config.policy) if config.policy is not None and todo else None
     with TabletopSim(config.sim) as sim, tqdm(total=config.episodes, initial=config.episodes - len(todo),
                                               desc="sim-collect", unit="ep", disable=not progress) as bar:
         expert = ScriptedExpert()
@@ -249,6 +365,11 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                     record = record_episode(sim, expert, seed, family, bag, config.joint_state_hz,
                                             config.action_noise(index))
                 partial_bag.rename(final_bag)
+            elif predict is not None:
+                assert config.policy is not None
+                record = record_episode(sim, expert, seed, family, None, config.joint_state_hz,
+                                        driver=config.driver(index, predict),
+                                        stall_steps=config.policy.stall_steps)
             else:
                 record = record_episode(sim, expert, seed, family, None, config.joint_state_hz,
                                         config.action_noise(index))

@@ -1,6 +1,8 @@
 """Training data: a simulator dataset directory -> frames, a seed-wise split, action tokens, batches.
 
-Frames of the expert's *successful* episodes (``sim.dataset.iter_episodes``) are held in memory
+Frames of the expert's *successful* episodes (``sim.dataset.iter_episodes``), and of every episode
+of a policy-driven collection (``sim-collect --policy``: DAgger, where the expert labels the
+states the policy reached, right whether or not the policy succeeded), are held in memory
 as uint8 (224 x 224 x 3 = 150 kB a frame: 30 k frames take 4.5 GB). Validation takes whole
 episodes, chosen per task family by a seeded permutation of the episodes' seeds, never single
 frames: neighbouring frames of one episode are near duplicates, so a frame-wise split would
@@ -19,7 +21,9 @@ batches the uninterrupted run would have.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,32 +170,61 @@ def _frames(records: list[EpisodeRecord], instructions: list[str]) -> FrameSet:
         offsets=np.concatenate([a[1] for a in auxiliary]) if complete else None)  # type: ignore[index]
 
 
-def load_training_data(root: str | Path, val_fraction: float, seed: int, dataset_key: str | None = None
-                       ) -> TrainingData:
-    """Read the successful episodes and statistics of a ``vla-cache sim-collect`` directory.
+def policy_driven(root: Path) -> bool:
+    """Whether ``root`` is a policy-driven (DAgger) collection: its ``manifest.json`` names a
+    ``policy``. Unreadable or absent manifests count as expert-driven."""
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("policy") is not None
+
+
+def _read_records(root: Path) -> list[EpisodeRecord]:
+    """The usable episodes of one directory: every episode of a policy-driven collection, the
+    successful ones of an expert collection."""
+    if not root.is_dir():
+        raise TrainingError(f"--data {root} is not a directory (create one with `vla-cache sim-collect`)")
+    try:
+        return list(iter_episodes(root, successful_only=not policy_driven(root), images=True))
+    except DatasetError as error:
+        raise TrainingError(str(error)) from None
+
+
+def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: float, seed: int,
+                       dataset_key: str | None = None) -> TrainingData:
+    """Read the usable episodes of ``vla-cache sim-collect`` directories and the first one's statistics.
 
     Args:
-        root: the dataset directory (``episodes/*.npz`` + ``dataset_statistics.json``).
+        roots: dataset directories (``episodes/*.npz``; the first also ``dataset_statistics.json``,
+            which normalises every directory's actions, so that later policy-driven collections
+            keep the action bins of the policy they fine-tune). Episode seeds must be distinct
+            across directories (the split is by seed).
         val_fraction: share of each family's episodes held out for validation, in [0, 1).
         seed: seeds the split (see :func:`split_seeds`).
         dataset_key: norm_stats key to use; None: the only one.
 
     Raises:
-        TrainingError: the directory is missing or holds no usable episodes or statistics, the
-            key is unknown, or the fraction is out of range.
+        TrainingError: a directory is missing or holds no usable episodes, the first has no
+            statistics, the key is unknown, two episodes share a seed, or the fraction is out of
+            range.
     """
-    root = Path(root)
+    paths = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    if not paths:
+        raise TrainingError("no --data directory given")
+    root = paths[0]
     if not 0 <= val_fraction < 1:
         raise TrainingError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if not root.is_dir():
-        raise TrainingError(f"--data {root} is not a directory (create one with `vla-cache sim-collect`)")
+    records: list[EpisodeRecord] = []
+    for path in paths:
+        usable = _read_records(path)
+        if not usable:
+            raise TrainingError(f"--data {path}: no successful episodes to learn from")
+        records += usable
     try:
-        records = list(iter_episodes(root, successful_only=True, images=True))
         norm_stats = read_norm_stats(root)
     except DatasetError as error:
         raise TrainingError(str(error)) from None
-    if not records:
-        raise TrainingError(f"--data {root}: no successful episodes to learn from")
     keys = sorted(norm_stats) if isinstance(norm_stats, dict) else []
     if dataset_key is None:
         if len(keys) != 1:
@@ -204,7 +237,9 @@ def load_training_data(root: str | Path, val_fraction: float, seed: int, dataset
         raise TrainingError(f"{root}: norm stats of {dataset_key!r} are unusable: {parsed.unusable[dataset_key]}")
     by_seed = {r.seed: r for r in records}
     if len(by_seed) != len(records):
-        raise TrainingError(f"{root}: several episodes share a seed; cannot split by seed")
+        where = root if len(paths) == 1 else ", ".join(map(str, paths))
+        raise TrainingError(f"{where}: several episodes share a seed; cannot split by seed (collect further "
+                            "directories with another --seed)")
     train_seeds, val_seeds = split_seeds({r.seed: r.family for r in records}, val_fraction, seed)
     instructions = sorted({r.instruction for r in records})
     digest = hashlib.sha256()

@@ -93,7 +93,9 @@ class TrainConfig:
     """Settings of a behaviour-cloning run (validated on construction).
 
     Attributes:
-        data_dir: a ``vla-cache sim-collect`` dataset directory.
+        data_dir: a ``vla-cache sim-collect`` dataset directory; its statistics normalise actions.
+        more_data: further dataset directories whose episodes join it (e.g. DAgger collections
+            made by ``sim-collect --policy``, whose failed episodes count too), with other seeds.
         out_dir: the checkpoint directory (created; resumed when it holds this run's state).
         preset: a key of ``training.model.PRESETS``.
         steps: optimiser steps; exclusive with ``epochs`` (neither: ``DEFAULT_EPOCHS``).
@@ -133,6 +135,7 @@ class TrainConfig:
 
     data_dir: Path
     out_dir: Path
+    more_data: tuple[Path, ...] = ()
     preset: str = "small"
     steps: int | None = None
     epochs: float | None = None
@@ -399,6 +402,15 @@ def _refuse_changed(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path
                             "settings and data, or choose another --out")
 
 
+def _plain(value: Any) -> Any:
+    """A config value as JSON can write it: paths as text, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def resolve_training_device(name: str) -> torch.device:
     """``auto`` -> CUDA when torch sees a GPU, else CPU; other names as ``compute.resolve_device``.
 
@@ -429,7 +441,8 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     """
     device = resolve_training_device(config.device)
     set_cpu_threads(config.threads)
-    data = load_training_data(config.data_dir, config.val_fraction, config.seed, config.dataset_key)
+    data = load_training_data((config.data_dir, *config.more_data), config.val_fraction, config.seed,
+                              config.dataset_key)
     if len(data.train) == 0:
         raise TrainingError(f"--data {config.data_dir}: every episode was held out; lower --val-fraction")
     total_steps = config.total_steps(len(data.train))
@@ -507,10 +520,10 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
         export_checkpoint(model, out_dir, getattr(torch, config.save_dtype))
         plot_learning_curves(history, training_dir / CURVES_FILE,
                              f"{config.preset} on {Path(config.data_dir).name}, step {step}/{total_steps}")
-        summary = {"settings": settings, "config": {k: str(v) if isinstance(v, Path) else v
-                                                    for k, v in asdict(config).items()},
+        summary = {"settings": settings, "config": {k: _plain(v) for k, v in asdict(config).items()},
                    "parameters": parameters, "step": step, "complete": step >= total_steps,
-                   "data": {"dir": str(config.data_dir), "train_frames": len(data.train),
+                   "data": {"dir": str(config.data_dir), "more": [str(d) for d in config.more_data],
+                            "train_frames": len(data.train),
                             "val_frames": len(data.val), "train_seeds": data.train_seeds,
                             "val_seeds": data.val_seeds},
                    "sessions": history["sessions"], "last_val": history["val"][-1] if history["val"] else None}
