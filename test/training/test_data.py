@@ -156,3 +156,21 @@ def test_policy_driven_collections_join_with_their_failed_episodes(tiny_dataset:
         load_training_data([tiny_dataset, tiny_dataset], 0.0, 0)
     with pytest.raises(TrainingError, match="not a directory"):
         load_training_data([tiny_dataset, tmp_path / "missing"], 0.0, 0)
+
+
+def test_loading_holds_the_frames_once(tmp_path: Path) -> None:
+    """Regression (issue 12, a 75 k-frame DAgger training set killed by the kernel's OOM killer at
+    24 GB): frames were loaded episode by episode and then concatenated, so the peak held them
+    twice. They are now copied into one preallocated array, one episode at a time."""
+    import tracemalloc
+
+    data = write_dataset(tmp_path / "data", episodes=16)
+    frame_bytes = 224 * 224 * 3 * 16 * STEPS
+    tracemalloc.start()
+    try:
+        loaded = load_training_data(data, 0.0, 0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded.train.images.nbytes == frame_bytes
+    assert peak < 1.5 * frame_bytes, f"peak {peak / frame_bytes:.2f}x the frames"

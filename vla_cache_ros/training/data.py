@@ -32,7 +32,7 @@ import numpy as np
 from vla_cache_ros.errors import DatasetError, TrainingError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer
 from vla_cache_ros.models.norm_stats import ACTION_DIM, ActionStats, NormStats
-from vla_cache_ros.sim.dataset import EpisodeRecord, iter_episodes, read_norm_stats
+from vla_cache_ros.sim.dataset import EpisodeRecord, episode_files, read_episode, read_norm_stats
 from vla_cache_ros.sim.scene import IMAGE_SIZE, OBJECTS, project_to_image
 from vla_cache_ros.sim.tasks import PAD_NAME
 
@@ -154,14 +154,41 @@ def auxiliary_targets(record: EpisodeRecord) -> tuple[np.ndarray, np.ndarray] | 
     return patch_index(points), offsets.astype(np.float32)
 
 
-def _frames(records: list[EpisodeRecord], instructions: list[str]) -> FrameSet:
-    if not records:
+Episode = tuple[Path, EpisodeRecord]
+"""An episode file and its record, read without images (``read_episode(path, images=False)``)."""
+
+
+def _images(episodes: list[Episode]) -> np.ndarray:
+    """The episodes' frames in one (N, H, W, 3) uint8 array, filled one file at a time: peak
+    memory is the array plus one episode (concatenating loaded episodes needed twice the array,
+    which ran a 75 k-frame training set out of 24 GB)."""
+    total = sum(len(record) for _, record in episodes)
+    images: np.ndarray | None = None
+    row = 0
+    for path, record in episodes:
+        try:
+            pixels = read_episode(path, images=True).images
+        except DatasetError as error:
+            raise TrainingError(str(error)) from None
+        if len(pixels) != len(record):
+            raise TrainingError(f"{path}: {len(pixels)} images for {len(record)} actions")
+        if images is None:
+            images = np.empty((total, *pixels.shape[1:]), np.uint8)
+        images[row:row + len(pixels)] = pixels
+        row += len(pixels)
+    assert images is not None
+    return images
+
+
+def _frames(episodes: list[Episode], instructions: list[str]) -> FrameSet:
+    if not episodes:
         return FrameSet(np.zeros((0, 224, 224, 3), np.uint8), np.zeros((0, ACTION_DIM), np.float32),
                         np.zeros(0, np.int64), instructions, np.zeros(0, np.int64))
+    records = [record for _, record in episodes]
     auxiliary = [auxiliary_targets(r) for r in records]
     complete = all(a is not None for a in auxiliary)
     return FrameSet(
-        images=np.concatenate([r.images for r in records]),
+        images=_images(episodes),
         actions=np.concatenate([r.actions for r in records]).astype(np.float32),
         instruction_index=np.concatenate([np.full(len(r), instructions.index(r.instruction)) for r in records]),
         instructions=instructions,
@@ -180,15 +207,24 @@ def policy_driven(root: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("policy") is not None
 
 
-def _read_records(root: Path) -> list[EpisodeRecord]:
-    """The usable episodes of one directory: every episode of a policy-driven collection, the
-    successful ones of an expert collection."""
+def _read_records(root: Path) -> list[Episode]:
+    """The usable episodes of one directory, without images: every episode of a policy-driven
+    collection, the successful ones of an expert collection."""
     if not root.is_dir():
         raise TrainingError(f"--data {root} is not a directory (create one with `vla-cache sim-collect`)")
-    try:
-        return list(iter_episodes(root, successful_only=not policy_driven(root), images=True))
-    except DatasetError as error:
-        raise TrainingError(str(error)) from None
+    files = episode_files(root)
+    if not files:
+        raise TrainingError(f"no episodes in {root} (expected episodes/episode_*.npz)")
+    keep_failures = policy_driven(root)
+    episodes = []
+    for path in files:
+        try:
+            record = read_episode(path, images=False)
+        except DatasetError as error:
+            raise TrainingError(str(error)) from None
+        if record.success or keep_failures:
+            episodes.append((path, record))
+    return episodes
 
 
 def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: float, seed: int,
@@ -215,12 +251,13 @@ def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: f
     root = paths[0]
     if not 0 <= val_fraction < 1:
         raise TrainingError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    records: list[EpisodeRecord] = []
+    episodes: list[Episode] = []
     for path in paths:
         usable = _read_records(path)
         if not usable:
             raise TrainingError(f"--data {path}: no successful episodes to learn from")
-        records += usable
+        episodes += usable
+    records = [record for _, record in episodes]
     try:
         norm_stats = read_norm_stats(root)
     except DatasetError as error:
@@ -235,7 +272,7 @@ def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: f
     parsed = NormStats.build({dataset_key: norm_stats[dataset_key]})
     if dataset_key not in parsed.usable:
         raise TrainingError(f"{root}: norm stats of {dataset_key!r} are unusable: {parsed.unusable[dataset_key]}")
-    by_seed = {r.seed: r for r in records}
+    by_seed = {record.seed: (path, record) for path, record in episodes}
     if len(by_seed) != len(records):
         where = root if len(paths) == 1 else ", ".join(map(str, paths))
         raise TrainingError(f"{where}: several episodes share a seed; cannot split by seed (collect further "
