@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV
+from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV, check_decode
 from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
 from vla_cache_ros.cache.modes import (
     build_selector,
@@ -59,6 +59,10 @@ class StepStats:
     reuse_indices: np.ndarray = field(repr=False)
     action_tokens: np.ndarray = field(repr=False)
     cache_reset: bool = False  # the cache was (re)initialised at this step
+    decode: str = "greedy"  # the decode setting of this step (engine.DECODE_SETTINGS)
+    draft_tokens: int = 0  # tokens of the draft verified in the prefill (0: none)
+    accepted_draft_tokens: int = 0  # leading draft tokens equal to the greedy output
+    decode_passes: int = ACTION_DIM - 1  # sequential single-token forward passes after the prefill
 
     @property
     def reuse_mask(self) -> np.ndarray:
@@ -119,17 +123,20 @@ class CachedVLAPolicy:
         engine: an engine over ``model`` to share (its prepacked weights) instead of building
             one; the policy server's sessions share their replica's. Steps of policies sharing
             an engine must not run concurrently.
+        decode: ``greedy`` or ``speculative`` (the previous step's action tokens are verified as
+            a draft inside the prefill; identical output, fewer decode passes when they repeat).
 
     Raises:
         CacheModeError: ``mode`` unknown or not runnable; a ``selectors`` key that is no known mode.
-        ConfigurationError: ``cache_ratio`` or ``max_token_age`` out of range.
+        ConfigurationError: ``cache_ratio`` or ``max_token_age`` out of range; an unknown ``decode``.
     """
 
     def __init__(self, model: OpenVLA, mode: str = "fixed", cache_ratio: float = 0.5,
                  unnorm_key: str | None = None, max_token_age: int = DEFAULT_MAX_TOKEN_AGE,
                  selectors: Mapping[str, Selector] | None = None,
                  selector_options: Mapping[str, Mapping[str, Any]] | None = None,
-                 prepack: bool | None = None, engine: KVReuseEngine | None = None) -> None:
+                 prepack: bool | None = None, engine: KVReuseEngine | None = None,
+                 decode: str = "greedy") -> None:
         self.model = model
         self.engine = engine if engine is not None else KVReuseEngine(model.language_model, prepack=prepack)
         self.num_visual = model.num_visual_tokens
@@ -146,6 +153,8 @@ class CachedVLAPolicy:
         self._mode = self._check_mode(mode)
         self._ratio = check_ratio(cache_ratio)
         self._max_token_age = check_max_token_age(max_token_age)
+        self._decode = check_decode(decode)
+        self._previous_tokens: torch.Tensor | None = None  # the draft of a speculative step
         self._reset_requested = False
         self._tokens = TokenStates(self.num_visual)
         self._prompt_kv: PromptKV | None = None
@@ -190,6 +199,20 @@ class CachedVLAPolicy:
         with self._lock:
             self._max_token_age = check_max_token_age(age)
 
+    def set_decode(self, decode: str) -> None:
+        """``greedy`` or ``speculative``; takes effect at the next step.
+
+        Raises:
+            ConfigurationError: another value.
+        """
+        with self._lock:
+            self._decode = check_decode(decode)
+
+    @property
+    def decode(self) -> str:
+        """Current decode setting."""
+        return self._decode
+
     def register_selector(self, name: str, selector: Selector) -> None:
         """Make mode ``name`` (declared in the registry, e.g. ``learned``) runnable with ``selector``.
 
@@ -216,17 +239,18 @@ class CachedVLAPolicy:
         return self._ratio
 
     # --- the step ---------------------------------------------------------------------------
-    def _begin_step(self, image_shape: tuple[int, ...]) -> tuple[str, float, int, bool]:
+    def _begin_step(self, image_shape: tuple[int, ...]) -> tuple[str, float, int, bool, str]:
         with self._lock:
-            mode, ratio, max_age = self._mode, self._ratio, self._max_token_age
+            mode, ratio, max_age, decode = self._mode, self._ratio, self._max_token_age, self._decode
             reset = self._reset_requested or image_shape != self._input_shape
             self._reset_requested = False
         if reset:
             self._tokens.reset()
             self._prompt_kv = None
             self._previous_attention = None
+            self._previous_tokens = None
             self._input_shape = image_shape
-        return mode, ratio, max_age, reset
+        return mode, ratio, max_age, reset, decode
 
     def check_instruction(self, instruction: str) -> int:
         """Tokenise ``instruction`` (memoised) and return its prompt length in tokens.
@@ -258,7 +282,7 @@ class CachedVLAPolicy:
         ``state`` (proprioception) is accepted for interface compatibility; OpenVLA ignores it.
         """
         clock = StageClock(self._sync)
-        mode, ratio, max_age, reset = self._begin_step(tuple(getattr(image, "shape", ())))
+        mode, ratio, max_age, reset, decode = self._begin_step(tuple(getattr(image, "shape", ())))
         selector = self._selectors[mode]
 
         prepared = self.model.preprocess(image)
@@ -283,8 +307,9 @@ class CachedVLAPolicy:
 
         embeddings = self.model.assemble_embeddings(visual, prompt_ids)
         cached, self._prompt_kv = self._prompt_kv, None  # updated in place: dropped if prefill fails
+        draft = self._previous_tokens if decode == "speculative" else None
         prefill = self.engine.prefill(embeddings, self.num_visual, torch.from_numpy(reuse), cached,
-                                      relevance_layer)
+                                      relevance_layer, draft)
         clock.lap("prefill", sync=True)
 
         decoded = self.engine.decode(prefill, ACTION_DIM)
@@ -292,13 +317,15 @@ class CachedVLAPolicy:
 
         action = self.model.decode_action(decoded.tokens.numpy(), self.unnorm_key)
         self._prompt_kv = prefill.prompt_kv
+        self._previous_tokens = decoded.tokens
         self._tokens.commit(patches, reuse)
         self._previous_attention = None if prefill.relevance is None else prefill.relevance.float().cpu().numpy()
         times = clock.finish()
 
         length = embeddings.shape[1]
+        draft_positions = 0 if prefill.draft_logits is None else int(prefill.draft_logits.shape[0])
         cached = step_flops(self._vision_dims, self._decoder_dims, length, prefill.computed_positions.cpu().numpy(),
-                            ACTION_DIM)
+                            ACTION_DIM, draft_positions, ACTION_DIM - decoded.passes)
         uncached = step_flops(self._vision_dims, self._decoder_dims, length, np.arange(length), ACTION_DIM)
         stats = StepStats(
             mode=mode, target_ratio=ratio, reused_tokens=int(reuse.size),
@@ -306,7 +333,9 @@ class CachedVLAPolicy:
             times_s=times, flops=float(cached.total), flops_uncached=float(uncached.total),
             prefill_flops=float(cached.prefill), prefill_flops_uncached=float(uncached.prefill),
             token_layer_computations=prefill.token_layer_computations,
-            reuse_indices=reuse, action_tokens=decoded.tokens.numpy(), cache_reset=reset)
+            reuse_indices=reuse, action_tokens=decoded.tokens.numpy(), cache_reset=reset, decode=decode,
+            draft_tokens=0 if draft is None else int(draft.numel()),
+            accepted_draft_tokens=decoded.accepted_draft_tokens, decode_passes=decoded.passes)
         return action, stats
 
 

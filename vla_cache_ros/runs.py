@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_cache_ros.cache.engine import check_decode
 from vla_cache_ros.cache.modes import ModeSpec, parse_mode
 from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
 from vla_cache_ros.errors import CacheModeError, ConfigurationError
@@ -54,12 +55,17 @@ def machine_description(device: str) -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
+def run_key(spec: str, decode: str) -> str:
+    """The key of a mode spec run with a decode setting: the spec itself for ``greedy``."""
+    return spec if decode == "greedy" else f"{spec} {decode}"
+
+
 @dataclass(frozen=True)
 class ModeStep:
     """One step of one mode on one frame."""
 
     frame_index: int  # 0-based position of the frame in this run
-    spec: str  # the mode spec as written, e.g. "fixed:0.5"
+    spec: str  # the run's key: the mode spec as written, e.g. "fixed:0.5", + " speculative" if so decoded
     action: np.ndarray  # (7,) un-normalised action
     stats: StepStats  # times_s per stage, reuse, FLOPs, action_tokens (7,)
     timed: bool  # counted in the timing medians (not a warm-up step)
@@ -74,37 +80,47 @@ class ModeRunner:
             and agreement are measured against.
         unnorm_key: dataset statistics the actions are un-normalised with.
         warmup: steps per mode left out of the timing medians (the first step computes every token).
+        decodes: decode settings (``engine.DECODE_SETTINGS``) each mode runs with, ``greedy``
+            first; a run is keyed by its spec (greedy) or ``"<spec> <decode>"`` (``"fixed:0.5
+            speculative"``), spec by spec in :attr:`keys`.
         policy_options: further keyword arguments of every ``CachedVLAPolicy`` (``prepack``,
             ``max_token_age``, ``selector_options``).
 
     Raises:
         CacheModeError: no spec, a spec listed twice, a malformed or unknown spec, or a mode that
             cannot run here (``learned`` without a trained cache policy).
-        ConfigurationError: ``warmup`` < 0.
+        ConfigurationError: ``warmup`` < 0; decode settings unknown, repeated or not starting
+            with ``greedy``.
     """
 
     def __init__(self, model: OpenVLA, specs: Sequence[str], unnorm_key: str | None = None, warmup: int = 1,
-                 **policy_options: Any) -> None:
+                 decodes: Sequence[str] = ("greedy",), **policy_options: Any) -> None:
         parsed = [parse_mode(spec) for spec in specs]
         texts = [spec.text for spec in parsed]
         if not parsed or len(set(texts)) != len(texts):
             raise CacheModeError(f"modes to compare must be listed once each, got {list(specs)}")
         if warmup < 0:
             raise ConfigurationError(f"warm-up steps must be >= 0, got {warmup}")
+        decodes = [check_decode(name) for name in decodes]
+        if not decodes or decodes[0] != "greedy" or len(set(decodes)) != len(decodes):
+            raise ConfigurationError(f"decode settings must start with greedy (the baseline) and be listed once "
+                                     f"each, got {list(decodes)}")
         self.model = model
         self.specs: list[ModeSpec] = parsed
         self.warmup = int(warmup)
         self.policies: dict[str, CachedVLAPolicy] = {
-            spec.text: CachedVLAPolicy(model, mode=spec.name, cache_ratio=spec.ratio, unnorm_key=unnorm_key,
-                                       **policy_options)
-            for spec in parsed}
-        self.steps: dict[str, list[ModeStep]] = {spec.text: [] for spec in parsed}
+            run_key(spec.text, decode): CachedVLAPolicy(
+                model, mode=spec.name, cache_ratio=spec.ratio, unnorm_key=unnorm_key, decode=decode,
+                **policy_options)
+            for spec in parsed for decode in decodes}
+        self.keys: list[str] = list(self.policies)
+        self.steps: dict[str, list[ModeStep]] = {key: [] for key in self.keys}
         self.frames = 0
 
     @property
     def baseline(self) -> str:
-        """The first spec: speedups and agreement are measured against it."""
-        return self.specs[0].text
+        """The first spec, decoded greedily: speedups and agreement are measured against it."""
+        return self.keys[0]
 
     @property
     def num_visual(self) -> int:

@@ -57,3 +57,23 @@ def test_bench_option_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigurationError, match="no CUDA GPU"):
             run_bench(["tiny"], "off", 1, 0, "cuda", "bfloat16", None, tmp_path, "tiny_sim")
+
+
+def test_bench_compares_decode_settings(tmp_path):
+    """`--decode greedy,speculative` (issue 14): every mode runs both ways on the same frames; the
+    speculative rows report draft acceptance and decode passes, and their tokens equal off's."""
+    reports = run_bench(["tiny"], "off,fixed:0.75", steps=3, warmup=0, device="cpu", dtype_name="float32",
+                        threads=1, out_dir=tmp_path, unnorm_key="tiny_sim", decodes=["greedy", "speculative"])
+    modes = {mode["spec"]: mode for mode in reports[0]["modes"]}
+    assert list(modes) == ["off", "off speculative", "fixed:0.75", "fixed:0.75 speculative"]
+    for key in ("off speculative", "fixed:0.75 speculative"):
+        assert modes[key]["action_token_agreement"] == 1.0  # exact: the greedy tokens
+        passes, accepted = modes[key]["mean_decode_passes"], modes[key]["mean_accepted_draft_tokens"]
+        assert 6 - accepted <= passes <= 6  # per step: 6 - min(6, accepted); 6 right -> the 7th comes free
+        assert 0.0 <= modes[key]["full_draft_acceptance"] <= 1.0
+    assert modes["off"]["mean_decode_passes"] == 6 and modes["off"]["mean_accepted_draft_tokens"] == 0
+    assert "| off speculative |" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(ConfigurationError, match="start with greedy"):
+        run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim", decodes=["speculative"])
+    with pytest.raises(ConfigurationError, match="unknown decode setting"):
+        run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim", decodes=["greedy", "beam"])

@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,9 @@ class ModeResult:
     implied_prefill_speedup: float = 1.0
     fraction_of_implied: float = 1.0
     action_token_agreement: float = 1.0
+    mean_accepted_draft_tokens: float = 0.0
+    mean_decode_passes: float = 0.0
+    full_draft_acceptance: float = 0.0
     per_step_total_s: list[float] = field(default_factory=list)
     prefill_isolated_s: float = 0.0
     speedup_prefill_isolated: float = 1.0
@@ -84,8 +88,9 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
 
 
 def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup: int,
-                unnorm_key: str | None, seed: int = 11, prepack: bool | None = None) -> dict[str, Any]:
-    """Run every mode over the same frames, interleaved, and summarise.
+                unnorm_key: str | None, seed: int = 11, prepack: bool | None = None,
+                decodes: Sequence[str] = ("greedy",)) -> dict[str, Any]:
+    """Run every mode (with each decode setting) over the same frames, interleaved, and summarise.
 
     ``prepack`` is the engine's CPU weight-prepacking choice; every mode, ``off`` included, runs
     the same kernels. When the weights are prepacked, the uncached prefill is also timed with the
@@ -95,7 +100,7 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
     from vla_cache_ros.runs import ModeRunner
 
     # the first step computes every token; `warmup` more steps follow before measuring
-    runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack)
+    runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack, decodes=decodes)
     sync = device_sync(model.device)
     frames = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0).frames(warmup + steps + 1)
     reference_times = []
@@ -106,7 +111,7 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
             sync()
             reference_times.append(time.perf_counter() - start)
     repeats = max(3, steps // 2)
-    results = [_mode_result(runner, spec.text, frames[-1], repeats) for spec in runner.specs]
+    results = [_mode_result(runner, key, frames[-1], repeats) for key in runner.keys]
     projections = runner.policies[runner.baseline].engine.projections
     plain_off_s = None
     if projections.prepacked:
@@ -151,6 +156,10 @@ def _mode_result(runner: Any, spec: str, last_frame: np.ndarray, repeats: int) -
         speedup_total=runner.speedup(spec, "total"),
         speedup_prefill=runner.speedup(spec, "prefill"),
         action_token_agreement=runner.token_agreement(spec, timed_only=True),
+        mean_accepted_draft_tokens=float(np.mean([stats.accepted_draft_tokens for stats in measured])),
+        mean_decode_passes=float(np.mean([stats.decode_passes for stats in measured])),
+        full_draft_acceptance=float(np.mean([stats.draft_tokens > 0 and stats.accepted_draft_tokens
+                                             == stats.draft_tokens for stats in measured])),
         per_step_total_s=[stats.times_s["total"] for stats in measured],
         prefill_isolated_s=isolated_prefill_s(runner.model, runner.policies[spec].engine, last_frame,
                                               measured[-1].reuse_indices, repeats))
@@ -171,8 +180,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         "| mode | reused | preprocess | vision | select | prefill | decode | total (ms) | speedup total | "
         "speedup prefill | prefill FLOPs-implied | reached | isolated prefill (ms) | reached, isolated | "
-        "FLOPs ratio (step) | tokens = off |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "FLOPs ratio (step) | tokens = off | decode passes | draft accepted | full draft |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in report["modes"]:
         m = mode["median_s"]
@@ -182,7 +191,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             f" | {mode['implied_prefill_speedup']:.2f}x"
             f" | {100 * mode['fraction_of_implied']:.0f}% | {1000 * mode['prefill_isolated_s']:.1f}"
             f" | {100 * mode['fraction_of_implied_isolated']:.0f}% | {mode['flops_ratio']:.3f}"
-            f" | {100 * mode['action_token_agreement']:.0f}% |")
+            f" | {100 * mode['action_token_agreement']:.0f}% | {mode['mean_decode_passes']:.2f}"
+            f" | {mode['mean_accepted_draft_tokens']:.2f} | {100 * mode['full_draft_acceptance']:.0f}% |")
     return "\n".join(lines)
 
 
@@ -212,11 +222,12 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
 
 def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str | None,
               threads: int | None, out_dir: Path, unnorm_key: str | None,
-              prepack: bool | None = None) -> list[dict[str, Any]]:
+              prepack: bool | None = None, decodes: Sequence[str] = ("greedy",)) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports.
 
-    ``modes``: comma-separated specs, ``off`` first; ``dtype_name`` None: bfloat16 on CUDA,
-    float32 elsewhere; ``threads`` None: torch's default.
+    ``modes``: comma-separated specs, ``off`` first; ``decodes``: decode settings each mode runs
+    with, ``greedy`` first; ``dtype_name`` None: bfloat16 on CUDA, float32 elsewhere; ``threads``
+    None: torch's default.
 
     Raises:
         ConfigurationError: bad modes (first not ``off``, unknown, repeated), device, dtype,
@@ -235,7 +246,8 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     reports = []
     for name in models:
         model, label, model_key = load_bench_model(name, device, dtype, out_dir / "models")
-        report = bench_model(model, label, mode_list, steps, warmup, unnorm_key or model_key, prepack=prepack)
+        report = bench_model(model, label, mode_list, steps, warmup, unnorm_key or model_key, prepack=prepack,
+                             decodes=decodes)
         report["machine"] = machine_description(device)
         reports.append(report)
         print(markdown_table(report) + "\n", flush=True)
@@ -264,6 +276,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="norm_stats key for decoding actions (default: each model's own)")
     parser.add_argument("--prepack", choices=list(PREPACK_CHOICES), default="auto",
                         help="CPU: prepacked decoder weights for every mode, off included (default: %(default)s)")
+    parser.add_argument("--decode", default="greedy",
+                        help="comma-separated decode settings each mode runs with, greedy first: greedy, "
+                             "speculative (the previous step's tokens verified inside the prefill; same tokens) "
+                             "(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     parser.set_defaults(handler=_bench)
 
@@ -271,5 +287,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     run_bench([m.strip() for m in args.models.split(",") if m.strip()], args.modes, args.steps, args.warmup,
               args.device, args.dtype, args.threads, args.out, args.unnorm_key,
-              prepack=parse_prepack(args.prepack))
+              prepack=parse_prepack(args.prepack),
+              decodes=[name.strip() for name in args.decode.split(",") if name.strip()])
     return 0

@@ -11,6 +11,16 @@ transformers cache API. Optionally one layer's text->vision attention is compute
 
 Because visual tokens precede the text and attention is causal, visual K/V never depend on the
 instruction; the prompt-length cache is kept between steps and only its visual part is reused.
+
+Exact speculative decoding, fused into the prefill: a draft of the action tokens (e.g. the
+previous step's) is appended after the prompt, at its true positions under the same causal mask,
+so one pass both fills the prompt cache and yields the greedy logits at every draft position.
+``decode`` accepts the longest draft prefix that equals the greedy argmax, takes the first
+mismatching position's argmax for free, and decodes the rest one token at a time as usual. Every
+accepted token is the argmax of logits whose inputs were all greedy tokens, so the output equals
+greedy decoding by construction (the technique of Leviathan et al. 2023, "Fast Inference from
+Transformers via Speculative Decoding", in its greedy form). Draft K/V occupy the spare positions
+after the prompt, which decoding overwrites and the next step never reuses.
 """
 from __future__ import annotations
 
@@ -25,6 +35,21 @@ from vla_cache_ros.errors import ConfigurationError
 
 VISUAL_START = 1  # visual tokens follow BOS
 DECODE_ROOM = 8  # spare cache positions after the prompt for decoding (OpenVLA decodes 7 tokens)
+DECODE_SETTINGS = ("greedy", "speculative")
+"""How action tokens are decoded: ``greedy`` one forward pass per token after the first;
+``speculative`` verifies a draft (the previous step's tokens) inside the prefill first. Both give
+the greedy tokens (see the module docstring)."""
+
+
+def check_decode(name: str) -> str:
+    """``name`` if it is one of :data:`DECODE_SETTINGS`.
+
+    Raises:
+        ConfigurationError: any other value (the message lists the settings).
+    """
+    if name not in DECODE_SETTINGS:
+        raise ConfigurationError(f"unknown decode setting {name!r}; choose from {', '.join(DECODE_SETTINGS)}")
+    return name
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +134,11 @@ class PrefillResult:
     last_logits: torch.Tensor  # (vocab,) float32 logits at the last prompt position
     prompt_kv: PromptKV  # this step's K/V, kept as the cache for the next step
     computed_positions: torch.Tensor  # (|C|,) int64 sequence positions computed this step
-    token_layer_computations: int  # sum over layers of tokens whose hidden state was computed
+    token_layer_computations: int  # sum over layers of prompt tokens whose hidden state was computed
     relevance: torch.Tensor | None  # (N,) text->vision attention at the requested layer, or None
+    draft: torch.Tensor | None = None  # (D,) int64 draft tokens verified in this pass, or None
+    draft_logits: torch.Tensor | None = None  # (D', vocab) float32 logits at the D' appended draft positions
+    draft_token_layers: int = 0  # sum over layers of the appended draft positions computed
 
 
 @dataclass
@@ -120,6 +148,8 @@ class DecodeResult:
     tokens: torch.Tensor  # (steps,) int64
     logits: torch.Tensor  # (steps, vocab) float32
     token_layer_computations: int = 0
+    accepted_draft_tokens: int = 0  # leading draft tokens equal to the greedy ones (0 without a draft)
+    passes: int = 0  # sequential single-token forward passes run after the prefill
 
 
 @dataclass
@@ -128,6 +158,7 @@ class EngineCounters:
 
     prefill_token_layers: int = 0
     decode_token_layers: int = 0
+    draft_token_layers: int = 0
 
 
 class KVReuseEngine:
@@ -181,7 +212,8 @@ class KVReuseEngine:
 
     @torch.no_grad()
     def prefill(self, embeddings: torch.Tensor, num_visual: int, reuse: torch.Tensor | None = None,
-                cached: PromptKV | None = None, relevance_layer: int | None = None) -> PrefillResult:
+                cached: PromptKV | None = None, relevance_layer: int | None = None,
+                draft: torch.Tensor | None = None) -> PrefillResult:
         """Prefill ``embeddings`` (1, L, hidden), reusing visual K/V at indices ``reuse`` (0..N-1).
 
         Args:
@@ -193,9 +225,17 @@ class KVReuseEngine:
                 its length equals this sequence's, its buffers are updated in place and
                 returned; the caller must drop it if this call raises.
             relevance_layer: layer at which to compute text->vision attention, or None.
+            draft: (D,) token ids guessed for the greedy output (see the module docstring); all
+                but the last are appended after the prompt (at most ``DECODE_ROOM``), and
+                ``decode`` verifies all D. None or empty: a plain prefill.
         """
         device = embeddings.device
         length = embeddings.shape[1]
+        draft = (draft.to(device=device, dtype=torch.long).reshape(-1)
+                 if draft is not None and draft.numel() > 0 else None)
+        if draft is not None and draft.numel() > DECODE_ROOM + 1:
+            raise ConfigurationError(f"a draft holds at most {DECODE_ROOM + 1} tokens, got {draft.numel()}")
+        appended = 0 if draft is None else draft.numel() - 1
         if length <= VISUAL_START + num_visual:
             raise ConfigurationError("sequence shorter than BOS + visual tokens + prompt")
         reuse_idx = (reuse.to(device=device, dtype=torch.long).unique(sorted=True)
@@ -205,24 +245,30 @@ class KVReuseEngine:
                 raise ConfigurationError("reuse requested without a compatible visual K/V cache")
             if int(reuse_idx.min()) < 0 or int(reuse_idx.max()) >= num_visual:
                 raise ConfigurationError(f"reuse indices must lie in [0, {num_visual})")
-        computed_mask = torch.ones(length, dtype=torch.bool, device=device)
+        computed_mask = torch.ones(length + appended, dtype=torch.bool, device=device)
         computed_mask[VISUAL_START + reuse_idx] = False
-        computed = torch.nonzero(computed_mask).squeeze(1)
-        all_positions = torch.arange(length, device=device)
-        mask = all_positions.unsqueeze(0) <= computed.unsqueeze(1)  # (|C|, L) causal over true positions
-        text_rows = torch.nonzero(computed >= VISUAL_START + num_visual).squeeze(1)
+        rows = torch.nonzero(computed_mask).squeeze(1)  # computed prompt positions, then the draft's
+        computed = rows[:rows.numel() - appended]
+        all_positions = torch.arange(length + appended, device=device)
+        mask = all_positions.unsqueeze(0) <= rows.unsqueeze(1)  # (rows, L + D') causal over true positions
+        text_rows = torch.nonzero((rows >= VISUAL_START + num_visual) & (rows < length)).squeeze(1)
 
         hidden = embeddings[:, computed]
-        rotary = self._rotary(hidden, computed)
+        if appended:
+            draft_embeddings = self.language_model.get_input_embeddings()(draft[:appended].unsqueeze(0))
+            hidden = torch.cat([hidden, draft_embeddings.to(hidden.dtype)], dim=1)
+        rotary = self._rotary(hidden, rows)
         kv = self._destination(cached, length, num_visual, reuse_idx, embeddings)
+        kv.reserve(length + appended)
         relevance = None
         work = 0
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections.layers)):
             work += hidden.shape[1]
             query, key, value = self._qkv(layer, projections, layer.input_layernorm(hidden), rotary)
-            full_key, full_value = kv.prompt(index)
-            full_key.index_copy_(2, computed, key)
-            full_value.index_copy_(2, computed, value)
+            full_key = kv.keys[index][:, :, :length + appended]
+            full_value = kv.values[index][:, :, :length + appended]
+            full_key.index_copy_(2, rows, key)
+            full_value.index_copy_(2, rows, value)
             scaling = layer.self_attn.scaling
             attended = F.scaled_dot_product_attention(
                 query, full_key, full_value, attn_mask=mask, scale=scaling,
@@ -230,10 +276,12 @@ class KVReuseEngine:
             if relevance_layer is not None and index == relevance_layer:
                 relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)
             hidden = self._finish_layer(layer, projections, hidden, attended)
-        last = self.decoder.norm(hidden[:, -1:])
-        logits = self.language_model.lm_head(last)[0, -1].float()
-        self.counters.prefill_token_layers += work
-        return PrefillResult(logits, kv, computed, work, relevance)
+        heads = self.language_model.lm_head(self.decoder.norm(hidden[:, -(appended + 1):]))[0].float()
+        draft_work = appended * self.num_layers
+        self.counters.prefill_token_layers += work - draft_work
+        self.counters.draft_token_layers += draft_work
+        return PrefillResult(heads[0], kv, computed, work - draft_work, relevance, draft,
+                             heads[1:] if draft is not None else None, draft_work)
 
     def _destination(self, cached: PromptKV | None, length: int, num_visual: int, reuse_idx: torch.Tensor,
                      embeddings: torch.Tensor) -> PromptKV:
@@ -253,28 +301,48 @@ class KVReuseEngine:
                 kv.values[index][:, :, positions] = cached.values[index][:, :, positions].to(kv.values[index].dtype)
         return kv
 
+    @staticmethod
+    def _accept_draft(prefill: PrefillResult, steps: int) -> tuple[list[int], list[torch.Tensor], int]:
+        """Greedy tokens known after the prefill: the argmax at the prompt's last position, then
+        one more per draft token that equals the greedy token before it (the logits at a draft
+        position are exact while every draft token before it was right).
+
+        Returns (tokens (1..steps), their logits, accepted draft tokens).
+        """
+        candidates = [prefill.last_logits]
+        if prefill.draft_logits is not None:
+            candidates += list(prefill.draft_logits)
+        draft = [] if prefill.draft is None else prefill.draft.tolist()
+        tokens: list[int] = []
+        logits: list[torch.Tensor] = []
+        accepted = 0
+        for index in range(min(steps, len(candidates))):
+            tokens.append(int(torch.argmax(candidates[index]).item()))
+            logits.append(candidates[index])
+            if index >= len(draft) or draft[index] != tokens[-1]:
+                break
+            accepted += 1
+        return tokens, logits, accepted
+
     @torch.no_grad()
     def decode(self, prefill: PrefillResult, steps: int) -> DecodeResult:
         """Greedy decoding of ``steps`` tokens after ``prefill`` (argmax over the full vocabulary).
 
-        Decode K/V go into the spare positions after the prompt (never part of the cache kept
-        for the next step), so the prompt's K/V are neither changed nor copied.
+        Tokens the prefill's draft verified (see :meth:`_accept_draft`) are taken as they are;
+        the rest are decoded one forward pass each. Decode K/V go into the spare positions after
+        the prompt (never part of the cache kept for the next step), so the prompt's K/V are
+        neither changed nor copied.
         """
         kv = prefill.prompt_kv
         kv.reserve(kv.length + steps - 1)
-        position = kv.length
-        logits = prefill.last_logits
-        tokens: list[int] = []
-        all_logits = [logits]
+        tokens, all_logits, accepted = self._accept_draft(prefill, steps)
+        position = kv.length + len(tokens) - 1  # where the last known token goes in
         embed = self.language_model.get_input_embeddings()
-        device = logits.device
-        work = 0
-        for step in range(steps):
-            token = int(torch.argmax(logits).item())
-            tokens.append(token)
-            if step == steps - 1:
-                break
-            hidden = embed(torch.tensor([[token]], device=device))
+        device = prefill.last_logits.device
+        work = passes = 0
+        while len(tokens) < steps:
+            passes += 1
+            hidden = embed(torch.tensor([[tokens[-1]]], device=device))
             positions = torch.tensor([position], device=device)
             rotary = self._rotary(hidden, positions)
             for index, (layer, projections) in enumerate(zip(self.layers, self.projections.layers)):
@@ -289,7 +357,8 @@ class KVReuseEngine:
                     enable_gqa=query.shape[1] != keys.shape[1])
                 hidden = self._finish_layer(layer, projections, hidden, attended)
             logits = self.language_model.lm_head(self.decoder.norm(hidden))[0, -1].float()
+            tokens.append(int(torch.argmax(logits).item()))
             all_logits.append(logits)
             position += 1
         self.counters.decode_token_layers += work
-        return DecodeResult(torch.tensor(tokens, dtype=torch.long), torch.stack(all_logits), work)
+        return DecodeResult(torch.tensor(tokens, dtype=torch.long), torch.stack(all_logits), work, accepted, passes)

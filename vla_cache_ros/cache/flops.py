@@ -84,24 +84,29 @@ class StepFlops:
         return self.vision + self.prefill + self.decode
 
 
-def prefill_flops(dims: DecoderDims, computed_positions: np.ndarray) -> int:
-    """Decoder prefill FLOPs when only ``computed_positions`` are computed (causal keys p+1)."""
+def prefill_flops(dims: DecoderDims, computed_positions: np.ndarray, heads: int = 1) -> int:
+    """Decoder prefill FLOPs when only ``computed_positions`` are computed (causal keys p+1),
+    with ``heads`` LM-head rows (1, plus one per appended draft position when speculating)."""
     positions = np.asarray(computed_positions, dtype=np.int64)
     dense = dims.layers * positions.size * dims.dense_per_token_layer
     attention = dims.layers * dims.attention(int(np.sum(positions + 1)))  # linear in the key count
-    return dense + attention + dims.lm_head
+    return dense + attention + heads * dims.lm_head
 
 
-def decode_flops(dims: DecoderDims, prompt_length: int, steps: int) -> int:
-    """Greedy decoding after a prefill of ``prompt_length``: ``steps - 1`` forwards + LM heads."""
+def decode_flops(dims: DecoderDims, prompt_length: int, steps: int, known: int = 1) -> int:
+    """Greedy decoding after a prefill of ``prompt_length`` that already gave ``known`` tokens
+    (1; more when a draft was verified): ``steps - known`` forwards + LM heads."""
     total = 0
-    for step in range(1, steps):
+    for step in range(known, steps):
         keys = prompt_length + step
         total += dims.layers * (dims.dense_per_token_layer + dims.attention(keys)) + dims.lm_head
     return total
 
 
 def step_flops(vision: VisionDims, dims: DecoderDims, length: int, computed_positions: np.ndarray,
-               decode_steps: int) -> StepFlops:
-    """FLOPs of one step with the given computed positions."""
-    return StepFlops(vision.flops(), prefill_flops(dims, computed_positions), decode_flops(dims, length, decode_steps))
+               decode_steps: int, draft_positions: int = 0, known: int = 1) -> StepFlops:
+    """FLOPs of one step with the given computed positions; with ``draft_positions`` draft tokens
+    appended to the prefill (at positions ``length ...``) and ``known`` tokens known after it."""
+    rows = np.concatenate([np.asarray(computed_positions, np.int64), length + np.arange(draft_positions)])
+    return StepFlops(vision.flops(), prefill_flops(dims, rows, 1 + draft_positions),
+                     decode_flops(dims, length, decode_steps, known))
