@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV, check_decode
+from vla_cache_ros.cache.engine import KVReuseEngine, PromptKV
 from vla_cache_ros.cache.flops import DecoderDims, StepFlops, VisionDims, step_flops
 from vla_cache_ros.cache.modes import (
     build_selector,
     check_available,
+    check_decode,
     check_max_token_age,
     check_ratio,
     get_mode,

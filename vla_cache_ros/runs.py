@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.engine import check_decode
-from vla_cache_ros.cache.modes import ModeSpec, parse_mode
+from vla_cache_ros.cache.modes import ModeSpec, check_decode, parse_mode
 from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
 from vla_cache_ros.errors import CacheModeError, ConfigurationError
 from vla_cache_ros.models.vla import OpenVLA

@@ -100,6 +100,7 @@ def test_config_is_frozen_and_changes_make_a_new_one() -> None:
     ({"workspace_min": [0.0, 0.0]}, "workspace_min must have 3 values"),
     ({"action_scale": [1.0, 2.0]}, "action scale needs 7 values"),
     ({"bogus": 1}, "unknown parameters: bogus"),
+    ({"decode": "beam"}, "parameter decode: got 'beam', expected one of greedy, speculative"),
 ])
 def test_refused_changes(changes: dict, fragment: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -115,6 +116,8 @@ def test_accepted_changes() -> None:
                                "workspace_max": [1.0, 1.0, 1.0]}, MODES)
     assert box.controller.limits.workspace_max == (1.0, 1.0, 1.0)
     assert config.with_changes({"cache_mode": "learned"}).cache.mode == "learned"  # not loaded yet
+    assert config.cache.decode == "greedy"
+    assert config.with_changes({"decode": "speculative"}, MODES).cache.decode == "speculative"  # live
 
 
 class Current:

@@ -266,6 +266,9 @@ def test_parameter_changes_are_validated_then_applied(harness: Harness) -> None:
     runtime.apply(runtime.validate({"cache_mode": "off", "cache_ratio": 0.25}))
     assert runtime.policy.mode == "off" and runtime.policy.cache_ratio == 0.25
     assert harness.step().reused_tokens == 0
+    runtime.apply(runtime.validate({"decode": "speculative"}))  # live, from the next step
+    assert runtime.policy.decode == "speculative" and harness.step().draft_tokens == 7
+    assert harness.status()[2]["decode"] == "speculative"
     for changes, fragment in (({"cache_mode": "learned"}, "no trained cache policy"),
                               ({"cache_ratio": float("nan")}, "finite"),
                               ({"model_path": "/elsewhere"}, "read-only"),

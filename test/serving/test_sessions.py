@@ -95,9 +95,14 @@ def test_refused_settings_leave_the_session_as_it_was(replica) -> None:
     replica.step(session, request(frames[0], "go", mode="fixed", cache_ratio=0.5))
     for settings, reason in [({"mode": "telepathy"}, "telepathy"), ({"cache_ratio": 2.0}, r"\[0, 1\]"),
                              ({"max_token_age": 0}, "max_token_age"),
+                             ({"decode": "beam"}, "unknown decode setting"),
+                             ({"mode": "off", "decode": "beam"}, "unknown decode setting"),
                              ({"mode": "off", "cache_ratio": 0.1, "max_token_age": 0}, "max_token_age")]:
         with pytest.raises(InvalidInputError, match=reason):
             replica.step(session, request(frames[1], "go", **settings))
     answer = replica.step(session, request(frames[1], "go"))
     assert answer["session"]["restarted"] is None and answer["stats"]["reused_tokens"] > 0
     assert (answer["stats"]["mode"], answer["stats"]["target_ratio"]) == ("fixed", 0.5)  # nothing half-applied
+    fast = replica.step(session, request(frames[2], "go", decode="speculative"))  # the session's policy decodes
+    assert fast["stats"]["decode"] == "speculative" and fast["stats"]["draft_tokens"] == 7
+    assert fast["stats"]["decode_passes"] == 6 - min(6, fast["stats"]["accepted_draft_tokens"])

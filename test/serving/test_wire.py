@@ -36,10 +36,11 @@ def test_jpeg_decodes_to_the_same_shape() -> None:
 
 
 def test_step_body_round_trip() -> None:
-    body = step_request_body(FRAME, "pick up the block", SessionSettings("fixed", 0.25, 5), reset=True)
+    body = step_request_body(FRAME, "pick up the block", SessionSettings("fixed", 0.25, 5, "speculative"),
+                             reset=True)
     request = parse_step_request(body, "robot_a", LIMITS)
     assert request.instruction == "pick up the block" and request.reset
-    assert request.settings == SessionSettings("fixed", 0.25, 5)
+    assert request.settings == SessionSettings("fixed", 0.25, 5, "speculative")
     assert np.array_equal(request.image, FRAME)
 
 
@@ -87,6 +88,7 @@ def test_bad_bodies(body: bytes, reason: str) -> None:
     ({"cache_ratio": "0.5"}, "cache_ratio must be a number"),
     ({"max_token_age": 2.5}, "max_token_age must be an integer"),
     ({"mode": 3}, "mode must be a string"),
+    ({"decode": True}, "decode must be a string"),
     ([1], "settings must be an object"),
 ])
 def test_bad_settings(settings, reason: str) -> None:

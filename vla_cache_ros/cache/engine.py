@@ -30,26 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_cache_ros.cache.modes import DECODE_SETTINGS, check_decode  # noqa: F401 - re-exported
 from vla_cache_ros.cache.prepack import LayerProjections, decoder_projections
 from vla_cache_ros.errors import ConfigurationError
 
 VISUAL_START = 1  # visual tokens follow BOS
 DECODE_ROOM = 8  # spare cache positions after the prompt for decoding (OpenVLA decodes 7 tokens)
-DECODE_SETTINGS = ("greedy", "speculative")
-"""How action tokens are decoded: ``greedy`` one forward pass per token after the first;
-``speculative`` verifies a draft (the previous step's tokens) inside the prefill first. Both give
-the greedy tokens (see the module docstring)."""
-
-
-def check_decode(name: str) -> str:
-    """``name`` if it is one of :data:`DECODE_SETTINGS`.
-
-    Raises:
-        ConfigurationError: any other value (the message lists the settings).
-    """
-    if name not in DECODE_SETTINGS:
-        raise ConfigurationError(f"unknown decode setting {name!r}; choose from {', '.join(DECODE_SETTINGS)}")
-    return name
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -271,6 +271,23 @@ def parse_mode_list(text: str, option: str = "--modes") -> list[ModeSpec]:
     return [parse_mode(item) for item in split_mode_list(text, option)]
 
 
+DECODE_SETTINGS = ("greedy", "speculative")
+"""How action tokens are decoded: ``greedy`` one forward pass per token after the first;
+``speculative`` verifies a draft (the previous step's tokens) inside the prefill first. Both give
+the greedy tokens (see ``cache.engine``)."""
+
+
+def check_decode(name: str) -> str:
+    """``name`` if it is one of :data:`DECODE_SETTINGS`.
+
+    Raises:
+        ConfigurationError: any other value (the message lists the settings).
+    """
+    if name not in DECODE_SETTINGS:
+        raise ConfigurationError(f"unknown decode setting {name!r}; choose from {', '.join(DECODE_SETTINGS)}")
+    return name
+
+
 PREPACK_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 

@@ -71,6 +71,7 @@ class CacheConfig:
     mode: str
     ratio: float
     max_token_age: int
+    decode: str = "greedy"
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class NodeConfig:
                 request_timeout_s=float(merged["request_timeout_s"]),
                 image_encoding=str(merged["server_image_encoding"])),
             cache=CacheConfig(mode=str(merged["cache_mode"]), ratio=float(merged["cache_ratio"]),
-                              max_token_age=int(merged["max_token_age"])),
+                              max_token_age=int(merged["max_token_age"]), decode=str(merged["decode"])),
             interface=InterfaceConfig(
                 image_type=str(merged["image_type"]),
                 command_interface=controller.action.interface,

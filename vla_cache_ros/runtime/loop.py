@@ -138,7 +138,8 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
         info(f"policy server {backend.server_url}, session {session!r}")
         return RemotePolicy(backend.server_url, session, backend.request_timeout_s,
                             backend.image_encoding, mode=config.cache.mode,
-                            cache_ratio=config.cache.ratio, max_token_age=config.cache.max_token_age)
+                            cache_ratio=config.cache.ratio, max_token_age=config.cache.max_token_age,
+                            decode=config.cache.decode)
     model_path = check_model_path(config.model.model_path)
     from vla_cache_ros.cache.modes import parse_prepack
     from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
@@ -256,6 +257,7 @@ class PolicyRuntime:
         policy.set_mode(cache.mode)
         policy.set_cache_ratio(cache.ratio)
         policy.set_max_token_age(cache.max_token_age)
+        policy.set_decode(cache.decode)
         self._info(f"warm-up step took {warm_up(policy):.2f} s")
         self._policy = policy
         if self._config.instruction:
@@ -432,6 +434,7 @@ class PolicyRuntime:
             self._policy.set_mode(config.cache.mode)
             self._policy.set_cache_ratio(config.cache.ratio)
             self._policy.set_max_token_age(config.cache.max_token_age)
+            self._policy.set_decode(config.cache.decode)
         if config.instruction and config.instruction != old.instruction:
             self.set_instruction(config.instruction, source="parameter")
         if config.enable_actuation != old.enable_actuation:
@@ -539,6 +542,7 @@ class PolicyRuntime:
         with self._lock:
             interface_status = dict(self._interface_status)
         values = {"instruction": clip_text(instruction),
+                  "decode": policy.decode if policy is not None else self._config.cache.decode,
                   "command_interface": interface.command_interface.value,
                   **({"ee_pose_source": interface.ee_pose_description} if reads_pose else {}),
                   **backend_values(policy),

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from vla_cache_ros.cache.modes import MODE_NAMES, PREPACK_CHOICES
+from vla_cache_ros.cache.modes import DECODE_SETTINGS, MODE_NAMES, PREPACK_CHOICES
 from vla_cache_ros.control.actions import ActionSemantics, CommandInterface
 from vla_cache_ros.control.controller import SafetyCommand
 from vla_cache_ros.errors import ConfigurationError, clip_text
@@ -117,6 +117,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_token_age", "int", 20,
                   "a token reused this many steps in a row is recomputed", minimum=1,
                   maximum=1000),
+    _choice("decode", "greedy", DECODE_SETTINGS,
+            "action-token decoding: greedy, or speculative (the previous step's tokens verified "
+            "inside the prefill; the same tokens, fewer decode passes when they repeat)",
+            read_only=False),
     ParameterSpec("instruction", "string", "",
                   "task instruction (also settable on the instruction topic; last one wins)"),
     # --- interfaces (fixed at start) -------------------------------------------------------

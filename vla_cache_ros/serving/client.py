@@ -2,7 +2,7 @@
 ``CachedVLAPolicy`` would (``inference_backend: remote``).
 
 It offers what :class:`~vla_cache_ros.runtime.loop.PolicyRuntime` calls on a policy — ``step``,
-``set_mode``, ``set_cache_ratio``, ``set_max_token_age``, ``reset``, ``check_instruction``,
+``set_mode``, ``set_cache_ratio``, ``set_max_token_age``, ``set_decode``, ``reset``, ``check_instruction``,
 ``available_modes``, ``mode``, ``cache_ratio`` — plus ``warm_up`` (checks the server) and
 ``diagnostic_values`` (what /diagnostics shows in place of the decoder weights). Each ``step`` is
 one ``POST /step`` (standard library HTTP, keep-alive not needed on loopback) carrying the frame,
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.cache.modes import MODE_NAMES, check_available, check_max_token_age, check_ratio
+from vla_cache_ros.cache.modes import MODE_NAMES, check_available, check_decode, check_max_token_age, check_ratio
 from vla_cache_ros.cache.tokens import reuse_mask as token_reuse_mask
 from vla_cache_ros.errors import ConfigurationError, InstructionError, PolicyServerError, clip_text
 from vla_cache_ros.serving.wire import (
@@ -76,6 +76,10 @@ class RemoteStepStats:
     replica: str
     session_id: str = ""
     session_steps: int = 0  # steps of this session the server has run (since it (re)started it)
+    decode: str = "greedy"  # the server policy's decode setting and what its draft did (StepStats)
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+    decode_passes: int = 6
 
     @property
     def reuse_mask(self) -> np.ndarray:
@@ -119,7 +123,10 @@ def parse_step_answer(data: Any, round_trip_s: float) -> tuple[np.ndarray, Remot
             cache_reset=bool(stats["cache_reset"]), server_total_s=server_total,
             network_s=max(0.0, round_trip_s - server_total),
             restarted=session.get("restarted"), replica=str(session.get("replica", "?")),
-            session_id=str(session["session_id"]), session_steps=int(session["steps"]))
+            session_id=str(session["session_id"]), session_steps=int(session["steps"]),
+            decode=str(stats.get("decode", "greedy")), draft_tokens=int(stats.get("draft_tokens", 0)),
+            accepted_draft_tokens=int(stats.get("accepted_draft_tokens", 0)),
+            decode_passes=int(stats.get("decode_passes", 6)))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise PolicyServerError(f"the server's answer is not a /step answer ({type(error).__name__}: "
                                 f"{clip_text(str(error))})") from None
@@ -137,7 +144,7 @@ class RemotePolicy:
         timeout_s: per request (connect + answer).
         encoding: how frames travel (``raw``, ``png``, ``jpeg``; see ``serving.wire``).
         token: bearer token (None: ``$VLA_CACHE_SERVE_TOKEN`` if set).
-        mode, cache_ratio, max_token_age: the starting settings (sent with every step).
+        mode, cache_ratio, max_token_age, decode: the starting settings (sent with every step).
 
     Raises:
         ConfigurationError: a bad URL, session id, timeout or encoding.
@@ -145,7 +152,7 @@ class RemotePolicy:
 
     def __init__(self, server_url: str, session_id: str, timeout_s: float = 2.0,
                  encoding: str = DEFAULT_ENCODING, token: str | None = None, mode: str = "fixed",
-                 cache_ratio: float = 0.5, max_token_age: int = 20) -> None:
+                 cache_ratio: float = 0.5, max_token_age: int = 20, decode: str = "greedy") -> None:
         url = str(server_url).strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigurationError(f"server_url must start with http:// or https://, got {clip_text(repr(url))}")
@@ -164,6 +171,7 @@ class RemotePolicy:
         self._mode = check_available(mode, self._modes)
         self._ratio = check_ratio(cache_ratio)
         self._age = check_max_token_age(max_token_age)
+        self._decode = check_decode(decode)
         self._reset_requested = True  # the first request starts a fresh cache
         self._steps = 0
         self._restarts = 0
@@ -191,6 +199,16 @@ class RemotePolicy:
         """Tokens reused this many steps in a row are recomputed (from the next step)."""
         with self._lock:
             self._age = check_max_token_age(age)
+
+    def set_decode(self, decode: str) -> None:
+        """``greedy`` or ``speculative`` from the next step (the server's policy decodes)."""
+        with self._lock:
+            self._decode = check_decode(decode)
+
+    @property
+    def decode(self) -> str:
+        """The decode setting sent with each step."""
+        return self._decode
 
     def reset(self) -> None:
         """New episode: the next step asks the server for a fresh cache."""
@@ -286,7 +304,7 @@ class RemotePolicy:
                 reason); the next step then starts a fresh cache.
         """
         with self._lock:
-            settings = SessionSettings(self._mode, self._ratio, self._age)
+            settings = SessionSettings(self._mode, self._ratio, self._age, self._decode)
             reset, self._reset_requested = self._reset_requested, False
         body = step_request_body(image, instruction, settings, self.encoding, reset)
         start = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.cache.modes import check_available, check_max_token_age, check_ratio
+from vla_cache_ros.cache.modes import check_available, check_decode, check_max_token_age, check_ratio
 from vla_cache_ros.errors import ConfigurationError, InvalidInputError, UserFacingError
 from vla_cache_ros.serving.wire import SessionSettings, StepRequest, step_response
 
@@ -92,12 +92,16 @@ class Session:
             check_ratio(settings.cache_ratio)
         if settings.max_token_age is not None:
             check_max_token_age(settings.max_token_age)
+        if settings.decode is not None:
+            check_decode(settings.decode)
         if settings.mode is not None:
             policy.set_mode(settings.mode)
         if settings.cache_ratio is not None:
             policy.set_cache_ratio(settings.cache_ratio)
         if settings.max_token_age is not None:
             policy.set_max_token_age(settings.max_token_age)
+        if settings.decode is not None:
+            policy.set_decode(settings.decode)
 
     def step(self, request: StepRequest) -> tuple[np.ndarray, Any, str | None]:
         """Run one step (the caller holds the replica's step lock).

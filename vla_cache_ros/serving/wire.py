@@ -9,7 +9,7 @@ Two request formats, both JSON (never pickle):
 - ``POST /step`` (sessions): header :data:`SESSION_HEADER` = the session id (Serve routes on it),
   body ``{"instruction": str, "image": {"encoding": "raw" | "png" | "jpeg", "data": base64,
   "shape": [H, W, 3] (raw only)}, "settings": {"mode": str, "cache_ratio": float,
-  "max_token_age": int} (each optional), "reset": bool (optional)}`` -> ``{"action": [7 floats],
+  "max_token_age": int, "decode": str} (each optional), "reset": bool (optional)}`` -> ``{"action": [7 floats],
   "session": {...}, "stats": {...}}`` (see :func:`step_response`).
 
 Every check raises :class:`~vla_cache_ros.errors.InvalidInputError` with the reason (the server
@@ -41,7 +41,7 @@ request of one session goes to the replica that holds its cache."""
 ENCODINGS = ("raw", "png", "jpeg")
 DEFAULT_ENCODING = "raw"
 """Lossless and free to encode: on loopback and LANs the fastest (docs/benchmarks.md)."""
-SETTING_NAMES = ("mode", "cache_ratio", "max_token_age")
+SETTING_NAMES = ("mode", "cache_ratio", "max_token_age", "decode")
 STEP_FIELDS = ("instruction", "image", "settings", "reset", "session_id")
 MAX_SESSION_ID_CHARS = 256
 
@@ -73,11 +73,12 @@ class SessionSettings:
     mode: str | None = None
     cache_ratio: float | None = None
     max_token_age: int | None = None
+    decode: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The settings that are set, by their wire names."""
         return {name: value for name, value in (("mode", self.mode), ("cache_ratio", self.cache_ratio),
-                                                ("max_token_age", self.max_token_age))
+                                                ("max_token_age", self.max_token_age), ("decode", self.decode))
                 if value is not None}
 
 
@@ -286,13 +287,15 @@ def parse_settings(value: Any) -> SessionSettings:
         raise InvalidInputError(f"unknown session settings: {', '.join(map(str, unknown))} (known: "
                                 f"{', '.join(SETTING_NAMES)})")
     mode, ratio, age = value.get("mode"), value.get("cache_ratio"), value.get("max_token_age")
-    if mode is not None and not isinstance(mode, str):
-        raise InvalidInputError(f"settings.mode must be a string, got {clip_text(repr(mode))}")
+    decode = value.get("decode")
+    for name, text in (("mode", mode), ("decode", decode)):
+        if text is not None and not isinstance(text, str):
+            raise InvalidInputError(f"settings.{name} must be a string, got {clip_text(repr(text))}")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))):
         raise InvalidInputError(f"settings.cache_ratio must be a number, got {clip_text(repr(ratio))}")
     if age is not None and (isinstance(age, bool) or not isinstance(age, int)):
         raise InvalidInputError(f"settings.max_token_age must be an integer, got {clip_text(repr(age))}")
-    return SessionSettings(mode, None if ratio is None else float(ratio), age)
+    return SessionSettings(mode, None if ratio is None else float(ratio), age, decode)
 
 
 def parse_step_request(body: bytes, session_id: str, limits: Limits) -> StepRequest:
@@ -339,7 +342,9 @@ def stats_fields(stats: Any) -> dict[str, Any]:
             "token_layer_computations": int(stats.token_layer_computations),
             "reuse_indices": [int(index) for index in stats.reuse_indices],
             "action_tokens": [int(token) for token in stats.action_tokens],
-            "cache_reset": bool(stats.cache_reset)}
+            "cache_reset": bool(stats.cache_reset), "decode": str(stats.decode),
+            "draft_tokens": int(stats.draft_tokens), "accepted_draft_tokens": int(stats.accepted_draft_tokens),
+            "decode_passes": int(stats.decode_passes)}
 
 
 def step_response(action: np.ndarray, stats: Any, session: Mapping[str, Any]) -> dict[str, Any]:
