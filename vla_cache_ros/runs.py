@@ -54,6 +54,19 @@ def machine_description(device: str) -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
+def check_decode_list(decodes: Sequence[str]) -> list[str]:
+    """Decode settings to compare, ``greedy`` (the baseline) first, each once.
+
+    Raises:
+        ConfigurationError: an unknown setting, a repeat, or not starting with ``greedy``.
+    """
+    checked = [check_decode(name) for name in decodes]
+    if not checked or checked[0] != "greedy" or len(set(checked)) != len(checked):
+        raise ConfigurationError(f"decode settings must start with greedy (the baseline) and be listed once "
+                                 f"each, got {list(decodes)}")
+    return checked
+
+
 def run_key(spec: str, decode: str) -> str:
     """The key of a mode spec run with a decode setting: the spec itself for ``greedy``."""
     return spec if decode == "greedy" else f"{spec} {decode}"
@@ -100,10 +113,7 @@ class ModeRunner:
             raise CacheModeError(f"modes to compare must be listed once each, got {list(specs)}")
         if warmup < 0:
             raise ConfigurationError(f"warm-up steps must be >= 0, got {warmup}")
-        decodes = [check_decode(name) for name in decodes]
-        if not decodes or decodes[0] != "greedy" or len(set(decodes)) != len(decodes):
-            raise ConfigurationError(f"decode settings must start with greedy (the baseline) and be listed once "
-                                     f"each, got {list(decodes)}")
+        decodes = check_decode_list(decodes)
         self.model = model
         self.specs: list[ModeSpec] = parsed
         self.warmup = int(warmup)

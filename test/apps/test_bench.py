@@ -74,6 +74,8 @@ def test_bench_compares_decode_settings(tmp_path):
     assert modes["off"]["mean_decode_passes"] == 6 and modes["off"]["mean_accepted_draft_tokens"] == 0
     assert "| off speculative |" in (tmp_path / "bench.md").read_text()
     with pytest.raises(ConfigurationError, match="start with greedy"):
-        run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim", decodes=["speculative"])
+        run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path / "refused", "tiny_sim",
+                  decodes=["speculative"])
+    assert not (tmp_path / "refused").exists()  # refused before any model is written
     with pytest.raises(ConfigurationError, match="unknown decode setting"):
         run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim", decodes=["greedy", "beam"])

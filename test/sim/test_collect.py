@@ -208,3 +208,27 @@ def test_a_stalled_policy_ends_its_episode_early() -> None:
         record = record_episode(sim, ScriptedExpert(), 11, "touch", None, 50.0, driver=driver, stall_steps=6)
     assert len(record) == 6 and driver.policy_steps == 6 and not record.success
     assert np.abs(record.actions[:, :3]).max() > 0.01  # the labels still say where to go
+
+
+def test_a_resume_cannot_drop_the_policy_or_the_noise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Regression (a new user's trial): resuming a --policy collection without --policy appended
+    expert episodes to it (the manifest check compared only the keys the new run writes); the same
+    held for --noise-fraction. A bad --policy no longer leaves a manifest that blocks the fix, and
+    --stall-steps alone is refused like --expert-mix."""
+    common = ["--no-bags", "--quiet", "--families", "touch", "--seed", "9"]
+    driven = tmp_path / "driven"
+    assert cli_main(["sim-collect", "--episodes", "1", "--out", str(driven), *common, "--policy", "tiny",
+                     "--stall-steps", "5"]) == 0
+    capsys.readouterr()
+    assert cli_main(["sim-collect", "--episodes", "2", "--out", str(driven), *common]) == 2
+    assert "policy: {'model': 'tiny'" in capsys.readouterr().err and len(os.listdir(driven / "episodes")) == 1
+    noisy = tmp_path / "noisy"
+    assert cli_main(["sim-collect", "--episodes", "1", "--out", str(noisy), *common, "--noise-fraction", "1"]) == 0
+    assert cli_main(["sim-collect", "--episodes", "2", "--out", str(noisy), *common]) == 2
+    assert "noise_fraction: 1.0 there, None now" in capsys.readouterr().err
+    fixed = tmp_path / "fixed"
+    assert cli_main(["sim-collect", "--episodes", "1", "--out", str(fixed), *common, "--policy",
+                     str(tmp_path / "no_such_model")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not fixed.exists()
+    assert cli_main(["sim-collect", "--episodes", "1", "--out", str(fixed), *common, "--stall-steps", "5"]) == 2
+    assert "apply only with --policy" in capsys.readouterr().err

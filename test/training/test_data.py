@@ -152,7 +152,7 @@ def test_policy_driven_collections_join_with_their_failed_episodes(tiny_dataset:
     assert joined.norm_stats == base.norm_stats and joined.fingerprint != base.fingerprint
     (dagger / "manifest.json").unlink()  # an expert collection: its failures are left out
     assert load_training_data([tiny_dataset, dagger], 0.0, 0).train_seeds == base.train_seeds + [100]
-    with pytest.raises(TrainingError, match="share a seed"):
+    with pytest.raises(TrainingError, match="are both episode seed 0; the split is by seed"):
         load_training_data([tiny_dataset, tiny_dataset], 0.0, 0)
     with pytest.raises(TrainingError, match="not a directory"):
         load_training_data([tiny_dataset, tmp_path / "missing"], 0.0, 0)
@@ -174,3 +174,19 @@ def test_loading_holds_the_frames_once(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert loaded.train.images.nbytes == frame_bytes
     assert peak < 1.5 * frame_bytes, f"peak {peak / frame_bytes:.2f}x the frames"
+
+
+def test_which_directory_normalises_is_part_of_the_data(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Regression (a new user's trial): `--data A B` and `--data B A` had one fingerprint, so a run
+    resumed with the order swapped switched its action statistics mid-run; and a policy-driven
+    directory first (statistics of a few policy successes) was accepted silently."""
+    other = tmp_path / "other"
+    for index in range(4):
+        write_episode(episode_path(other, index), make_episode(200 + index, FAMILIES[index % len(FAMILIES)]))
+    write_norm_stats(other, compute_norm_stats(other, DATASET_KEY))
+    forward = load_training_data([tiny_dataset, other], 0.0, 0)
+    backward = load_training_data([other, tiny_dataset], 0.0, 0)
+    assert forward.norm_stats != backward.norm_stats and forward.fingerprint != backward.fingerprint
+    (other / "manifest.json").write_text(json.dumps({"policy": {"model": "m"}}))
+    with pytest.raises(TrainingError, match="give the expert collection first"):
+        load_training_data([other, tiny_dataset], 0.0, 0)

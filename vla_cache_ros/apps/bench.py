@@ -233,10 +233,11 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
         ConfigurationError: bad modes (first not ``off``, unknown, repeated), device, dtype,
             thread count or step counts; CheckpointError: an unreadable checkpoint directory.
     """
-    from vla_cache_ros.runs import machine_description, prepare_compute
+    from vla_cache_ros.runs import check_decode_list, machine_description, prepare_compute
 
     parsed = parse_mode_list(modes)
     mode_list = [spec.text for spec in parsed]
+    check_decode_list(decodes)
     if parsed[0].name != "off":
         raise ConfigurationError("the first mode must be 'off' (the baseline every ratio is measured against)")
     if steps < 1 or warmup < 0:

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--expert-mix", type=float, default=0.0,
                         help="with --policy: per-step probability of executing the expert's action instead "
                              "(DAgger's beta; default 0)")
-    parser.add_argument("--stall-steps", type=int, default=30,
+    parser.add_argument("--stall-steps", type=int, default=None,
                         help="with --policy: end an episode once the arm moved < 1 cm over this many steps "
                              "(0: never; default 30)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -104,9 +104,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _sim_collect(args: argparse.Namespace) -> int:
     policy = None
     if args.policy is not None:
-        policy = PolicyDriving(args.policy, args.unnorm_key, args.expert_mix, args.stall_steps)
-    elif args.unnorm_key is not None or args.expert_mix != 0.0:
-        raise UserFacingError("--unnorm-key and --expert-mix apply only with --policy")
+        policy = PolicyDriving(args.policy, args.unnorm_key, args.expert_mix,
+                               PolicyDriving.stall_steps if args.stall_steps is None else args.stall_steps)
+    elif args.unnorm_key is not None or args.expert_mix != 0.0 or args.stall_steps is not None:
+        raise UserFacingError("--unnorm-key, --expert-mix and --stall-steps apply only with --policy")
     config = CollectConfig(out_dir=args.out, episodes=args.episodes, seed=args.seed, families=args.families,
                            dataset_name=args.dataset_name, record_bags=not args.no_bags,
                            noise_fraction=args.noise_fraction,

@@ -221,6 +221,10 @@ class CollectSummary:
         return self.successes_by_family.get(family, 0) / total if total else float("nan")
 
 
+OPTIONAL_SETTINGS = ("noise_fraction", "noise_translation_m", "noise_rotation_rad", "policy")
+"""Manifest keys present only when their feature is used: a resume that leaves one out changes them too."""
+
+
 def _check_manifest(out_dir: Path, config: CollectConfig) -> None:
     path = out_dir / MANIFEST_FILE
     wanted = config.manifest()
@@ -229,9 +233,12 @@ def _check_manifest(out_dir: Path, config: CollectConfig) -> None:
             existing = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise UserFacingError(f"{path} is not valid JSON ({error}); remove it or use another --out") from None
-        differing = sorted(key for key in wanted if existing.get(key) != wanted[key])
+        if not isinstance(existing, dict):
+            raise UserFacingError(f"{path} is not a collection manifest; remove it or use another --out")
+        compared = set(wanted) | (set(existing) & set(OPTIONAL_SETTINGS))
+        differing = sorted(key for key in compared if existing.get(key) != wanted.get(key))
         if differing:
-            details = ", ".join(f"{key}: {existing.get(key)!r} there, {wanted[key]!r} now" for key in differing)
+            details = ", ".join(f"{key}: {existing.get(key)!r} there, {wanted.get(key)!r} now" for key in differing)
             raise UserFacingError(f"{out_dir} holds a collection with other settings ({details}); "
                                   "resume with the same settings or choose another --out")
     else:
@@ -340,11 +347,12 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     out_dir = Path(config.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserFacingError(f"--out {out_dir} exists and is not a directory")
+    # The policy is loaded before anything is written: a bad checkpoint leaves --out as it was.
+    predict = load_policy(config.policy) if config.policy is not None else None
     _check_manifest(out_dir, config)
     bags_dir = out_dir / BAGS_DIR
     todo = [i for i in range(config.episodes) if not episode_path(out_dir, i).exists()]
     newly = 0
-    predict = load_policy(config.policy) if config.policy is not None and todo else None
     with TabletopSim(config.sim) as sim, tqdm(total=config.episodes, initial=config.episodes - len(todo),
                                               desc="sim-collect", unit="ep", disable=not progress) as bar:
         expert = ScriptedExpert()

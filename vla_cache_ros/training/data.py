@@ -251,6 +251,10 @@ def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: f
     root = paths[0]
     if not 0 <= val_fraction < 1:
         raise TrainingError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if len(paths) > 1 and policy_driven(root):
+        raise TrainingError(f"--data {root} is a policy-driven collection; the first directory's statistics "
+                            "normalise every action, so give the expert collection first and policy-driven ones "
+                            "after it")
     episodes: list[Episode] = []
     for path in paths:
         usable = _read_records(path)
@@ -272,16 +276,20 @@ def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: f
     parsed = NormStats.build({dataset_key: norm_stats[dataset_key]})
     if dataset_key not in parsed.usable:
         raise TrainingError(f"{root}: norm stats of {dataset_key!r} are unusable: {parsed.unusable[dataset_key]}")
-    by_seed = {record.seed: (path, record) for path, record in episodes}
-    if len(by_seed) != len(records):
-        where = root if len(paths) == 1 else ", ".join(map(str, paths))
-        raise TrainingError(f"{where}: several episodes share a seed; cannot split by seed (collect further "
-                            "directories with another --seed)")
+    by_seed: dict[int, Episode] = {}
+    for path, record in episodes:
+        if record.seed in by_seed:
+            raise TrainingError(f"{by_seed[record.seed][0]} and {path} are both episode seed {record.seed}; the "
+                                "split is by seed (a directory given twice? collect further directories with "
+                                "another --seed)")
+        by_seed[record.seed] = (path, record)
     train_seeds, val_seeds = split_seeds({r.seed: r.family for r in records}, val_fraction, seed)
     instructions = sorted({r.instruction for r in records})
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: r.seed):
         digest.update(f"{record.seed}:{len(record)}:{record.family};".encode())
+    if len(paths) > 1:  # which directory normalises is part of the data (one directory: as before)
+        digest.update(json.dumps(norm_stats[dataset_key], sort_keys=True).encode())
     return TrainingData(
         train=_frames([by_seed[s] for s in train_seeds], instructions),
         val=_frames([by_seed[s] for s in val_seeds], instructions),
