@@ -49,6 +49,44 @@ def restore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+class _StopSignals:
+    """Ctrl-C / SIGTERM for a spinning node: record that a stop was asked for, then raise
+    KeyboardInterrupt in the main thread (Python's own behaviour for Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator["_StopSignals"]:
+        """SIGINT and SIGTERM handled by this object within the block (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _is_interrupted_conversion(error: BaseException, signals: _StopSignals) -> bool:
+    """Whether ``error`` is a stop signal seen through rclpy's C++ code.
+
+    A KeyboardInterrupt raised while pybind11 runs Python on rclpy's behalf (converting a service
+    response, taking a message) comes out as another exception: a SystemError caused by the
+    KeyboardInterrupt, or a RuntimeError "Unable to convert call argument '0' to Python object"
+    with no cause at all (seen in CI: a node stopped while a message arrived ended with a
+    traceback and exit 1). Either is a stop once a signal was received.
+    """
+    return signals.received or isinstance(error.__cause__, KeyboardInterrupt) or \
+        isinstance(error.__context__, KeyboardInterrupt)
+
+
 def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None = None) -> int:
     """Create the node with ``factory`` and spin it until Ctrl-C / SIGTERM; returns the exit code.
 
@@ -65,11 +103,11 @@ def run_node(factory: Callable[[], Node], name: str, args: Sequence[str] | None 
     except RuntimeError as error:  # rclpy's RCLError: e.g. a params file that is not valid YAML
         print(f"{name}: error: bad --ros-args: {one_line(error)}", file=sys.stderr)
         return 2
-    with sigterm_as_keyboard_interrupt():
-        return _spin_until_stopped(factory, name)
+    with _StopSignals().installed() as signals:
+        return _spin_until_stopped(factory, name, signals)
 
 
-def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
+def _spin_until_stopped(factory: Callable[[], Node], name: str, signals: _StopSignals) -> int:
     node: Node | None = None
     # One thread: a managed node with autostart loads its model in a thread of its own, so the
     # executor (parameter services, diagnostics) keeps answering meanwhile.
@@ -90,14 +128,12 @@ def _spin_until_stopped(factory: Callable[[], Node], name: str) -> int:
                 raise failed
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except SystemError as error:
-        # Ctrl-C landed while rclpy's C++ code was running Python (e.g. converting a service
-        # response): pybind11 re-raises it as a SystemError caused by the KeyboardInterrupt.
-        if not isinstance(error.__cause__, KeyboardInterrupt):
-            raise
     except (UserFacingError, ParameterException) as error:
         print(f"{name}: error: {one_line(error)}", file=sys.stderr)
         code = 2
+    except (SystemError, RuntimeError) as error:
+        if not _is_interrupted_conversion(error, signals):
+            raise
     finally:
         executor.shutdown(timeout_sec=5.0)  # no callback may run on a node being destroyed
         if node is not None:
