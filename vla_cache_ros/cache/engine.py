@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_cache_ros.cache.modes import DECODE_SETTINGS, check_decode  # noqa: F401 - re-exported
 from vla_cache_ros.cache.prepack import LayerProjections, decoder_projections
 from vla_cache_ros.errors import ConfigurationError
 
@@ -295,20 +294,16 @@ class KVReuseEngine:
 
         Returns (tokens (1..steps), their logits, accepted draft tokens).
         """
-        candidates = [prefill.last_logits]
+        candidates = prefill.last_logits.unsqueeze(0)
         if prefill.draft_logits is not None:
-            candidates += list(prefill.draft_logits)
+            candidates = torch.cat([candidates, prefill.draft_logits])
+        greedy = torch.argmax(candidates, dim=-1).tolist()  # one device sync for every position
         draft = [] if prefill.draft is None else prefill.draft.tolist()
-        tokens: list[int] = []
-        logits: list[torch.Tensor] = []
         accepted = 0
-        for index in range(min(steps, len(candidates))):
-            tokens.append(int(torch.argmax(candidates[index]).item()))
-            logits.append(candidates[index])
-            if index >= len(draft) or draft[index] != tokens[-1]:
-                break
+        while accepted < min(len(draft), len(greedy), steps) and draft[accepted] == greedy[accepted]:
             accepted += 1
-        return tokens, logits, accepted
+        known = min(accepted + 1, len(greedy), steps)  # the first mismatch's token comes free
+        return greedy[:known], list(candidates[:known]), accepted
 
     @torch.no_grad()
     def decode(self, prefill: PrefillResult, steps: int) -> DecodeResult:

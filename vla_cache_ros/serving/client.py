@@ -33,6 +33,7 @@ import numpy as np
 from vla_cache_ros.cache.modes import MODE_NAMES, check_available, check_decode, check_max_token_age, check_ratio
 from vla_cache_ros.cache.tokens import reuse_mask as token_reuse_mask
 from vla_cache_ros.errors import ConfigurationError, InstructionError, PolicyServerError, clip_text
+from vla_cache_ros.models.norm_stats import ACTION_DIM
 from vla_cache_ros.serving.wire import (
     DEFAULT_ENCODING,
     ENCODINGS,
@@ -79,7 +80,7 @@ class RemoteStepStats:
     decode: str = "greedy"  # the server policy's decode setting and what its draft did (StepStats)
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
-    decode_passes: int = 6
+    decode_passes: int = ACTION_DIM - 1
 
     @property
     def reuse_mask(self) -> np.ndarray:
@@ -126,7 +127,7 @@ def parse_step_answer(data: Any, round_trip_s: float) -> tuple[np.ndarray, Remot
             session_id=str(session["session_id"]), session_steps=int(session["steps"]),
             decode=str(stats.get("decode", "greedy")), draft_tokens=int(stats.get("draft_tokens", 0)),
             accepted_draft_tokens=int(stats.get("accepted_draft_tokens", 0)),
-            decode_passes=int(stats.get("decode_passes", 6)))
+            decode_passes=int(stats.get("decode_passes", ACTION_DIM - 1)))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise PolicyServerError(f"the server's answer is not a /step answer ({type(error).__name__}: "
                                 f"{clip_text(str(error))})") from None

@@ -124,15 +124,26 @@ def episode_files(root: str | Path) -> list[Path]:
     return sorted(directory.glob("episode_*.npz")) if directory.is_dir() else []
 
 
-def iter_episodes(root: str | Path, successful_only: bool = True, images: bool = True) -> Iterator[EpisodeRecord]:
-    """Episodes of a dataset (by default only those where the expert succeeded)."""
+def iter_episode_files(root: str | Path, successful_only: bool = True, images: bool = True
+                       ) -> Iterator[tuple[Path, EpisodeRecord]]:
+    """(file, episode) pairs of a dataset, in index order (by default only successful episodes).
+
+    Raises:
+        DatasetError: no episode files, or one that cannot be read.
+    """
     files = episode_files(root)
     if not files:
         raise DatasetError(f"no episodes in {root} (expected {EPISODES_DIR}/episode_*.npz)")
     for path in files:
         record = read_episode(path, images=images)
         if record.success or not successful_only:
-            yield record
+            yield path, record
+
+
+def iter_episodes(root: str | Path, successful_only: bool = True, images: bool = True) -> Iterator[EpisodeRecord]:
+    """Episodes of a dataset (by default only those where the expert succeeded)."""
+    for _, record in iter_episode_files(root, successful_only, images):
+        yield record
 
 
 def _stats(values: np.ndarray) -> dict[str, list[float]]:

@@ -32,7 +32,7 @@ import numpy as np
 from vla_cache_ros.errors import DatasetError, TrainingError
 from vla_cache_ros.models.action_tokenizer import ActionTokenizer
 from vla_cache_ros.models.norm_stats import ACTION_DIM, ActionStats, NormStats
-from vla_cache_ros.sim.dataset import EpisodeRecord, episode_files, read_episode, read_norm_stats
+from vla_cache_ros.sim.dataset import EpisodeRecord, iter_episode_files, read_episode, read_norm_stats
 from vla_cache_ros.sim.scene import IMAGE_SIZE, OBJECTS, project_to_image
 from vla_cache_ros.sim.tasks import PAD_NAME
 
@@ -212,19 +212,10 @@ def _read_records(root: Path) -> list[Episode]:
     collection, the successful ones of an expert collection."""
     if not root.is_dir():
         raise TrainingError(f"--data {root} is not a directory (create one with `vla-cache sim-collect`)")
-    files = episode_files(root)
-    if not files:
-        raise TrainingError(f"no episodes in {root} (expected episodes/episode_*.npz)")
-    keep_failures = policy_driven(root)
-    episodes = []
-    for path in files:
-        try:
-            record = read_episode(path, images=False)
-        except DatasetError as error:
-            raise TrainingError(str(error)) from None
-        if record.success or keep_failures:
-            episodes.append((path, record))
-    return episodes
+    try:
+        return list(iter_episode_files(root, successful_only=not policy_driven(root), images=False))
+    except DatasetError as error:
+        raise TrainingError(str(error)) from None
 
 
 def load_training_data(roots: str | Path | Sequence[str | Path], val_fraction: float, seed: int,
