@@ -18,6 +18,8 @@ from vla_cache_ros.sim.dataset import (
     write_episode,
     write_norm_stats,
 )
+from vla_cache_ros.sim.scene import OBJECTS
+from vla_cache_ros.sim.tasks import PAD_NAME
 from vla_cache_ros.training.data import (
     LOCATED_POINTS,
     OFFSET_SCALE,
@@ -108,7 +110,16 @@ def test_auxiliary_targets_name_each_points_patch_and_offset(tiny_dataset: Path,
     # tcp = proprio[:3] = 0 in the fixture: offsets are the object position in decimetres, twice
     # (no destination outside `place`).
     record = read_episode(episode_path(tiny_dataset, 0))
-    patches, offsets = auxiliary_targets(record)
+    patches, offsets, pointed = auxiliary_targets(record)
+    # Pointer targets: the task object's column, the destination's (the task object outside
+    # `place`) and the tcp's, per frame.
+    target = [obj.name for obj in OBJECTS].index(record.target)
+    np.testing.assert_array_equal(pointed, patches[:, [target, target, len(OBJECTS)]])
+    np.testing.assert_array_equal(frames.pointer_targets[:len(record)], pointed)
+    record.family = "place"
+    pad = [obj.name for obj in OBJECTS].index(PAD_NAME)
+    np.testing.assert_array_equal(auxiliary_targets(record)[2][:, 1], patches[:, pad])
+    record.family = "touch"
     np.testing.assert_allclose(offsets[:, :3], OFFSET_SCALE * record.object_positions[:, 0], rtol=1e-6)
     np.testing.assert_array_equal(offsets[:, 3:], offsets[:, :3])
     # Outside the image is -100 (ignored); older datasets without positions have no targets.

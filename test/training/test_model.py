@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vla_cache_ros.errors import TrainingError
 from vla_cache_ros.models.norm_stats import ACTION_DIM
 from vla_cache_ros.models.processor import prompt_token_ids
 from vla_cache_ros.training.data import action_tokens, load_training_data
@@ -15,6 +16,7 @@ from vla_cache_ros.training.model import (
     IGNORE_INDEX,
     action_logits,
     action_loss,
+    attention_loss,
     build_policy,
     class_weights,
     make_batch,
@@ -108,3 +110,29 @@ def test_training_state_files_are_not_private(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()} == {0o644}
+
+
+def test_attention_loss_is_the_log_probability_on_each_pointed_patch() -> None:
+    batch, heads, length, visual = 2, 4, 12, 8
+    start = torch.tensor([10, 11])
+    pointed = torch.tensor([[3, 5, 0], [7, IGNORE_INDEX, 2]])  # the second frame's destination is off-image
+    logits = torch.zeros(batch, heads, length, length, requires_grad=True)
+    uniform = attention_loss(torch.softmax(logits, -1), start, pointed, visual)
+    assert uniform.item() == pytest.approx(np.log(length))  # every key equally likely
+    uniform.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # All of each head's mass on its point's visual token (sequence position 1 + patch): loss 0;
+    # the ignored point and the unsupervised fourth head do not count.
+    sharp = torch.zeros(batch, heads, length, length)
+    for row in range(batch):
+        for head in range(3):
+            patch = int(pointed[row, head])
+            sharp[row, head, start[row], 1 + max(patch, 0)] = 1.0
+    sharp[1, 1, start[1]] = 1.0 / length  # off-image point: whatever it attends to
+    sharp[:, 3, :, 0] = 1.0
+    assert attention_loss(sharp, start, pointed, visual).item() == pytest.approx(0.0, abs=1e-5)
+    # Another row (not the action position) is not what is supervised.
+    moved = sharp.roll(1, dims=2)
+    assert attention_loss(moved, start, pointed, visual).item() > 10
+    with pytest.raises(TrainingError, match="needs 3 heads in decoder layer"):
+        attention_loss(sharp[:, :2], start, pointed, visual)

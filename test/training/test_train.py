@@ -17,6 +17,7 @@ from vla_cache_ros.models.vla import load_vla
 from vla_cache_ros.sim.dataset import read_episode, write_episode
 from vla_cache_ros.training.data import evenly_spaced, load_training_data
 from vla_cache_ros.training.loop import AUX_PREFIX, DEFAULT_AUX_WEIGHT, TrainConfig, TrainResult, train
+from vla_cache_ros.training.model import PRESETS, Preset
 from vla_cache_ros.training.state import load_state
 
 STEPS = 8
@@ -182,3 +183,45 @@ def test_a_failed_start_names_the_cause_and_leaves_out_reusable(full_run: TrainR
     lines: list[str] = []
     train(config(tiny_dataset, full_run.out_dir), log=lines.append)  # asked again once complete
     assert lines[-1].startswith(f"already complete at step {STEPS}/{STEPS}") and "nan" not in lines[-1]
+
+
+def test_attention_supervision_trains_the_pointing_heads_and_leaves_inference_unchanged(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TrainingError, match="needs at least 2 decoder layers and 3 attention heads; preset 'micro'"):
+        train(config(tiny_dataset, tmp_path / "micro", attention_weight=1.0), log=quiet)
+    micro = PRESETS["micro"]
+    monkeypatch.setitem(PRESETS, "micro3", Preset(micro.vision, {**micro.text, "num_hidden_layers": 2,
+                                                                 "num_attention_heads": 3,
+                                                                 "num_key_value_heads": 3, "hidden_size": 48}))
+    steps = 20
+    pointed = train(config(tiny_dataset, tmp_path / "pointed", preset="micro3", steps=steps, attention_weight=1.0),
+                    log=quiet)
+    state = load_state(pointed.out_dir / "training" / "state")
+    assert state.settings["attention_weight"] == 1.0
+    losses = [entry["attention_loss"] for entry in state.history["train"]]
+    assert len(losses) == steps and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+    plain = train(config(tiny_dataset, tmp_path / "plain", preset="micro3", steps=steps), log=quiet)
+    assert "attention_loss" not in load_state(plain.out_dir / "training" / "state").history["train"][-1]
+    assert plain.losses[0] == pointed.losses[0] and plain.losses[-1] != pointed.losses[-1]
+    # The exported model is an ordinary checkpoint: load_vla's SDPA inference gives the greedy
+    # tokens training evaluated with its eager attention.
+    model = load_vla(pointed.out_dir)
+    data = load_training_data(tiny_dataset, val_fraction=0.34, seed=1)
+    rows = evenly_spaced(len(data.val), 3)
+    tokens = np.array([model.predict_action_tokens(data.val.images[r], data.val.instruction(r)).tokens.numpy()
+                       for r in rows])
+    np.testing.assert_array_equal(tokens, pointed.evaluation.greedy_tokens)
+
+
+def test_runs_saved_before_attention_supervision_resume(full_run: TrainResult, tiny_dataset: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    shutil.copytree(full_run.out_dir, out)
+    state_file = out / "training" / "state" / "state.json"
+    saved = json.loads(state_file.read_text())
+    del saved["settings"]["attention_weight"]
+    state_file.write_text(json.dumps(saved))
+    again = train(config(tiny_dataset, out), log=quiet)
+    assert again.step == STEPS and not again.losses  # accepted as complete, nothing retrained
+    with pytest.raises(TrainingError, match="attention_weight: 0.0 there, 1.0 now"):
+        train(config(tiny_dataset, out, attention_weight=1.0), log=quiet)

@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="round rotation labels to multiples of this (radians; 0: raw; default %(default)g)")
     parser.add_argument("--balance-power", type=float, default=0.0,
                         help="weight action tokens by class frequency ** -P per dimension (0: plain mean)")
+    parser.add_argument("--attention-weight", type=float, default=0.0,
+                        help="weight of the training-only attention supervision: heads of decoder layer 1 at the "
+                             "action position pointed at the task object, destination and tcp (0: off)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from the weights of another run's --out (policy and auxiliary heads) or of an "
                              "exported checkpoint directory (policy only); same preset; fresh optimiser and schedule")
@@ -86,7 +89,7 @@ def _train_policy(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, precision=args.precision, save_dtype=args.save_dtype,
         dataset_key=args.dataset_key, aux_weight=args.aux_weight,
         label_quantum_m=args.label_quantum_m, label_quantum_rad=args.label_quantum_rad, init_from=args.init_from,
-        balance_power=args.balance_power, progress=not args.quiet)
+        balance_power=args.balance_power, attention_weight=args.attention_weight, progress=not args.quiet)
     with sigterm_as_keyboard_interrupt():  # `kill` (a scheduler, `timeout`) saves like Ctrl-C
         result = train(config, until_step=args.stop_at_step, max_minutes=args.max_minutes)
     if result.evaluation is not None:

@@ -40,6 +40,9 @@ PATCH_SIZE = 14
 """ViT patch size of every preset: 224 / 14 = a 16 x 16 grid of visual tokens."""
 LOCATED_POINTS: tuple[str, ...] = tuple(obj.name for obj in OBJECTS) + ("tcp",)
 """Points whose image patch the auxiliary head learns to find (training only), in this order."""
+POINTED: tuple[str, ...] = ("task object", "destination", "tcp")
+"""What the supervised attention heads point at, head by head (``model.attention_loss``); the
+destination is the green square for ``place`` and the task object otherwise."""
 OFFSET_SCALE = 10.0
 """Auxiliary offsets are regressed in decimetres (x10 metres) so their loss is O(1)."""
 
@@ -60,6 +63,9 @@ class FrameSet:
         offsets: (N, 6) float32: (task object - tcp, destination - tcp) in decimetres; the
             destination is the green square for ``place`` and the task object otherwise. None
             as ``patch_targets``.
+        pointer_targets: (N, len(POINTED)) int64 patch index of the task object, the
+            destination and the tcp (columns of ``patch_targets`` picked per episode), or None
+            as ``patch_targets``.
     """
 
     images: np.ndarray
@@ -69,6 +75,7 @@ class FrameSet:
     episode_seed: np.ndarray
     patch_targets: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    pointer_targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -137,21 +144,25 @@ def patch_index(points: np.ndarray) -> np.ndarray:
     return np.where(inside, cells[..., 1] * (IMAGE_SIZE // PATCH_SIZE) + cells[..., 0], -100)
 
 
-def auxiliary_targets(record: EpisodeRecord) -> tuple[np.ndarray, np.ndarray] | None:
+def auxiliary_targets(record: EpisodeRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Training-only supervision of one episode from the simulator's privileged state.
 
-    Returns ``(patch_targets (T, 5) int64, offsets (T, 6) float32)`` as :class:`FrameSet`
-    documents, or None when the record has no ``object_positions``.
+    Returns ``(patch_targets (T, 5) int64, offsets (T, 6) float32, pointer_targets (T, 3) int64)``
+    as :class:`FrameSet` documents, or None when the record has no ``object_positions``.
     """
     if record.object_positions is None:
         return None
     names = [obj.name for obj in OBJECTS]
     tcp = record.proprio[:, :3].astype(np.float64)
     points = np.concatenate([record.object_positions, tcp[:, None]], axis=1)
-    target = record.object_positions[:, names.index(record.target)]
-    destination = record.object_positions[:, names.index(PAD_NAME)] if record.family == "place" else target
+    target_column = names.index(record.target)
+    destination_column = names.index(PAD_NAME) if record.family == "place" else target_column
+    target = record.object_positions[:, target_column]
+    destination = record.object_positions[:, destination_column]
     offsets = OFFSET_SCALE * np.concatenate([target - tcp, destination - tcp], axis=1)
-    return patch_index(points), offsets.astype(np.float32)
+    patches = patch_index(points)
+    pointed = patches[:, [target_column, destination_column, len(names)]]
+    return patches, offsets.astype(np.float32), pointed
 
 
 Episode = tuple[Path, EpisodeRecord]
@@ -194,7 +205,8 @@ def _frames(episodes: list[Episode], instructions: list[str]) -> FrameSet:
         instructions=instructions,
         episode_seed=np.concatenate([np.full(len(r), r.seed, np.int64) for r in records]),
         patch_targets=np.concatenate([a[0] for a in auxiliary]) if complete else None,  # type: ignore[index]
-        offsets=np.concatenate([a[1] for a in auxiliary]) if complete else None)  # type: ignore[index]
+        offsets=np.concatenate([a[1] for a in auxiliary]) if complete else None,  # type: ignore[index]
+        pointer_targets=np.concatenate([a[2] for a in auxiliary]) if complete else None)  # type: ignore[index]
 
 
 def policy_driven(root: Path) -> bool:

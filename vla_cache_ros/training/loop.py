@@ -37,6 +37,7 @@ from vla_cache_ros.models.vla import OpenVLA
 from vla_cache_ros.training.curves import plot_learning_curves
 from vla_cache_ros.training.data import (
     LOCATED_POINTS,
+    POINTED,
     FrameSet,
     TrainingData,
     action_tokens,
@@ -47,11 +48,13 @@ from vla_cache_ros.training.data import (
     steps_for_epochs,
 )
 from vla_cache_ros.training.model import (
+    ATTENTION_LAYER,
     PRESETS,
     AuxiliaryHeads,
     Batch,
     action_logits,
     action_loss,
+    attention_loss,
     build_policy,
     class_weights,
     export_checkpoint,
@@ -84,8 +87,11 @@ DEFAULT_LABEL_QUANTUM_M = 0.005
 DEFAULT_LABEL_QUANTUM_RAD = 0.05
 IDENTITY = ("preset", "total_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
             "grad_clip", "seed", "val_fraction", "dataset_key", "data_fingerprint", "aux_weight",
-            "label_quantum_m", "label_quantum_rad", "init_from", "balance_power")
+            "label_quantum_m", "label_quantum_rad", "init_from", "balance_power", "attention_weight")
 """Settings that define a run's losses; a resume must keep them."""
+
+IDENTITY_BEFORE = {"attention_weight": 0.0}
+"""Values of identity settings added later, for runs saved before them (they resume unchanged)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,10 @@ class TrainConfig:
             dimension, over the training labels) to the power ``-balance_power`` (0: plain mean,
             OpenVLA's loss); see ``model.class_weights``. Training only; the reported and
             validation losses stay the plain mean.
+        attention_weight: weight of the training-only attention supervision
+            (``model.attention_loss``: the action position's attention heads of layer
+            ``model.ATTENTION_LAYER`` pointed at the task object, the destination and the tcp);
+            0: off. Needs object positions in the data, 3 heads and 2 decoder layers.
         init_from: start from the weights of another run's training state (its ``--out``: the
             policy and, where shapes match, the auxiliary heads) instead of a fresh
             initialisation; the optimiser and schedule start anew.
@@ -161,6 +171,7 @@ class TrainConfig:
     label_quantum_rad: float = DEFAULT_LABEL_QUANTUM_RAD
     init_from: Path | None = None
     balance_power: float = 0.0
+    attention_weight: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -179,7 +190,7 @@ class TrainConfig:
                         "--val-frames": self.val_frames, "--greedy-frames": self.greedy_frames,
                         "--warmup-steps": self.warmup_steps, "--aux-weight": self.aux_weight,
                         "--label-quantum-m": self.label_quantum_m, "--label-quantum-rad": self.label_quantum_rad,
-                        "--balance-power": self.balance_power}
+                        "--balance-power": self.balance_power, "--attention-weight": self.attention_weight}
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise TrainingError(f"{name} must be >= 0, got {value}")
@@ -249,7 +260,8 @@ def frames_batch(model: OpenVLA, frames: FrameSet, rows: np.ndarray, targets: np
         return None if array is None else torch.from_numpy(array[rows])
 
     return make_batch(model, [frames.images[r] for r in rows], [frames.instruction(r) for r in rows],
-                      torch.from_numpy(targets[rows]), pick(frames.patch_targets), pick(frames.offsets))
+                      torch.from_numpy(targets[rows]), pick(frames.patch_targets), pick(frames.offsets),
+                      pick(frames.pointer_targets))
 
 
 def _check_label_quanta(config: TrainConfig, data: TrainingData, log: Callable[[str], None]) -> None:
@@ -382,6 +394,27 @@ def _aux_weight(config: TrainConfig, data: TrainingData) -> float:
     return float(config.aux_weight)
 
 
+def _check_attention(config: TrainConfig, data: TrainingData, model: OpenVLA) -> int | None:
+    """The decoder layer whose attention is supervised, or None when ``attention_weight`` is 0;
+    switches the decoder to eager attention (SDPA returns no probabilities).
+
+    Raises:
+        TrainingError: the data records no object positions or the model is too small.
+    """
+    if config.attention_weight == 0:
+        return None
+    if data.train.pointer_targets is None:
+        raise TrainingError(f"--attention-weight {config.attention_weight:g} needs object positions, which "
+                            f"{config.data_dir} does not record (collect it again with this version of sim-collect)")
+    text = model.llama_config
+    if text.num_hidden_layers <= ATTENTION_LAYER or text.num_attention_heads < len(POINTED):
+        raise TrainingError(f"--attention-weight needs at least {ATTENTION_LAYER + 1} decoder layers and "
+                            f"{len(POINTED)} attention heads; preset {config.preset!r} has "
+                            f"{text.num_hidden_layers} and {text.num_attention_heads}")
+    model.language_model.set_attn_implementation("eager")
+    return ATTENTION_LAYER
+
+
 def _settings(config: TrainConfig, data: TrainingData, total_steps: int) -> dict[str, Any]:
     return {"aux_weight": _aux_weight(config, data), "preset": config.preset, "total_steps": total_steps,
             "batch_size": config.batch_size,
@@ -389,15 +422,18 @@ def _settings(config: TrainConfig, data: TrainingData, total_steps: int) -> dict
             "min_lr_ratio": config.min_lr_ratio, "grad_clip": config.grad_clip, "seed": config.seed,
             "label_quantum_m": config.label_quantum_m, "label_quantum_rad": config.label_quantum_rad,
             "init_from": str(config.init_from) if config.init_from is not None else None,
-            "balance_power": config.balance_power,
+            "balance_power": config.balance_power, "attention_weight": config.attention_weight,
             "val_fraction": config.val_fraction, "dataset_key": data.dataset_key,
             "data_fingerprint": data.fingerprint}
 
 
 def _refuse_changed(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
-    differing = [key for key in IDENTITY if saved.get(key) != wanted[key]]
+    def there(key: str) -> Any:
+        return saved.get(key, IDENTITY_BEFORE.get(key))
+
+    differing = [key for key in IDENTITY if there(key) != wanted[key]]
     if differing:
-        details = ", ".join(f"{key}: {saved.get(key)!r} there, {wanted[key]!r} now" for key in differing)
+        details = ", ".join(f"{key}: {there(key)!r} there, {wanted[key]!r} now" for key in differing)
         raise TrainingError(f"{out_dir} holds a run with other settings ({details}); resume with the same "
                             "settings and data, or choose another --out")
 
@@ -460,6 +496,7 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     initial = saved.model if saved is not None else _initial_weights(config.init_from)  # before writing anything
     created = not out_dir.exists()
     model = build_policy(config.preset, data.norm_stats, out_dir, config.seed)
+    attention_layer = _check_attention(config, data, model)
     aux_weight = settings["aux_weight"]
     heads = AuxiliaryHeads.for_policy(model, len(LOCATED_POINTS)) if aux_weight > 0 else None
     trainee = torch.nn.ModuleDict({"policy": model, **({"aux": heads} if heads is not None else {})})
@@ -550,13 +587,19 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
             for group in optimizer.param_groups:
                 group["lr"] = rate
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                logits, features, action_hidden = forward(model, batch)
+                logits, features, action_hidden, attention = forward(model, batch, attention_layer)
             loss = action_loss(logits, batch.targets)
             total = loss if token_weights is None else action_loss(logits, batch.targets, token_weights)
             if heads is not None:
                 patch_loss, offset_loss = heads.losses(features, action_hidden, batch)
                 total = total + aux_weight * (patch_loss + offset_loss)
                 auxiliary = {"patch_loss": float(patch_loss.detach()), "offset_loss": float(offset_loss.detach())}
+            if attention is not None:
+                assert batch.pointer_targets is not None  # _check_attention
+                pointing = attention_loss(attention, batch.action_start, batch.pointer_targets,
+                                          model.num_visual_tokens)
+                total = total + config.attention_weight * pointing
+                auxiliary["attention_loss"] = float(pointing.detach())
             total.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainee.parameters(), config.grad_clip)
@@ -572,7 +615,7 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
             bar.update(1)
             recent = history["train"][-20:]
             shown = {key: f"{np.mean([entry[key] for entry in recent]):.3f}"
-                     for key in ("patch_loss", "offset_loss") if key in auxiliary}
+                     for key in ("patch_loss", "offset_loss", "attention_loss") if key in auxiliary}
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **shown,
                             samples_s=f"{len(losses) * config.batch_size / train_seconds:.1f}")
             done = step >= stop_at

@@ -134,6 +134,8 @@ class Batch:
         patch_targets: (B, P) int64 patch index of each located point (-100: not visible), or
             None (no auxiliary supervision; see ``training.data.FrameSet``).
         offsets: (B, 6) float32 auxiliary offsets in decimetres, or None.
+        pointer_targets: (B, 3) int64 patch index of the task object, the destination and the
+            tcp (see ``training.data.POINTED``), or None.
     """
 
     pixel_values: torch.Tensor
@@ -142,17 +144,20 @@ class Batch:
     targets: torch.Tensor
     patch_targets: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
+    pointer_targets: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
         def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.to(device)
 
         return Batch(self.pixel_values.to(device), self.input_ids.to(device), self.action_start.to(device),
-                     self.targets.to(device), move(self.patch_targets), move(self.offsets))
+                     self.targets.to(device), move(self.patch_targets), move(self.offsets),
+                     move(self.pointer_targets))
 
 
 def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: torch.Tensor,
-               patch_targets: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> Batch:
+               patch_targets: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+               pointer_targets: torch.Tensor | None = None) -> Batch:
     """Preprocess frames exactly as inference does (``model.processor``) and lay out the tokens.
 
     Args:
@@ -160,7 +165,8 @@ def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: t
         images: B (H, W, 3) uint8 RGB frames.
         instructions: B instructions.
         targets: (B, 7) int64 action-token ids.
-        patch_targets, offsets: optional auxiliary targets, passed through (see :class:`Batch`).
+        patch_targets, offsets, pointer_targets: optional auxiliary targets, passed through (see
+            :class:`Batch`).
     """
     pixels = torch.cat([model.processor(image).pixel_values for image in images])
     prompts = [prompt_token_ids(model.tokenizer, text) for text in instructions]
@@ -172,7 +178,7 @@ def make_batch(model: OpenVLA, images: list, instructions: list[str], targets: t
         input_ids[row, len(prompt):len(prompt) + ACTION_DIM - 1] = targets[row, :ACTION_DIM - 1]
     # [BOS | N visual | prompt[1:]]: the last prompt token (29871) sits at N + len(prompt) - 1.
     start = torch.tensor([model.num_visual_tokens + len(p) - 1 for p in prompts])
-    return Batch(pixels, input_ids, start, targets.long(), patch_targets, offsets)
+    return Batch(pixels, input_ids, start, targets.long(), patch_targets, offsets, pointer_targets)
 
 
 def action_logits(model: OpenVLA, batch: Batch) -> torch.Tensor:
@@ -180,17 +186,63 @@ def action_logits(model: OpenVLA, batch: Batch) -> torch.Tensor:
     return forward(model, batch)[0]
 
 
-def forward(model: OpenVLA, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward(model: OpenVLA, batch: Batch, attention_layer: int | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One teacher-forced pass: (action logits (B, 7, vocab), vision features (B, N, D) before the
-    projector, decoder hidden states of the 7 action positions (B, 7, hidden))."""
+    projector, decoder hidden states of the 7 action positions (B, 7, hidden), and the attention
+    probabilities (B, heads, T, T) of decoder layer ``attention_layer``, or None when not asked
+    for). Asking for attention needs the decoder in eager attention
+    (``language_model.set_attn_implementation("eager")``): SDPA does not return probabilities."""
     features = model.vision(batch.pixel_values)
     text = model.language_model.get_input_embeddings()(batch.input_ids)
     visual = model.projector(features).to(text.dtype)
     embeddings = torch.cat([text[:, :1], visual, text[:, 1:]], dim=1)
-    hidden = model.language_model.model(inputs_embeds=embeddings, use_cache=False).last_hidden_state
+    outputs = model.language_model.model(inputs_embeds=embeddings, use_cache=False,
+                                         output_attentions=attention_layer is not None)
+    hidden = outputs.last_hidden_state
     positions = batch.action_start[:, None] + torch.arange(ACTION_DIM, device=hidden.device)
     picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
-    return model.language_model.lm_head(picked), features, picked
+    attention = outputs.attentions[attention_layer] if attention_layer is not None else None
+    return model.language_model.lm_head(picked), features, picked, attention
+
+
+ATTENTION_LAYER = 1
+"""Decoder layer (0-based) whose first heads :func:`attention_loss` supervises: the second, so
+that the first can bring the instruction's words into the action position's query."""
+
+
+def attention_loss(attention: torch.Tensor, action_start: torch.Tensor, pointer_targets: torch.Tensor,
+                   num_visual: int) -> torch.Tensor:
+    """Where the action position looks: head h of the supervised layer, in the row of the position
+    that predicts the first action token, should attend to the visual token of point h
+    (``training.data.POINTED``: task object, destination, tcp). Mean of ``-log p`` over the
+    visible points, with p the head's attention probability on that token (visual tokens sit at
+    sequence positions 1..N, after BOS).
+
+    Why: on held-out first frames the run-6 policy's offset readout often pointed at a distractor
+    and its first moves went the wrong way (docs/training.md), although its patch head found every
+    object: the decoder had not learnt to pick the instruction's object. Supervising attention
+    with privileged object positions is a training-only aid, like the auxiliary heads; the
+    shipped model is unchanged in shape and at inference.
+
+    Args:
+        attention: (B, H, T, T) probabilities of one decoder layer, H >= P.
+        action_start: (B,) int64 row of the first action-token prediction.
+        pointer_targets: (B, P) int64 patch index per point, -100 when outside the image.
+        num_visual: N.
+
+    Raises:
+        TrainingError: fewer heads than points.
+    """
+    points = pointer_targets.shape[1]
+    if attention.shape[1] < points:
+        raise TrainingError(f"attention supervision needs {points} heads in decoder layer {ATTENTION_LAYER}, "
+                            f"the model has {attention.shape[1]}")
+    rows = torch.arange(len(attention), device=attention.device)
+    looked = attention[rows, :points, action_start, 1:1 + num_visual]  # (B, P, N)
+    visible = pointer_targets != IGNORE_INDEX
+    picked = looked.gather(2, pointer_targets.clamp(min=0)[..., None])[..., 0].float()
+    return -(torch.log(picked.clamp(min=1e-6)) * visible).sum() / visible.sum().clamp(min=1)
 
 
 class AuxiliaryHeads(torch.nn.Module):
