@@ -32,7 +32,7 @@ from vla_cache_ros.cache.modes import (
     get_mode,
     runnable_modes,
 )
-from vla_cache_ros.cache.selectors import SelectionContext, Selector
+from vla_cache_ros.cache.selectors import SelectionContext, SelectionReport, Selector
 from vla_cache_ros.cache.tokens import TokenStates, extract_patches
 from vla_cache_ros.cache.tokens import reuse_mask as token_reuse_mask
 from vla_cache_ros.models.vla import ACTION_DIM, OpenVLA, load_vla
@@ -64,6 +64,9 @@ class StepStats:
     draft_tokens: int = 0  # tokens of the draft verified in the prefill (0: none)
     accepted_draft_tokens: int = 0  # leading draft tokens equal to the greedy output
     decode_passes: int = ACTION_DIM - 1  # sequential single-token forward passes after the prefill
+    predicted_ratio: float | None = None  # learned mode: the ratio the predictor chose (nan: no cache yet)
+    ratio_cap: float | None = None  # learned mode: the cache_ratio bound applied to it
+    recovered_tokens: int = 0  # learned mode: tokens due for reuse recomputed by stochastic recovery
 
     @property
     def reuse_mask(self) -> np.ndarray:
@@ -300,8 +303,9 @@ class CachedVLAPolicy:
         context = SelectionContext(
             frame=prepared.model_input_rgb, patches=patches, similarity=self._tokens.similarity(patches),
             ages=self._tokens.ages.copy(), eligible=eligible, previous_attention=self._previous_attention,
-            target_ratio=ratio, num_layers=self.engine.num_layers)
+            target_ratio=ratio, num_layers=self.engine.num_layers, reference_patches=self._tokens.reference_patches)
         reuse = np.asarray(selector.select(context), dtype=np.int64)
+        report: SelectionReport | None = getattr(selector, "last_report", None)
         reuse = reuse[eligible[reuse]] if reuse.size else reuse  # never reuse an ineligible token
         relevance_layer = selector.relevance_layer(self.engine.num_layers)
         clock.lap("select")
@@ -336,7 +340,10 @@ class CachedVLAPolicy:
             token_layer_computations=prefill.token_layer_computations,
             reuse_indices=reuse, action_tokens=decoded.tokens.numpy(), cache_reset=reset, decode=decode,
             draft_tokens=0 if draft is None else int(draft.numel()),
-            accepted_draft_tokens=decoded.accepted_draft_tokens, decode_passes=decoded.passes)
+            accepted_draft_tokens=decoded.accepted_draft_tokens, decode_passes=decoded.passes,
+            predicted_ratio=None if report is None else report.predicted_ratio,
+            ratio_cap=None if report is None else report.ratio_cap,
+            recovered_tokens=0 if report is None else report.recovered_tokens)
         return action, stats
 
 

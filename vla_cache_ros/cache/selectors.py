@@ -15,7 +15,7 @@ registry (:mod:`vla_cache_ros.cache.modes`) names the classes below and builds t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -32,11 +32,21 @@ class SelectionContext:
     previous_attention: np.ndarray | None  # (N,) text->vision attention of the previous step
     target_ratio: float  # cache ratio r in [0, 1]
     num_layers: int  # decoder depth (for selectors that pick a layer)
+    reference_patches: np.ndarray | None = None  # (N, P) float32 patches each token was last computed from
 
     @property
     def num_tokens(self) -> int:
         """N."""
         return int(self.patches.shape[0])
+
+
+class SelectionReport(NamedTuple):
+    """What a selector that chooses its own ratio decided (the ``learned`` mode), for StepStats
+    and diagnostics."""
+
+    predicted_ratio: float  # the ratio it chose before the cap (nan: nothing to reuse from)
+    ratio_cap: float  # the cache_ratio parameter, the upper bound
+    recovered_tokens: int  # tokens due for reuse recomputed anyway (stochastic recovery)
 
 
 class Selector(Protocol):

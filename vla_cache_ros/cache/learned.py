@@ -1,0 +1,293 @@
+"""The learned cache (LAC): a Cached Token Selector and a Cache Ratio Predictor, their inputs,
+their files, and the ``learned`` mode's selector that runs them at inference.
+
+After *Learning to Accelerate Vision-Language-Action Models through Adaptive Visual Token
+Caching* (arXiv 2602.00686, 2026; no public code). What the paper fixes and what is this
+project's choice (see ../docs/learned_cache.md for the measurements behind the choices):
+
+- **Cached Token Selector** (paper): a small CNN over the current frame stacked with a motion
+  signal, one score per visual token in [0, 1], high = recompute; it sees no language.
+  Here: the model-input frame (224 px RGB) plus a motion signal between the current frame and
+  the *reference frame* -- every token's reference patch (the pixels its cached K/V were
+  computed from, ``cache.tokens.TokenStates``) put back in place -- so the signal also carries
+  staleness, not only the last frame-to-frame change. Two signals (:data:`MOTION_SIGNALS`): the
+  per-pixel absolute difference (``frame_difference``, 1 channel) or OpenCV's DIS dense optical
+  flow (``flow``, 2 channels; the paper's RAFT-small weights cannot be downloaded here).
+- **Cache Ratio Predictor** (paper): logits over a discrete set of candidate ratios. Here: an
+  MLP over the selector trunk's globally pooled features (a shared trunk keeps the added cost to
+  one small CNN), over :data:`DEFAULT_RATIOS`.
+- **Inference** (paper): argmax ratio, hard top-k, stochastic recovery. Here: the ratio is
+  capped by the ``cache_ratio`` parameter (the upper bound in ``learned`` mode);
+  ``k = round(N * min(predicted, cap))`` eligible tokens with the lowest scores are reused; each
+  of them is recomputed anyway with probability ``recovery_probability`` (a seeded generator);
+  the policy's staleness guard (``max_token_age``) decides eligibility before, as for every
+  selector.
+
+Core module: no ROS. Weights are safetensors with a JSON config beside them; nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla_cache_ros.cache.selectors import SelectionContext, SelectionReport, target_count
+from vla_cache_ros.cache.tokens import grid_side
+from vla_cache_ros.errors import CheckpointError, ConfigurationError
+
+CONFIG_FILE = "cache_policy.json"
+WEIGHTS_FILE = "cache_policy.safetensors"
+FORMAT = "vla_cache_ros.learned_cache/1"
+
+MOTION_SIGNALS: dict[str, int] = {"frame_difference": 1, "flow": 2}
+"""Motion signal name -> input channels it adds to the frame's 3."""
+
+DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Candidate cache ratios of the Cache Ratio Predictor (the paper does not disclose its set)."""
+
+FLOW_SCALE_PX = 14.0
+"""Optical flow is divided by one patch side (14 px) so that a patch-sized motion reads 1."""
+
+
+@dataclass(frozen=True)
+class CachePolicyConfig:
+    """Shape of a learned cache policy (saved as ``cache_policy.json``).
+
+    Attributes:
+        ratios: candidate cache ratios, ascending, in [0, 1].
+        motion: a key of :data:`MOTION_SIGNALS`.
+        width: channels of the selector trunk.
+        num_tokens: N visual tokens of the VLA it was trained for (a square: 256 = 16 x 16).
+        image_size: side of the model-input frame in pixels (224).
+        recovery_probability: chance that a token due for reuse is recomputed anyway, in [0, 1).
+        trained_for: free-form provenance (model path, data, stage), shown in errors and stats.
+    """
+
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    motion: str = "frame_difference"
+    width: int = 24
+    num_tokens: int = 256
+    image_size: int = 224
+    recovery_probability: float = 0.05
+    trained_for: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ratios = tuple(float(r) for r in self.ratios)
+        object.__setattr__(self, "ratios", ratios)
+        if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios) or list(ratios) != sorted(set(ratios)):
+            raise ConfigurationError(f"cache policy ratios must be distinct, ascending, in [0, 1]; got {ratios}")
+        if self.motion not in MOTION_SIGNALS:
+            raise ConfigurationError(f"unknown motion signal {self.motion!r}; choose from {', '.join(MOTION_SIGNALS)}")
+        if self.width < 1:
+            raise ConfigurationError(f"cache policy width must be >= 1, got {self.width}")
+        grid = grid_side(self.num_tokens)
+        if self.image_size % grid:
+            raise ConfigurationError(f"a {self.image_size} px frame does not split into a {grid}x{grid} grid")
+        if not 0.0 <= self.recovery_probability < 1.0:
+            raise ConfigurationError(f"recovery probability must lie in [0, 1), got {self.recovery_probability}")
+
+    @property
+    def in_channels(self) -> int:
+        """RGB plus the motion signal's channels."""
+        return 3 + MOTION_SIGNALS[self.motion]
+
+    @property
+    def grid(self) -> int:
+        """Side of the token grid (16)."""
+        return grid_side(self.num_tokens)
+
+
+def reference_frame(reference_patches: np.ndarray, image_size: int) -> np.ndarray:
+    """Every token's reference patch put back in place: (N, side*side*3) float32 patches as
+    ``cache.tokens.extract_patches`` makes them -> (S, S, 3) uint8 frame."""
+    grid = grid_side(len(reference_patches))
+    side = image_size // grid
+    tiles = np.asarray(reference_patches).reshape(grid, grid, side, side, 3).transpose(0, 2, 1, 3, 4)
+    return np.clip(np.rint(tiles.reshape(image_size, image_size, 3)), 0, 255).astype(np.uint8)
+
+
+def motion_signal(kind: str, frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The motion input between ``reference`` and ``frame``, both (S, S, 3) uint8 RGB.
+
+    Returns (S, S, C) float32: ``frame_difference``: mean absolute difference over the channels
+    / 255 (C = 1); ``flow``: OpenCV DIS dense flow (ultrafast preset) from the reference to the
+    current grey image, in patch sides (C = 2).
+
+    Raises:
+        ConfigurationError: an unknown ``kind`` or frames of different shapes.
+    """
+    if frame.shape != reference.shape:
+        raise ConfigurationError(f"motion signal: frame {frame.shape} and reference {reference.shape} differ")
+    if kind == "frame_difference":
+        difference = np.abs(frame.astype(np.int16) - reference.astype(np.int16)).mean(axis=2)
+        return (difference / 255.0).astype(np.float32)[..., None]
+    if kind == "flow":
+        import cv2  # imported here: only the flow signal needs OpenCV
+
+        grey = [cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY) for image in (reference, frame)]
+        flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(grey[0], grey[1], None)
+        return (flow / FLOW_SCALE_PX).astype(np.float32)
+    raise ConfigurationError(f"unknown motion signal {kind!r}; choose from {', '.join(MOTION_SIGNALS)}")
+
+
+def selector_input(config: CachePolicyConfig, frame: np.ndarray, reference: np.ndarray) -> torch.Tensor:
+    """(1, 3 + C, S, S) float32 network input: RGB / 255 stacked with :func:`motion_signal`."""
+    stacked = np.concatenate([frame.astype(np.float32) / 255.0, motion_signal(config.motion, frame, reference)], axis=2)
+    return torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 1)))[None]
+
+
+class CacheSelectorNet(nn.Module):
+    """Cached Token Selector and Cache Ratio Predictor on one small convolutional trunk.
+
+    Trunk: a patchifying convolution (kernel = stride = side / 2, 7 px for 224 / 16) to a
+    2·grid square, a stride-2 3x3 convolution to the token grid and a 3x3 convolution, GELU
+    between. Token head: a 1x1 convolution -> one logit per token (sigmoid: the score in [0, 1],
+    high = recompute). Ratio head: mean- and max-pooled trunk features -> MLP -> one logit per
+    candidate ratio.
+    """
+
+    def __init__(self, config: CachePolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        patch = config.image_size // config.grid // 2
+        if patch < 1 or config.image_size % (2 * config.grid):
+            raise ConfigurationError(f"a {config.image_size} px frame does not fit the selector's 2x{config.grid} stem")
+        width = config.width
+        self.trunk = nn.Sequential(
+            nn.Conv2d(config.in_channels, width, kernel_size=patch, stride=patch), nn.GELU(),
+            nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, kernel_size=3, padding=1), nn.GELU())
+        self.token_head = nn.Conv2d(2 * width, 1, kernel_size=1)
+        self.ratio_head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.GELU(),
+                                        nn.Linear(2 * width, len(config.ratios)))
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3 + C, S, S) -> (token score logits (B, N), ratio logits (B, len(ratios)))."""
+        features = self.trunk(inputs)
+        scores = self.token_head(features).flatten(1)
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        return scores, self.ratio_head(pooled)
+
+
+def save_cache_policy(directory: str | Path, net: CacheSelectorNet) -> Path:
+    """Write ``cache_policy.json`` and ``cache_policy.safetensors`` into ``directory`` (created)."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"format": FORMAT, **asdict(net.config), "ratios": list(net.config.ratios)}
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return out
+
+
+def load_cache_policy(directory: str | Path) -> CacheSelectorNet:
+    """Read a cache policy written by :func:`save_cache_policy` (eval mode, float32, CPU).
+
+    Raises:
+        CheckpointError: missing files, a foreign or malformed config, weights that do not fit it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    root = Path(directory)
+    config_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"cache policy {root}: {path.name} is missing "
+                                  "(train one with `vla-cache train-cache`)")
+    try:
+        document = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cache policy {config_path}: not readable JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"cache policy {config_path}: format is not {FORMAT!r}")
+    settings = {k: v for k, v in document.items() if k in CachePolicyConfig.__dataclass_fields__}
+    try:
+        config = CachePolicyConfig(**settings)
+        net = CacheSelectorNet(config)
+        net.load_state_dict(load_file(str(weights_path)))
+    except (ConfigurationError, TypeError, ValueError) as error:
+        raise CheckpointError(f"cache policy {root}: {error}") from None
+    except (RuntimeError, SafetensorError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"cache policy {root}: weights do not fit its config ({first})") from None
+    return net.eval()
+
+
+class LearnedSelector:
+    """The ``learned`` mode's selector: runs a :class:`CacheSelectorNet` on each step's frame.
+
+    ``select`` returns the reuse set; ``last_report`` then holds the predicted ratio, the cap and
+    the recovered count (the policy copies it into ``StepStats``).
+
+    Args:
+        net: the trained modules (see :func:`load_cache_policy`).
+        seed: seeds the stochastic recovery (same seed, same inputs -> same reuse sets).
+        recovery_probability: overrides the saved one (e.g. 0 for ablations); None keeps it.
+    """
+
+    name = "learned"
+
+    def __init__(self, net: CacheSelectorNet, seed: int = 0, recovery_probability: float | None = None) -> None:
+        self.net = net.eval()
+        self.config = net.config
+        probability = self.config.recovery_probability if recovery_probability is None else recovery_probability
+        if not 0.0 <= probability < 1.0:
+            raise ConfigurationError(f"recovery probability must lie in [0, 1), got {probability}")
+        self.recovery_probability = float(probability)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.last_report: SelectionReport | None = None
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the recovery generator (``seed``: a new one; None: the constructor's)."""
+        self.seed = self.seed if seed is None else seed
+        self._rng = np.random.default_rng(self.seed)
+
+    def relevance_layer(self, num_layers: int) -> int | None:
+        """No decoder attention needed."""
+        return None
+
+    @torch.no_grad()
+    def scores(self, frame: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+        """(N,) scores in [0, 1] (high = recompute) and the predicted (uncapped) ratio."""
+        token_logits, ratio_logits = self.net(selector_input(self.config, frame, reference))
+        predicted = self.config.ratios[int(torch.argmax(ratio_logits[0]))]
+        return torch.sigmoid(token_logits[0]).numpy().astype(np.float64), float(predicted)
+
+    def select(self, context: SelectionContext) -> np.ndarray:
+        """The ``k`` eligible tokens with the lowest scores minus the recovered ones, sorted.
+
+        Raises:
+            ConfigurationError: the frame or token count differs from what the policy was
+                trained for.
+        """
+        if context.num_tokens != self.config.num_tokens or context.frame.shape[0] != self.config.image_size:
+            raise ConfigurationError(
+                f"the cache policy was trained for {self.config.num_tokens} tokens of a {self.config.image_size} px "
+                f"frame; this model has {context.num_tokens} tokens of {context.frame.shape[0]} px")
+        if context.reference_patches is None or not context.eligible.any():
+            self.last_report = SelectionReport(math.nan, context.target_ratio, 0)
+            return np.empty(0, dtype=np.int64)
+        reference = reference_frame(context.reference_patches, self.config.image_size)
+        scores, predicted = self.scores(context.frame, reference)
+        count = target_count(min(predicted, context.target_ratio), context.num_tokens)
+        order = np.argsort(scores, kind="stable")  # lowest score first; ties -> lower id
+        chosen = order[context.eligible[order]][:count]
+        recovered = self._rng.random(chosen.size) < self.recovery_probability
+        self.last_report = SelectionReport(predicted, context.target_ratio, int(recovered.sum()))
+        return np.sort(chosen[~recovered]).astype(np.int64)
+
+
+def load_learned_selector(directory: str | Path, seed: int = 0,
+                          recovery_probability: float | None = None) -> LearnedSelector:
+    """:class:`LearnedSelector` of the cache policy in ``directory`` (errors of
+    :func:`load_cache_policy`)."""
+    return LearnedSelector(load_cache_policy(directory), seed, recovery_probability)
