@@ -65,8 +65,12 @@ class RotaryTables:
 
 
 def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
-    """Apply rotary position embedding to x of shape (1, heads, T, head_dim)."""
-    if not tables.halves_equal:
+    """Apply rotary position embedding to x of shape (B, heads, T, head_dim).
+
+    The half-by-half path writes into preallocated halves, which autograd cannot record; while
+    it records (training, ``cache/relaxed.py``) the general formula is used, with the same value.
+    """
+    if not tables.halves_equal or (torch.is_grad_enabled() and (x.requires_grad or tables.cos.requires_grad)):
         return x * tables.cos + rotate_half(x) * tables.sin
     half = x.shape[-1] // 2
     cos, sin = tables.cos[..., :half], tables.sin[..., :half]
@@ -186,14 +190,24 @@ class KVReuseEngine:
     @staticmethod
     def _relevance(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scaling: float,
                    text_rows: torch.Tensor, num_visual: int) -> torch.Tensor:
-        """Text->vision attention probabilities, averaged over heads and text query rows -> (N,)."""
+        """Text->vision attention probabilities, averaged over heads and text query rows.
+
+        Args:
+            query: (B, heads, rows, head_dim) post-RoPE queries of the computed rows.
+            keys: (B, kv_heads, T, head_dim) post-RoPE keys of every position.
+            mask: (rows, T) bool, True where a row may attend.
+            text_rows: indices into the rows of the prompt's text positions (after the visual ones).
+
+        Returns:
+            (B, N) float32: per batch row, the mean attention to each visual key column.
+        """
         groups = query.shape[1] // keys.shape[1]
         expanded = keys.repeat_interleave(groups, dim=1) if groups > 1 else keys
         scores = torch.matmul(query[:, :, text_rows].float(), expanded.float().transpose(-1, -2)) * scaling
         scores = scores.masked_fill(~mask[text_rows].unsqueeze(0).unsqueeze(0), float("-inf"))
         probabilities = torch.softmax(scores, dim=-1)
         visual = probabilities[..., VISUAL_START:VISUAL_START + num_visual]
-        return visual.mean(dim=(0, 1, 2))
+        return visual.mean(dim=(1, 2))
 
     @torch.no_grad()
     def prefill(self, embeddings: torch.Tensor, num_visual: int, reuse: torch.Tensor | None = None,
@@ -259,7 +273,7 @@ class KVReuseEngine:
                 query, full_key, full_value, attn_mask=mask, scale=scaling,
                 enable_gqa=query.shape[1] != full_key.shape[1])
             if relevance_layer is not None and index == relevance_layer:
-                relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)
+                relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)[0]
             hidden = self._finish_layer(layer, projections, hidden, attended)
         heads = self.language_model.lm_head(self.decoder.norm(hidden[:, -(appended + 1):]))[0].float()
         draft_work = appended * self.num_layers
