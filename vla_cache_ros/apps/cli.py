@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "vla_cache_ros.apps.bag_commands",
     "vla_cache_ros.apps.sim_commands",
     "vla_cache_ros.apps.train_policy",
+    "vla_cache_ros.apps.train_cache",
     "vla_cache_ros.apps.serve",
 )
 

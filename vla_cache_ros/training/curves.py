@@ -1,8 +1,10 @@
 """PNG learning curves of a training run (matplotlib, Agg backend: no display needed).
 
-Left: training loss per step (faint) and its running mean, validation loss (nats per action
-token). Right: validation action-token accuracy (teacher forced) and, where measured, the greedy
-(inference-path) token accuracy.
+``train-policy`` (:func:`plot_learning_curves`): left, training loss per step (faint) and its
+running mean, validation loss (nats per action token); right, validation action-token accuracy
+(teacher forced) and, where measured, the greedy (inference-path) token accuracy.
+``train-cache`` (:func:`plot_cache_curves`): losses, mean predicted cache ratio, agreement with
+the targets.
 """
 from __future__ import annotations
 
@@ -52,6 +54,13 @@ def plot_learning_curves(history: dict[str, list[dict[str, Any]]], path: Path, t
         axis.grid(alpha=0.3)
         if axis.has_data():
             axis.legend()
+    return _save(figure, path, title)
+
+
+def _save(figure: Any, path: Path, title: str) -> Path:
+    """Title, lay out and write ``figure`` to ``path`` atomically (PNG); close it."""
+    import matplotlib.pyplot as plt
+
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -60,3 +69,34 @@ def plot_learning_curves(history: dict[str, list[dict[str, Any]]], path: Path, t
     plt.close(figure)
     temporary.replace(path)
     return path
+
+
+def plot_cache_curves(history: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
+    """Draw a ``train-cache`` run (``train``/``val`` records with step, stage, loss and, in
+    Stage II, task, ratio, agreement) to ``path``: the loss and task loss, the mean predicted
+    cache ratio, and the action-token agreement with the targets (uncached greedy tokens when
+    self-distilling)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (("loss", "task"), ("ratio",), ("agreement", "all_agree"))
+    labels = ("loss (stage I: attention MSE; II: task + λ·L_ratio)", "mean cache ratio", "agreement")
+    for axis, keys, label in zip(axes, panels, labels):
+        for split, style in (("train", "-"), ("val", "o-")):
+            records = history.get(split, [])
+            for key in keys:
+                points = [(r["step"], r[key]) for r in records if key in r]
+                if not points:
+                    continue
+                steps, values = map(np.asarray, zip(*points))
+                if split == "train":
+                    values = running_mean(values, SMOOTHING_STEPS)
+                axis.plot(steps, values, style, label=f"{split} {key}")
+        axis.set(xlabel="step", title=label)
+        axis.grid(alpha=0.3)
+        if axis.has_data():
+            axis.legend()
+    return _save(figure, path, title)
