@@ -25,9 +25,10 @@ LAYERS: tuple[frozenset[str], ...] = (
 )
 """Areas from the bottom up: top-level modules and sub-packages of ``vla_cache_ros``."""
 
-SAME_LAYER = {("sim", "replay"), ("training", "sim"), ("runtime", "serving")}
+SAME_LAYER = {("sim", "replay"), ("training", "sim"), ("training", "replay"), ("runtime", "serving")}
 """Imports allowed between areas of one layer (the simulator records bags; training reads its
-dataset; the runtime's remote backend is the policy server's client)."""
+dataset, and the learned cache's self-distillation reads a user's bags; the runtime's remote
+backend is the policy server's client)."""
 
 
 def layer_of(area: str) -> int:

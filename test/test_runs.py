@@ -120,3 +120,22 @@ def test_stage_names_are_declared_once():
                     "preprocess", "vision"]:
                 spelled.append(path.relative_to(ROOT / "vla_cache_ros").as_posix())
     assert set(spelled) - NOT_YET_SWITCHED == {"stages.py"}, spelled
+
+
+def test_a_cache_policy_directory_is_loaded_once_and_each_policy_gets_its_own_selector(model, frames, tmp_path,
+                                                                                     monkeypatch):
+    from vla_cache_ros.cache import learned
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+
+    torch.manual_seed(0)
+    directory = save_cache_policy(tmp_path / "cp", CacheSelectorNet(CachePolicyConfig(width=4)))
+    loads = []
+    real = learned.load_cache_policy
+    monkeypatch.setattr(learned, "load_cache_policy", lambda path: loads.append(path) or real(path))
+    runner = ModeRunner(model, ["off", "learned:0.5", "learned:0.25"], unnorm_key="tiny_sim", cache_policy=directory)
+    assert loads == [directory] and runner.cache_policy_source == str(directory)
+    selectors = [runner.policies[key]._selectors["learned"] for key in ("learned:0.5", "learned:0.25")]
+    assert selectors[0] is not selectors[1] and selectors[0].net is selectors[1].net
+    for frame in frames:
+        steps = {step.spec: step for step in runner.step_frame(frame, INSTRUCTION)}
+    assert steps["learned:0.25"].stats.reused_tokens <= 64 and steps["learned:0.5"].stats.ratio_cap == 0.5

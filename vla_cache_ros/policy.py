@@ -129,10 +129,15 @@ class CachedVLAPolicy:
             an engine must not run concurrently.
         decode: ``greedy`` or ``speculative`` (the previous step's action tokens are verified as
             a draft inside the prefill; identical output, fewer decode passes when they repeat).
+        cache_policy: a trained cache policy (``vla-cache train-cache`` output directory, or its
+            loaded ``CacheSelectorNet``) that makes ``learned`` runnable; None: ``learned``
+            stays unavailable unless ``selectors`` supplies it.
+        cache_policy_seed: seeds the learned selector's stochastic recovery.
 
     Raises:
         CacheModeError: ``mode`` unknown or not runnable; a ``selectors`` key that is no known mode.
         ConfigurationError: ``cache_ratio`` or ``max_token_age`` out of range; an unknown ``decode``.
+        CheckpointError: an unreadable ``cache_policy``.
     """
 
     def __init__(self, model: OpenVLA, mode: str = "fixed", cache_ratio: float = 0.5,
@@ -140,7 +145,7 @@ class CachedVLAPolicy:
                  selectors: Mapping[str, Selector] | None = None,
                  selector_options: Mapping[str, Mapping[str, Any]] | None = None,
                  prepack: bool | None = None, engine: KVReuseEngine | None = None,
-                 decode: str = "greedy") -> None:
+                 decode: str = "greedy", cache_policy: Any = None, cache_policy_seed: int = 0) -> None:
         self.model = model
         self.engine = engine if engine is not None else KVReuseEngine(model.language_model, prepack=prepack)
         self.num_visual = model.num_visual_tokens
@@ -148,6 +153,9 @@ class CachedVLAPolicy:
         options = selector_options or {}
         self._selectors: dict[str, Selector] = {
             name: build_selector(name, **options.get(name, {})) for name in runnable_modes()}
+        self.cache_policy_source: str | None = None
+        if cache_policy is not None:
+            self._selectors["learned"] = self._learned_selector(cache_policy, cache_policy_seed)
         for name, selector in (selectors or {}).items():
             get_mode(name)  # a mode must be declared in the registry before a policy runs it
             self._selectors[name] = selector
@@ -216,6 +224,21 @@ class CachedVLAPolicy:
     def decode(self) -> str:
         """Current decode setting."""
         return self._decode
+
+    def _learned_selector(self, cache_policy: Any, seed: int) -> Selector:
+        from vla_cache_ros.cache.learned import CacheSelectorNet, LearnedSelector, load_cache_policy
+
+        net = cache_policy if isinstance(cache_policy, CacheSelectorNet) else load_cache_policy(cache_policy)
+        self.cache_policy_source = "in memory" if isinstance(cache_policy, CacheSelectorNet) else str(cache_policy)
+        return LearnedSelector(net, seed=seed)
+
+    def load_cache_policy(self, cache_policy: Any, seed: int = 0) -> None:
+        """Make ``learned`` runnable with a trained cache policy (a directory or a loaded net).
+
+        Raises:
+            CheckpointError: an unreadable cache policy (nothing changes then).
+        """
+        self.register_selector("learned", self._learned_selector(cache_policy, seed))
 
     def register_selector(self, name: str, selector: Selector) -> None:
         """Make mode ``name`` (declared in the registry, e.g. ``learned``) runnable with ``selector``.

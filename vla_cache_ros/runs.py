@@ -96,7 +96,8 @@ class ModeRunner:
             first; a run is keyed by its spec (greedy) or ``"<spec> <decode>"`` (``"fixed:0.5
             speculative"``), spec by spec in :attr:`keys`.
         policy_options: further keyword arguments of every ``CachedVLAPolicy`` (``prepack``,
-            ``max_token_age``, ``selector_options``).
+            ``max_token_age``, ``selector_options``, ``cache_policy``: a directory is loaded once
+            and shared; each policy gets its own selector, hence its own recovery generator).
 
     Raises:
         CacheModeError: no spec, a spec listed twice, a malformed or unknown spec, or a mode that
@@ -114,6 +115,14 @@ class ModeRunner:
         if warmup < 0:
             raise ConfigurationError(f"warm-up steps must be >= 0, got {warmup}")
         decodes = check_decode_list(decodes)
+        self.cache_policy_source: str | None = None
+        if policy_options.get("cache_policy") is not None:
+            from vla_cache_ros.cache.learned import CacheSelectorNet, load_cache_policy
+
+            source = policy_options["cache_policy"]
+            self.cache_policy_source = "in memory" if isinstance(source, CacheSelectorNet) else str(source)
+            if not isinstance(source, CacheSelectorNet):
+                policy_options["cache_policy"] = load_cache_policy(source)
         self.model = model
         self.specs: list[ModeSpec] = parsed
         self.warmup = int(warmup)

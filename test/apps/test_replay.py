@@ -137,3 +137,20 @@ def test_replay_command_line(bag, model_dir: Path, tmp_path: Path, capsys: pytes
     data = json.loads((tmp_path / "cli" / "replay.json").read_text())
     assert data["frames"] == 3 and data["topics"]["joint_states"] is None
     assert not (tmp_path / "cli" / "actions.png").exists()
+
+
+def test_learned_mode_replays_with_a_cache_policy(bag, model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+    from vla_cache_ros.errors import CacheModeError
+
+    with pytest.raises(CacheModeError, match="no trained cache policy is loaded"):
+        run_replay(_options(bag.path, model_dir, modes="off,learned:0.5", plots=False), log=lambda _: None)
+    torch.manual_seed(0)
+    policy = save_cache_policy(tmp_path / "cp", CacheSelectorNet(CachePolicyConfig(width=4)))
+    report = run_replay(_options(bag.path, model_dir, modes="off,learned:0.5", plots=False, cache_policy=str(policy)),
+                        log=lambda _: None)
+    learned = [step for step in report.steps if step.mode == "learned:0.5"]
+    assert len(learned) == FRAMES and all(step.reused_tokens <= 128 for step in learned)
+    assert any(step.reused_tokens for step in learned[1:])

@@ -25,13 +25,22 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_short_closed_loop_run_completes_and_reports(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
+    cache_policy = tmp_path / "cache_policy"  # made in a child process, as the checkpoint (see above)
+    script = ("import sys, torch; from vla_cache_ros.cache.learned import *; torch.manual_seed(0); "
+              "save_cache_policy(sys.argv[1], CacheSelectorNet(CachePolicyConfig(width=4)))")
+    subprocess.run([sys.executable, "-c", script, str(cache_policy)], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     code = cli_main(["sim-eval", "--model", str(checkpoint), "--unnorm-key", "tiny_sim",
-                     "--modes", "off,fixed:0.5,expert", "--episodes", "1", "--families", "touch",
+                     "--modes", "off,fixed:0.5,learned:0.5,expert", "--cache-policy", str(cache_policy),
+                     "--episodes", "1", "--families", "touch",
                      "--episode-timeout", "2", "--num-threads", "1", "--warmup-steps", "1",
                      "--out", str(out), "--quiet"])
     assert code == 0
     document = json.loads((out / "results.json").read_text())
-    off, fixed, expert = (document["summary"][label] for label in ("off", "fixed:0.5", "expert"))
+    off, fixed, learned, expert = (document["summary"][label]
+                                   for label in ("off", "fixed:0.5", "learned:0.5", "expert"))
+    # The learned mode ran on the node with the cache policy it was given, under its 0.5 cap.
+    assert learned["inference_steps"] >= 3 and learned["cache_ratio_mean"] <= 0.5
     # One node served both cache modes, switched live (warm-up round, then the counted round):
     # the policy really ran, and each mode kept only its own steps -- none reused in off, about
     # half in fixed:0.5.
@@ -41,7 +50,7 @@ def test_a_short_closed_loop_run_completes_and_reports(checkpoint: Path, tmp_pat
     assert set(fixed["stage_latency_ms"]) == {"preprocess", "vision", "select", "prefill", "decode", "total"}
     assert fixed["speedup_pairs"] == 1 and fixed["speedup_vs_off"] > 0
     assert fixed["overall"]["episodes"] == 1 and document["episodes"][0]["family"] == "touch"
-    assert [e["mode"] for e in document["episodes"]] == ["off", "fixed:0.5", "expert"]  # warm-up not counted
+    assert sorted(e["mode"] for e in document["episodes"]) == ["expert", "fixed:0.5", "learned:0.5", "off"]
     assert document["warmup_episodes"] == 1 and "first 1 inference step(s)" in document["method"]["warmup"]
     # The scripted expert, through the same topics, solves the same episode.
     assert expert["overall"]["successes"] == 1 and expert["latency_ms_p50"] is None

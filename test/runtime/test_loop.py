@@ -346,3 +346,52 @@ def test_sinks_run_on_their_own_threads_safely(harness: Harness) -> None:
         thread.join()
         assert harness.runtime.stop_worker()
     assert int(harness.status()[2]["steps"]) >= 2 and not harness.errors.lines
+
+
+def test_learned_mode_runs_with_a_cache_policy_and_reports_its_decision(tiny_checkpoint: Path,
+                                                                         tmp_path: Path) -> None:
+    import torch
+
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+    from vla_cache_ros.errors import CheckpointError
+
+    torch.manual_seed(0)
+    policy_dir = save_cache_policy(tmp_path / "cache_policy", CacheSelectorNet(CachePolicyConfig(width=4)))
+    learned = Harness(tiny_checkpoint, cache_policy_path=str(policy_dir), cache_mode="learned", cache_ratio=0.4)
+    assert learned.info.count(f"learned cache policy: {policy_dir}") == 1
+    first, second = learned.step(), learned.step()
+    assert np.isnan(first.predicted_ratio) and second.ratio_cap == 0.4
+    assert second.reused_tokens <= round(0.4 * 256)
+    values = learned.status()[2]
+    assert values["cache_mode"] == "learned" and values["cache_policy"] == str(policy_dir)
+    assert float(values["predicted_ratio"]) == pytest.approx(second.predicted_ratio)
+    assert values["recovered_tokens"] == str(second.recovered_tokens)
+    # Other modes report no prediction; the policy stays loaded for switching back.
+    learned.runtime.apply(learned.runtime.validate({"cache_mode": "fixed"}))
+    learned.step()
+    assert learned.status()[2]["predicted_ratio"] == "n/a"
+    learned.runtime.apply(learned.runtime.validate({"cache_mode": "learned"}))
+    assert learned.step().ratio_cap == 0.4
+    # A broken cache policy fails configure with the file named; "none" turns the lookup off.
+    (policy_dir / "cache_policy.json").write_text("{")
+    with pytest.raises(CheckpointError, match="cache_policy.json: not readable JSON"):
+        Harness(tiny_checkpoint, cache_policy_path=str(policy_dir))
+    with pytest.raises(ConfigurationError, match="no trained cache policy is loaded; set cache_policy_path"):
+        Harness(tiny_checkpoint, cache_policy_path="none", cache_mode="learned")
+
+
+def test_a_model_directory_carries_its_own_cache_policy(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    torch.manual_seed(0)
+    save_cache_policy(model / "cache_policy", CacheSelectorNet(CachePolicyConfig(width=4)))
+    harness = Harness(model, cache_mode="learned")
+    harness.step()
+    assert harness.status()[2]["cache_policy"] == str(model / "cache_policy")
+    assert Harness(model, cache_policy_path="none").status()[2]["cache_policy"] == "none"

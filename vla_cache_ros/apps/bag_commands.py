@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from vla_cache_ros.apps.options import add_cache_policy_argument
+
 
 def _positive_float(text: str) -> float:
     value = float(text)
@@ -124,6 +126,7 @@ def _replay(args: argparse.Namespace) -> int:
         threads=args.threads,
         plots=not args.no_plots,
         progress=False if args.no_progress else None,
+        cache_policy=args.cache_policy,
     )
     print_summary(run_replay(options, log=_log))
     return 0
@@ -183,6 +186,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated cache modes; off is added first if missing (default: %(default)s)")
     replay.add_argument("--out", type=Path, default=None,
                         help="output directory for replay.json, steps.csv, plots (default: out/replay/<bag name>)")
+    add_cache_policy_argument(replay)
     topics = replay.add_argument_group("topics ('auto': found by type, 'none': not used)")
     topics.add_argument("--image-topic", type=_topic, default="auto", help="Image or CompressedImage")
     topics.add_argument("--joint-topic", type=_topic, default="auto", help="JointState")

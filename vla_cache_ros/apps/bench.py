@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vla_cache_ros.apps.options import add_cache_policy_argument
 from vla_cache_ros.cache.modes import PREPACK_CHOICES, default_sweep, parse_mode_list, parse_prepack
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.stages import STAGES, device_sync
@@ -89,7 +90,7 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
 
 def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup: int,
                 unnorm_key: str | None, seed: int = 11, prepack: bool | None = None,
-                decodes: Sequence[str] = ("greedy",)) -> dict[str, Any]:
+                decodes: Sequence[str] = ("greedy",), cache_policy: Path | None = None) -> dict[str, Any]:
     """Run every mode (with each decode setting) over the same frames, interleaved, and summarise.
 
     ``prepack`` is the engine's CPU weight-prepacking choice; every mode, ``off`` included, runs
@@ -100,7 +101,8 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
     from vla_cache_ros.runs import ModeRunner
 
     # the first step computes every token; `warmup` more steps follow before measuring
-    runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack, decodes=decodes)
+    runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack, decodes=decodes,
+                        cache_policy=cache_policy)
     sync = device_sync(model.device)
     frames = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0).frames(warmup + steps + 1)
     reference_times = []
@@ -197,8 +199,8 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
-                     ) -> tuple[OpenVLA, str, str | None]:
-    """(model, label, its norm_stats key or None) for a ``--models`` entry.
+                     ) -> tuple[OpenVLA, str, str | None, Path | None]:
+    """(model, label, its norm_stats key or None, its directory or None) for a ``--models`` entry.
 
     ``tiny`` / ``midsize``: random presets written to disk and loaded like a real checkpoint;
     ``openvla-7b``: built randomly in memory; ``sim_policy``: the trained policy of
@@ -212,27 +214,31 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
         directory = work_dir / f"{name}-seed0"
         if not (directory / "config.json").is_file():
             make_tiny_checkpoint(directory, seed=0, preset=name)
-        return load_vla(directory, device=device, dtype=dtype), f"{name} preset (random weights)", "tiny_sim"
+        return (load_vla(directory, device=device, dtype=dtype), f"{name} preset (random weights)", "tiny_sim",
+                directory)
     if name == "openvla-7b":
-        return random_model("openvla-7b", device=device, dtype=dtype), "OpenVLA-7B-shaped random model", "tiny_sim"
+        return (random_model("openvla-7b", device=device, dtype=dtype), "OpenVLA-7B-shaped random model", "tiny_sim",
+                None)
     resolved = resolve_model(name)
     label = f"{name} (trained, shipped)" if name in SHORT_NAMES else f"checkpoint {name}"
-    return load_vla(resolved.path, device=device, dtype=dtype), label, resolved.unnorm_key
+    return load_vla(resolved.path, device=device, dtype=dtype), label, resolved.unnorm_key, Path(resolved.path)
 
 
 def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str | None,
               threads: int | None, out_dir: Path, unnorm_key: str | None,
-              prepack: bool | None = None, decodes: Sequence[str] = ("greedy",)) -> list[dict[str, Any]]:
+              prepack: bool | None = None, decodes: Sequence[str] = ("greedy",),
+              cache_policy: str | None = None) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports.
 
     ``modes``: comma-separated specs, ``off`` first; ``decodes``: decode settings each mode runs
     with, ``greedy`` first; ``dtype_name`` None: bfloat16 on CUDA, float32 elsewhere; ``threads``
-    None: torch's default.
+    None: torch's default; ``cache_policy``: ``--cache-policy`` (see ``apps.options``).
 
     Raises:
         ConfigurationError: bad modes (first not ``off``, unknown, repeated), device, dtype,
             thread count or step counts; CheckpointError: an unreadable checkpoint directory.
     """
+    from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.runs import check_decode_list, machine_description, prepare_compute
 
     parsed = parse_mode_list(modes)
@@ -246,9 +252,9 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for name in models:
-        model, label, model_key = load_bench_model(name, device, dtype, out_dir / "models")
+        model, label, model_key, directory = load_bench_model(name, device, dtype, out_dir / "models")
         report = bench_model(model, label, mode_list, steps, warmup, unnorm_key or model_key, prepack=prepack,
-                             decodes=decodes)
+                             decodes=decodes, cache_policy=resolve_cache_policy(cache_policy, directory))
         report["machine"] = machine_description(device)
         reports.append(report)
         print(markdown_table(report) + "\n", flush=True)
@@ -281,6 +287,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated decode settings each mode runs with, greedy first: greedy, "
                              "speculative (the previous step's tokens verified inside the prefill; same tokens) "
                              "(default: %(default)s)")
+    add_cache_policy_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     parser.set_defaults(handler=_bench)
 
@@ -289,5 +296,6 @@ def _bench(args: argparse.Namespace) -> int:
     run_bench([m.strip() for m in args.models.split(",") if m.strip()], args.modes, args.steps, args.warmup,
               args.device, args.dtype, args.threads, args.out, args.unnorm_key,
               prepack=parse_prepack(args.prepack),
-              decodes=[name.strip() for name in args.decode.split(",") if name.strip()])
+              decodes=[name.strip() for name in args.decode.split(",") if name.strip()],
+              cache_policy=args.cache_policy)
     return 0

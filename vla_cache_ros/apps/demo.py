@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vla_cache_ros import topics
+from vla_cache_ros.apps.options import add_cache_policy_argument
 from vla_cache_ros.cache.modes import default_sweep, parse_mode_list
 from vla_cache_ros.errors import ConfigurationError, DemoError
 from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
@@ -105,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "sim_policy (the trained policy, once shipped)")
     parser.add_argument("--unnorm-key", default=None,
                         help="dataset statistics to un-normalise with (default: the short name's, e.g. tiny_sim)")
+    add_cache_policy_argument(parser)
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="the node's torch threads (default: the node's own, 1 on a machine with <= 2 cores, "
                              "where the robot needs the other)")
@@ -183,6 +185,7 @@ def run_offline(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
+    from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.models.vla import load_vla
     from vla_cache_ros.runs import ModeRunner, prepare_compute
@@ -195,7 +198,8 @@ def run_offline(args: argparse.Namespace) -> int:
     prepare_compute("cpu", threads=max(1, min(4, os.cpu_count() or 1)))
     resolved = resolve_model(args.model, args.unnorm_key)
     model_dir = resolved.path
-    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=resolved.unnorm_key, warmup=1)
+    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=resolved.unnorm_key, warmup=1,
+                        cache_policy=resolve_cache_policy(args.cache_policy, model_dir))
     frames = SyntheticScene(seed=7, height=240, width=320).frames(args.steps)
     print(f"model: {model_dir}  ({runner.num_visual} visual tokens, "
           f"{runner.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
@@ -407,11 +411,14 @@ def node_threads(requested: int | None) -> int | None:
 
 
 def node_command(config: Path, model: Path, unnorm_key: str, actuation: bool,
-                 threads: int | None = None) -> list[str]:
-    """Python arguments that start ``vla_cache_node`` on the demo config."""
+                 threads: int | None = None, cache_policy: str | None = None) -> list[str]:
+    """Python arguments that start ``vla_cache_node`` on the demo config (``cache_policy``: its
+    ``cache_policy_path``; None: the config's, i.e. the model's own)."""
     arguments = ["-m", "vla_cache_ros.ros.node", "--ros-args", "--params-file", str(config),
                  "-p", f"model_path:={model}", "-p", f"unnorm_key:={unnorm_key or EMPTY_YAML}",
                  "-p", f"enable_actuation:={'true' if actuation else 'false'}"]
+    if cache_policy:
+        arguments += ["-p", f"cache_policy_path:={cache_policy}"]
     if threads is not None:
         arguments += ["-p", f"num_threads:={threads}"]
     for inner, outer in NODE_REMAPS:
@@ -462,7 +469,7 @@ def run_live(args: argparse.Namespace) -> int:
         children.start(name, arguments)
         if args.record is not None:
             children.start("recorder", recorder_command(args.record))
-        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads))
+        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads, args.cache_policy))
         from vla_cache_ros.ros.demo_monitor import LiveOptions, monitor_loop
         from vla_cache_ros.ros.process import ros_session  # SIGTERM -> KeyboardInterrupt, own context
 

@@ -27,12 +27,13 @@ DEFAULT_OUT = Path("out/demo")
 ANIMATION_NAME = "episode.gif"
 
 
-def parse_demo_mode(text: str) -> Any:
-    """One cache mode spec (``vla_cache``, ``fixed:0.5``, ...) as sim-eval's ``EvalMode``.
+def parse_demo_mode(text: str, cache_policy: bool = False) -> Any:
+    """One cache mode spec (``vla_cache``, ``fixed:0.5``, ...) as sim-eval's ``EvalMode``;
+    ``cache_policy``: whether a learned cache policy will be loaded (``learned`` runs then).
 
     Raises:
         ConfigurationError: not exactly one spec, ``expert`` (no cache to show), or a mode that
-            cannot run without extra files (``learned`` needs a trained cache policy).
+            cannot run without extra files (``learned`` without a trained cache policy).
     """
     from vla_cache_ros.cache.modes import check_available, runnable_modes
     from vla_cache_ros.sim.evaluate import parse_modes
@@ -44,7 +45,7 @@ def parse_demo_mode(text: str) -> Any:
     if mode.is_expert:
         raise ConfigurationError("--mode expert has no cache to show; `vla-cache sim-eval --modes expert` "
                                  "runs the scripted expert")
-    check_available(mode.cache_mode, runnable_modes())
+    check_available(mode.cache_mode, runnable_modes() + (("learned",) if cache_policy else ()))
     return mode
 
 
@@ -123,15 +124,17 @@ def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | N
         ConfigurationError: a bad option; EvalError: a node that died or a service that did not
             answer (its log's tail in the message).
     """
+    from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.sim.evaluate import EvalConfig, summarize
 
-    mode = parse_demo_mode(args.mode)
     model = resolve_model(args.model, args.unnorm_key)
+    mode = parse_demo_mode(args.mode, resolve_cache_policy(args.cache_policy, model.path) is not None)
     config = EvalConfig(
         modes=(mode,), episodes=args.episodes, out_dir=args.out, model_path=model.path, seed=args.seed,
         episode_timeout_s=args.episode_timeout, unnorm_key=model.unnorm_key or "", num_threads=threads or 0,
-        startup_timeout_s=args.startup_timeout, **({"families": args.families} if args.families else {}))
+        startup_timeout_s=args.startup_timeout, cache_policy_path=args.cache_policy or "",
+        **({"families": args.families} if args.families else {}))
     print(f"vla-cache demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
           f"(discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE'].lower()}); child logs in {args.log_dir}/")
     print(f"model {model.name or model.path} ({model.path}), mode {mode.label}, {config.episodes} episode(s) "

@@ -75,6 +75,7 @@ class ReplayOptions:
     threads: int | None = None
     plots: bool = True
     progress: bool | None = None  # None: only on a terminal
+    cache_policy: str | None = None  # --cache-policy (see apps.options)
 
 
 @dataclass
@@ -254,6 +255,7 @@ class _Overlay:
 
 def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> ReplayReport:
     """Run the comparison, write the outputs (if ``options.out``), return the report."""
+    from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.runs import ModeRunner, machine_description
 
     if options.warmup < 0:
@@ -270,7 +272,8 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
                 f"bag {options.bag} has no instruction topic (std_msgs/String); pass --instruction or "
                 f"--instruction-topic. It has:\n{bag.describe_topics()}")
         model, model_path, unnorm_key = _load_model(options)
-        runner = ModeRunner(model, [spec.text for spec in specs], unnorm_key=unnorm_key, warmup=options.warmup)
+        runner = ModeRunner(model, [spec.text for spec in specs], unnorm_key=unnorm_key, warmup=options.warmup,
+                            cache_policy=resolve_cache_policy(options.cache_policy, model_path))
         log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(specs)} modes "
             f"({', '.join(spec.text for spec in specs)}) with {model_path}")
         records: dict[str, list[StepRecord]] = {spec.text: [] for spec in specs}

@@ -42,6 +42,8 @@ from vla_cache_ros.cache.tokens import grid_side
 from vla_cache_ros.errors import CheckpointError, ConfigurationError
 
 CONFIG_FILE = "cache_policy.json"
+DEFAULT_SUBDIRECTORY = "cache_policy"
+"""A model directory's own cache policy lives here and is found without being named."""
 WEIGHTS_FILE = "cache_policy.safetensors"
 FORMAT = "vla_cache_ros.learned_cache/1"
 
@@ -284,6 +286,26 @@ class LearnedSelector:
         recovered = self._rng.random(chosen.size) < self.recovery_probability
         self.last_report = SelectionReport(predicted, context.target_ratio, int(recovered.sum()))
         return np.sort(chosen[~recovered]).astype(np.int64)
+
+
+def default_cache_policy(model_path: str | Path) -> Path | None:
+    """``MODEL/cache_policy`` when it holds a cache policy (how a shipped model carries its own),
+    else None."""
+    candidate = Path(model_path) / DEFAULT_SUBDIRECTORY
+    return candidate if (candidate / CONFIG_FILE).is_file() else None
+
+
+NO_CACHE_POLICY = "none"
+"""The ``--cache-policy`` / ``cache_policy_path`` value that turns the default lookup off."""
+
+
+def resolve_cache_policy(value: str | None, model_path: str | Path | None) -> Path | None:
+    """The cache policy directory to load for a ``--cache-policy`` / ``cache_policy_path``
+    value: the value itself when given (None for ``none``), else the model directory's own
+    (:func:`default_cache_policy`), else None. Loading checks the directory (CheckpointError)."""
+    if value is not None and value.strip():
+        return None if value.strip().lower() == NO_CACHE_POLICY else Path(value.strip()).expanduser()
+    return default_cache_policy(model_path) if model_path is not None else None
 
 
 def load_learned_selector(directory: str | Path, seed: int = 0,

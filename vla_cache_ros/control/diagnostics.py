@@ -87,6 +87,8 @@ def build_status(*, state: WatchdogState, reason: str | None, telemetry: Telemet
         ("actual_ratio_mean", _fmt(telemetry.mean_actual_ratio)),
         ("reused_tokens", _fmt(telemetry.last_reused_tokens, "d")),
         ("recomputed_tokens", _fmt(telemetry.last_recomputed_tokens, "d")),
+        ("predicted_ratio", _fmt(telemetry.last_predicted_ratio)),
+        ("recovered_tokens", _fmt(telemetry.last_recovered_tokens, "d")),
         ("flops_saved_fraction", _fmt(telemetry.flops_saved_fraction)),
         ("inference_hz", _fmt(telemetry.inference_hz, ".2f")),
         ("control_hz", _fmt(telemetry.control_hz, ".2f")),

@@ -49,6 +49,8 @@ class TelemetrySnapshot:
     flops_saved_fraction: float | None
     dropped_frames: int
     rejected_inputs: dict[str, int] = field(default_factory=dict)
+    last_predicted_ratio: float | None = None  # learned mode: the ratio predicted before the cap
+    last_recovered_tokens: int | None = None  # learned mode: tokens recomputed by stochastic recovery
 
 
 def _append_time(times: deque[float], now_s: float) -> None:
@@ -86,12 +88,16 @@ class Telemetry:
         self._last_target: float | None = None
         self._last_reused: int | None = None
         self._last_recomputed: int | None = None
+        self._last_predicted: float | None = None
+        self._last_recovered: int | None = None
 
     def record_step(self, now_s: float, times_s: Mapping[str, float], *, mode: str | None = None,
                     target_ratio: float | None = None, actual_ratio: float | None = None,
                     reused_tokens: int | None = None, recomputed_tokens: int | None = None,
-                    flops: float | None = None, flops_uncached: float | None = None) -> None:
-        """Record one finished inference step (stage times in seconds; unknown stages ignored)."""
+                    flops: float | None = None, flops_uncached: float | None = None,
+                    predicted_ratio: float | None = None, recovered_tokens: int | None = None) -> None:
+        """Record one finished inference step (stage times in seconds; unknown stages ignored;
+        ``predicted_ratio`` / ``recovered_tokens``: the learned mode's decision, None otherwise)."""
         with self._lock:
             self._steps += 1
             _append_time(self._step_times, float(now_s))
@@ -104,6 +110,7 @@ class Telemetry:
                 self._flops.append((float(flops), float(flops_uncached)))
             self._last_mode, self._last_target = mode, target_ratio
             self._last_reused, self._last_recomputed = reused_tokens, recomputed_tokens
+            self._last_predicted, self._last_recovered = predicted_ratio, recovered_tokens
 
     def record_tick(self, now_s: float) -> None:
         """Record one control-timer tick."""
@@ -153,4 +160,6 @@ class Telemetry:
                 flops_saved_fraction=saved,
                 dropped_frames=self._dropped,
                 rejected_inputs=dict(self._rejected),
+                last_predicted_ratio=self._last_predicted,
+                last_recovered_tokens=self._last_recovered,
             )

@@ -39,6 +39,7 @@ class ModelConfig:
     center_crop: bool
     num_threads: int
     cpu_weight_prepack: str
+    cache_policy_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ class NodeConfig:
                 model_path=str(merged["model_path"]), device=str(merged["device"]),
                 dtype=str(merged["dtype"]), unnorm_key=str(merged["unnorm_key"]) or None,
                 center_crop=bool(merged["center_crop"]), num_threads=int(merged["num_threads"]),
-                cpu_weight_prepack=str(merged["cpu_weight_prepack"])),
+                cpu_weight_prepack=str(merged["cpu_weight_prepack"]),
+                cache_policy_path=str(merged["cache_policy_path"]).strip()),
             backend=BackendConfig(
                 backend=str(merged["inference_backend"]), server_url=str(merged["server_url"]).strip(),
                 session_id=str(merged["session_id"]).strip(),

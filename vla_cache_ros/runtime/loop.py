@@ -21,6 +21,7 @@ step on a fresh observation recovers.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -141,6 +142,7 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
                             cache_ratio=config.cache.ratio, max_token_age=config.cache.max_token_age,
                             decode=config.cache.decode)
     model_path = check_model_path(config.model.model_path)
+    from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.cache.modes import parse_prepack
     from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
     from vla_cache_ros.models.catalog import unnorm_key_for
@@ -153,13 +155,27 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
     load_config(Path(model_path)).action_statistics().select(unnorm_key)
     set_cpu_threads(config.model.num_threads)
     info(f"loading {model_path} on {device} ...")
+    cache_policy = resolve_cache_policy(config.model.cache_policy_path, model_path)
     policy = CachedVLAPolicy.from_pretrained(
         model_path, mode="off", cache_ratio=config.cache.ratio,
         unnorm_key=unnorm_key, device=str(device), dtype=dtype,
         center_crop=config.model.center_crop,
-        prepack=parse_prepack(config.model.cpu_weight_prepack))
+        prepack=parse_prepack(config.model.cpu_weight_prepack), cache_policy=cache_policy)
     info(f"decoder weights: {policy.engine.projections.reason}")
+    if cache_policy is not None:
+        info(f"learned cache policy: {cache_policy}")
     return policy
+
+
+def learned_decision(stats: Any) -> dict[str, Any]:
+    """The learned mode's decision in a step's stats, as ``Telemetry.record_step`` keywords:
+    the predicted ratio (None before the first cache exists, or in another mode) and the tokens
+    stochastic recovery recomputed (None in another mode)."""
+    predicted = getattr(stats, "predicted_ratio", None)
+    if predicted is None:
+        return {"predicted_ratio": None, "recovered_tokens": None}
+    return {"predicted_ratio": None if math.isnan(predicted) else float(predicted),
+            "recovered_tokens": int(getattr(stats, "recovered_tokens", 0))}
 
 
 def warm_up(policy: Any) -> float:
@@ -185,7 +201,8 @@ def backend_values(policy: Any) -> dict[str, str]:
     remote = getattr(policy, "diagnostic_values", None)
     if remote is not None:
         return dict(remote())
-    return {"decoder_weights": policy.engine.projections.reason}
+    return {"decoder_weights": policy.engine.projections.reason,
+            "cache_policy": getattr(policy, "cache_policy_source", None) or "none"}
 
 
 class PolicyRuntime:
@@ -488,7 +505,7 @@ class PolicyRuntime:
             now, stats.times_s, mode=stats.mode, target_ratio=stats.target_ratio,
             actual_ratio=stats.actual_ratio, reused_tokens=stats.reused_tokens,
             recomputed_tokens=stats.recomputed_tokens, flops=stats.flops,
-            flops_uncached=stats.flops_uncached)
+            flops_uncached=stats.flops_uncached, **learned_decision(stats))
         if self._on_step is not None and not self._closing.is_set():
             self._on_step(StepReport(stats, observation.stamp_s))
         return stats

@@ -89,6 +89,11 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True),
     ParameterSpec("num_threads", "int", 0, "torch CPU threads (0: torch's default)",
                   read_only=True, minimum=0, maximum=256),
+    ParameterSpec("cache_policy_path", "string", "",
+                  "learned cache policy directory (vla-cache train-cache output) that cache_mode "
+                  "learned runs; empty: the model directory's own cache_policy/, if it has one; "
+                  "none: no cache policy",
+                  read_only=True),
     _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),

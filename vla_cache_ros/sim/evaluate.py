@@ -120,6 +120,7 @@ class EvalConfig:
     startup_timeout_s: float = 180.0
     warmup_episodes: int = DEFAULT_WARMUP_EPISODES
     warmup_steps: int = DEFAULT_WARMUP_STEPS
+    cache_policy_path: str = ""  # the node's cache_policy_path ("": the model's own; "none": none)
 
     def __post_init__(self) -> None:
         if self.episodes < 1:

@@ -71,7 +71,7 @@ from vla_cache_ros.models.norm_stats import ACTION_DIM
 from vla_cache_ros.models.vla import OpenVLA, load_vla
 from vla_cache_ros.training.curves import plot_cache_curves
 from vla_cache_ros.training.data import action_tokens, batch_rows, evenly_spaced, quantize_actions
-from vla_cache_ros.training.loop import resolve_training_device
+from vla_cache_ros.training.loop import DEFAULT_LABEL_QUANTUM_M, DEFAULT_LABEL_QUANTUM_RAD, resolve_training_device
 from vla_cache_ros.training.state import (
     TrainingState,
     load_optimizer_state,
@@ -301,8 +301,6 @@ def load_pairs(config: CacheTrainConfig, model: OpenVLA) -> PairData:
         TrainingError: a directory that is neither, a bag without instructions, labels asked of
             bags, or no pair at all.
     """
-    from vla_cache_ros.apps.train_policy import DEFAULT_LABEL_QUANTUM_M, DEFAULT_LABEL_QUANTUM_RAD
-
     sequences: list[_Sequence] = []
     sources: list[dict[str, Any]] = []
     for root in config.data:
