@@ -125,6 +125,7 @@ class ModeRunner:
                 policy_options["cache_policy"] = load_cache_policy(source)
         self.model = model
         self.specs: list[ModeSpec] = parsed
+        self.decodes: list[str] = decodes
         self.warmup = int(warmup)
         self.policies: dict[str, CachedVLAPolicy] = {
             run_key(spec.text, decode): CachedVLAPolicy(
@@ -134,6 +135,10 @@ class ModeRunner:
         self.keys: list[str] = list(self.policies)
         self.steps: dict[str, list[ModeStep]] = {key: [] for key in self.keys}
         self.frames = 0
+
+    def runs(self) -> list[tuple[str, ModeSpec, str]]:
+        """(key, spec, decode) of every run, in :attr:`keys` order."""
+        return [(run_key(spec.text, decode), spec, decode) for spec in self.specs for decode in self.decodes]
 
     @property
     def baseline(self) -> str:

@@ -154,3 +154,22 @@ def test_learned_mode_replays_with_a_cache_policy(bag, model_dir: Path, tmp_path
     learned = [step for step in report.steps if step.mode == "learned:0.5"]
     assert len(learned) == FRAMES and all(step.reused_tokens <= 128 for step in learned)
     assert any(step.reused_tokens for step in learned[1:])
+
+
+def test_speculative_decoding_replays_beside_greedy_with_the_same_tokens(bag, model_dir: Path, tmp_path: Path) -> None:
+    from vla_cache_ros.errors import ConfigurationError
+
+    report = run_replay(_options(bag.path, model_dir, modes="off,fixed:0.5", decodes="greedy,speculative",
+                                 out=tmp_path / "out", plots=False), log=lambda _: None)
+    summaries = {mode.spec: mode for mode in report.modes}
+    assert list(summaries) == ["off", "off speculative", "fixed:0.5", "fixed:0.5 speculative"]
+    for spec in ("off", "fixed:0.5"):
+        greedy, speculative = summaries[spec], summaries[f"{spec} speculative"]
+        assert greedy.decode == "greedy" and speculative.decode == "speculative"
+        assert greedy.mean_decode_passes == 6 and speculative.mean_decode_passes < 6  # a random model repeats
+        greedy_tokens = [s.action_tokens for s in report.steps if s.mode == spec]
+        assert greedy_tokens == [s.action_tokens for s in report.steps if s.mode == f"{spec} speculative"]
+    header = (tmp_path / "out" / "steps.csv").read_text().splitlines()[0].split(",")
+    assert "decode_passes" in header and "accepted_draft_tokens" in header
+    with pytest.raises(ConfigurationError, match="must start with greedy"):
+        run_replay(_options(bag.path, model_dir, decodes="speculative"), log=lambda _: None)

@@ -51,6 +51,8 @@ def test_config_needs_a_model_for_cache_modes_and_plans_the_same_episodes(tmp_pa
     config = EvalConfig(modes=parse_modes("expert"), episodes=4, out_dir=tmp_path, seed=10,
                         families=("touch", "pick"))
     assert config.episode_plan() == [(0, 10, "touch"), (1, 11, "pick"), (2, 12, "touch"), (3, 13, "pick")]
+    with pytest.raises(ConfigurationError, match="unknown decode setting 'beam'"):
+        EvalConfig(modes=parse_modes("expert"), episodes=1, out_dir=tmp_path, decode="beam")
 
 
 def test_wilson_interval() -> None:

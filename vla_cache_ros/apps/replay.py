@@ -76,6 +76,7 @@ class ReplayOptions:
     plots: bool = True
     progress: bool | None = None  # None: only on a terminal
     cache_policy: str | None = None  # --cache-policy (see apps.options)
+    decodes: str = "greedy"  # --decode: comma-separated decode settings, greedy first
 
 
 @dataclass
@@ -93,6 +94,8 @@ class StepRecord:
     action: list[float]
     action_tokens: list[int]
     command: list[float] | None = None
+    decode_passes: int = 0  # sequential single-token passes after the prefill
+    accepted_draft_tokens: int = 0  # speculative decoding: draft tokens accepted
 
 
 @dataclass
@@ -108,7 +111,8 @@ class ErrorStats:
 
 @dataclass
 class ModeSummary:
-    """Per-mode results of a replay."""
+    """Per-run results of a replay (a mode spec with one decode setting; ``spec`` is the run's
+    key, e.g. ``fixed:0.5`` or ``fixed:0.5 speculative``)."""
 
     spec: str
     mode: str
@@ -125,6 +129,9 @@ class ModeSummary:
     identical_action_fraction: float | None
     vs_off: ErrorStats | None
     vs_recorded: ErrorStats | None
+    decode: str = "greedy"
+    mean_decode_passes: float = 0.0  # sequential single-token passes after the prefill, per step
+    mean_accepted_draft_tokens: float = 0.0  # speculative: leading draft tokens equal to the greedy ones
 
 
 @dataclass
@@ -179,29 +186,32 @@ def summarise(runner: ModeRunner, records: dict[str, list[StepRecord]]) -> list[
     order)."""
     baseline = records[runner.baseline]
     summaries = []
-    for spec in runner.specs:
-        steps = records[spec.text]
+    for key, spec, decode in runner.runs():
+        steps = records[key]
         actions = np.array([step.action for step in steps])
-        is_baseline = spec.text == runner.baseline
+        is_baseline = key == runner.baseline
         with_command = [step for step in steps if step.command is not None and len(step.command) == actions.shape[1]]
         summaries.append(ModeSummary(
-            spec=spec.text,
+            spec=key,
             mode=spec.name,
             target_ratio=spec.ratio,
             steps=len(steps),
-            timed_steps=len(runner.timed_steps(spec.text)),
-            median_ms={stage: 1000.0 * value for stage, value in runner.median_s(spec.text).items()},
-            speedup_total=runner.speedup(spec.text, "total"),
-            speedup_prefill=runner.speedup(spec.text, "prefill"),
+            timed_steps=len(runner.timed_steps(key)),
+            median_ms={stage: 1000.0 * value for stage, value in runner.median_s(key).items()},
+            speedup_total=runner.speedup(key, "total"),
+            speedup_prefill=runner.speedup(key, "prefill"),
             mean_actual_ratio=float(np.mean([step.actual_ratio for step in steps])),
             mean_reused_tokens=float(np.mean([step.reused_tokens for step in steps])),
             flops_ratio=float(np.mean([step.flops_ratio for step in steps])),
-            token_agreement=None if is_baseline else runner.token_agreement(spec.text),
-            identical_action_fraction=None if is_baseline else runner.identical_action_fraction(spec.text),
+            token_agreement=None if is_baseline else runner.token_agreement(key),
+            identical_action_fraction=None if is_baseline else runner.identical_action_fraction(key),
             vs_off=None if is_baseline else error_stats(actions, np.array([s.action for s in baseline])),
             vs_recorded=error_stats(
                 np.array([s.action for s in with_command]), np.array([s.command for s in with_command])
             ) if with_command else None,
+            decode=decode,
+            mean_decode_passes=float(np.mean([step.decode_passes for step in steps])),
+            mean_accepted_draft_tokens=float(np.mean([step.accepted_draft_tokens for step in steps])),
         ))
     return summaries
 
@@ -241,6 +251,8 @@ def _step_record(step: ModeStep, frame: Frame, start_ns: int) -> StepRecord:
         action=np.asarray(step.action, dtype=np.float64).tolist(),
         action_tokens=np.asarray(stats.action_tokens).astype(int).tolist(),
         command=command,
+        decode_passes=int(stats.decode_passes),
+        accepted_draft_tokens=int(stats.accepted_draft_tokens),
     )
 
 
@@ -256,11 +268,12 @@ class _Overlay:
 def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> ReplayReport:
     """Run the comparison, write the outputs (if ``options.out``), return the report."""
     from vla_cache_ros.cache.learned import resolve_cache_policy
-    from vla_cache_ros.runs import ModeRunner, machine_description
+    from vla_cache_ros.runs import ModeRunner, check_decode_list, machine_description
 
     if options.warmup < 0:
         raise ConfigurationError("--warmup must be >= 0")
     specs = parse_modes(options.modes)
+    decodes = check_decode_list([name.strip() for name in options.decodes.split(",") if name.strip()])
     with BagReader(options.bag) as bag:
         frames = FrameReader(
             bag, image_topic=options.image_topic, joint_topic=options.joint_topic,
@@ -273,10 +286,10 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
                 f"--instruction-topic. It has:\n{bag.describe_topics()}")
         model, model_path, unnorm_key = _load_model(options)
         runner = ModeRunner(model, [spec.text for spec in specs], unnorm_key=unnorm_key, warmup=options.warmup,
-                            cache_policy=resolve_cache_policy(options.cache_policy, model_path))
-        log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(specs)} modes "
-            f"({', '.join(spec.text for spec in specs)}) with {model_path}")
-        records: dict[str, list[StepRecord]] = {spec.text: [] for spec in specs}
+                            cache_policy=resolve_cache_policy(options.cache_policy, model_path), decodes=decodes)
+        log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(runner.keys)} runs "
+            f"({', '.join(runner.keys)}) with {model_path}")
+        records: dict[str, list[StepRecord]] = {key: [] for key in runner.keys}
         overlay = _Overlay()
         overlay_step = len(frames) // 2
         instruction_used: str | None = None
@@ -317,7 +330,7 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
         frames=runner.frames,
         warmup=options.warmup,
         modes=summarise(runner, records),
-        steps=[record for spec in specs for record in records[spec.text]],
+        steps=[record for key in runner.keys for record in records[key]],
     )
     if options.out is not None:
         report.outputs = write_outputs(report, options.out, overlay if options.plots else None,
@@ -346,7 +359,7 @@ def _write_csv(steps: list[StepRecord], path: Path) -> None:
     dims = len(steps[0].action) if steps else 0
     has_command = any(step.command is not None for step in steps)
     header = ["frame_index", "timestamp_s", "mode", "target_ratio", "actual_ratio", "reused_tokens"]
-    header += [f"{stage}_ms" for stage in STAGES] + ["flops_ratio"]
+    header += [f"{stage}_ms" for stage in STAGES] + ["flops_ratio", "decode_passes", "accepted_draft_tokens"]
     header += [f"action_{i}" for i in range(dims)] + [f"token_{i}" for i in range(dims)]
     if has_command:
         header += [f"command_{i}" for i in range(dims)]
@@ -357,6 +370,7 @@ def _write_csv(steps: list[StepRecord], path: Path) -> None:
             row: list[Any] = [step.frame_index, f"{step.timestamp_s:.9f}", step.mode, step.target_ratio,
                               step.actual_ratio, step.reused_tokens]
             row += [f"{step.times_ms[stage]:.4f}" for stage in STAGES] + [f"{step.flops_ratio:.6f}"]
+            row += [step.decode_passes, step.accepted_draft_tokens]
             row += [repr(value) for value in step.action] + step.action_tokens
             if has_command:
                 valid = step.command is not None and len(step.command) == dims
@@ -463,7 +477,7 @@ def print_summary(report: ReplayReport, file: Any = None) -> None:
     has_recorded = any(mode.vs_recorded is not None for mode in report.modes)
     table = Table(title=f"replay of {report.bag}: {report.frames} frames, {report.machine}")
     for column in ("mode", "ratio", "total ms", "prefill ms", "speedup", "prefill speedup", "FLOPs",
-                   "tokens = off", "L2 vs off", "max |err| vs off"):
+                   "decode passes", "tokens = off", "L2 vs off", "max |err| vs off"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     if has_recorded:
         table.add_column("L2 vs recorded", justify="right")
@@ -476,6 +490,7 @@ def print_summary(report: ReplayReport, file: Any = None) -> None:
             f"{mode.speedup_total:.2f}x",
             f"{mode.speedup_prefill:.2f}x",
             f"{mode.flops_ratio:.3f}",
+            f"{mode.mean_decode_passes:.2f}",
             "-" if mode.token_agreement is None else f"{100 * mode.token_agreement:.1f}%",
             "-" if mode.vs_off is None else f"{mode.vs_off.l2_mean:.4g}",
             "-" if mode.vs_off is None else f"{max(mode.vs_off.max_abs_error):.4g}",

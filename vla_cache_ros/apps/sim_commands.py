@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from vla_cache_ros.apps.options import add_cache_policy_argument
+from vla_cache_ros.cache.modes import DECODE_SETTINGS
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim.collect import CollectConfig, PolicyDriving, collect
 from vla_cache_ros.sim.evaluate import (
@@ -80,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated modes: off, fixed:R, vla_cache[:R], learned[:R], expert "
                              "(default off,fixed:0.5,vla_cache)")
     add_cache_policy_argument(parser)
+    parser.add_argument("--decode", choices=DECODE_SETTINGS, default="greedy",
+                        help="the node's action-token decoding in every cache mode (speculative: the same "
+                             "tokens, fewer decode passes; default greedy)")
     parser.add_argument("--episodes", type=int, required=True, help="episodes per mode")
     parser.add_argument("--out", type=Path, default=Path("sim_eval"), help="report directory (default sim_eval/)")
     parser.add_argument("--families", type=parse_families, default=tuple(sorted(FAMILIES)),
@@ -141,7 +145,7 @@ def _sim_eval(args: argparse.Namespace) -> int:
         families=args.families, seed=args.seed, episode_timeout_s=args.episode_timeout,
         unnorm_key=unnorm_key, device=args.device, num_threads=args.num_threads,
         action_period_s=args.action_period, warmup_episodes=args.warmup_episodes,
-        warmup_steps=args.warmup_steps, cache_policy_path=args.cache_policy or "")
+        warmup_steps=args.warmup_steps, cache_policy_path=args.cache_policy or "", decode=args.decode)
     with RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:
         results, summary = run_evaluation(config, runner, progress=not args.quiet)
     paths = write_reports(config, results, summary)

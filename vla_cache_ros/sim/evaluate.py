@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from vla_cache_ros.cache.modes import (
     CacheModeError,
+    check_decode,
     default_sweep,
     describe_modes,
     mode_names,
@@ -121,10 +122,12 @@ class EvalConfig:
     warmup_episodes: int = DEFAULT_WARMUP_EPISODES
     warmup_steps: int = DEFAULT_WARMUP_STEPS
     cache_policy_path: str = ""  # the node's cache_policy_path ("": the model's own; "none": none)
+    decode: str = "greedy"  # the node's decode setting for every cache mode
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ConfigurationError(f"--episodes must be at least 1, got {self.episodes}")
+        check_decode(self.decode)
         if any(not mode.is_expert for mode in self.modes):
             if self.model_path is None:
                 raise ConfigurationError("--model is required for cache modes (only 'expert' runs without one)")
