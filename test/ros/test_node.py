@@ -128,10 +128,14 @@ def test_reuse_masks_per_step_stamped_like_their_camera_frame(running: Peer, nod
 def test_parameters_through_services_like_rqt(running: Peer, node: NodeProcess) -> None:
     peer = running
     descriptors = peer.describe_parameters(NAME, ["cache_ratio", "model_path", "cache_mode",
-                                                  "max_token_age", "max_obs_age_s"])
+                                                  "max_token_age", "max_obs_age_s",
+                                                  "latency_budget_ms"])
     ratio_range = descriptors["cache_ratio"].floating_point_range[0]
     assert (ratio_range.from_value, ratio_range.to_value, ratio_range.step) == (0.0, 1.0, 0.0)
     assert descriptors["cache_ratio"].description and not descriptors["cache_ratio"].read_only
+    budget_range = descriptors["latency_budget_ms"].floating_point_range[0]
+    assert (budget_range.from_value, budget_range.to_value) == (0.0, 1000.0)
+    assert not descriptors["latency_budget_ms"].read_only
     assert descriptors["model_path"].read_only
     assert "learned" in descriptors["cache_mode"].additional_constraints
     assert descriptors["max_token_age"].integer_range[0].from_value == 1

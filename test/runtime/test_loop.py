@@ -96,17 +96,38 @@ def harness(tiny_checkpoint: Path) -> Harness:
     return Harness(tiny_checkpoint)
 
 
-def faulty(harness: Harness, fault: Callable[[], None]) -> Callable[[], None]:
-    """Wrap the loaded policy's step: ``fault()`` runs first (it may raise or move the clock)."""
+StepFunction = Callable[[np.ndarray, str], Any]
+
+
+def wrap_step(harness: Harness, around: Callable[[StepFunction, np.ndarray, str], Any]) -> Callable[[], None]:
+    """Replace the loaded policy's step by ``around(real_step, image, instruction)``; returns
+    what undoes it."""
     policy = harness.runtime.policy
     real_step = policy.step
+    policy.step = lambda image, instruction: around(real_step, image, instruction)
+    return lambda: setattr(policy, "step", real_step)
 
-    def step(image: np.ndarray, instruction: str) -> Any:
+
+def faulty(harness: Harness, fault: Callable[[], None]) -> Callable[[], None]:
+    """Wrap the loaded policy's step: ``fault()`` runs first (it may raise or move the clock)."""
+    def around(real_step: StepFunction, image: np.ndarray, instruction: str) -> Any:
         fault()
         return real_step(image, instruction)
 
-    policy.step = step
-    return lambda: setattr(policy, "step", real_step)
+    return wrap_step(harness, around)
+
+
+def slowed(harness: Harness, step_ms: Callable[[float], float],
+           during: Callable[[], None] = lambda: None) -> Callable[[], None]:
+    """A synthetic slowdown: each step of the real model reports ``step_ms(the ratio it ran
+    with)`` milliseconds as its total time; ``during()`` runs inside the step."""
+    def around(real_step: StepFunction, image: np.ndarray, instruction: str) -> Any:
+        action, stats = real_step(image, instruction)
+        during()
+        stats.times_s = {**stats.times_s, "total": step_ms(stats.target_ratio) / 1000.0}
+        return action, stats
+
+    return wrap_step(harness, around)
 
 
 def test_a_step_on_fresh_inputs_becomes_the_command(harness: Harness) -> None:
@@ -395,3 +416,75 @@ def test_a_model_directory_carries_its_own_cache_policy(tiny_checkpoint: Path, t
     harness.step()
     assert harness.status()[2]["cache_policy"] == str(model / "cache_policy")
     assert Harness(model, cache_policy_path="none").status()[2]["cache_policy"] == "none"
+
+
+def linear_ms(ratio: float) -> float:
+    """Synthetic step time: 100 ms uncached, 80 ms less at full reuse (60 ms at ratio 0.5)."""
+    return 100.0 - 80.0 * ratio
+
+
+def test_a_latency_budget_steers_the_ratio_under_a_synthetic_slowdown(tiny_checkpoint: Path) -> None:
+    """Each step of the tiny model reports 100 - 80 r ms (then 30 ms more): the runtime lowers
+    the ratio from the cap toward 0.5 while steps meet the 60 ms budget, raises it after a miss,
+    and a lower cap holds at once. (test/control/test_budget.py checks where it converges.)"""
+    harness = Harness(tiny_checkpoint, cache_ratio=0.9, latency_budget_ms=60.0)
+    runtime, policy = harness.runtime, harness.runtime.policy
+    extra_ms = {"now": 0.0}
+    slowed(harness, lambda ratio: linear_ms(ratio) + extra_ms["now"])
+    assert policy.cache_ratio == 0.9  # the cap until steps are measured
+    steps = [harness.step() for _ in range(8)]
+    ratios = [stats.target_ratio for stats in steps]
+    assert ratios[:2] == [0.9, 0.9]  # the first step reset the cache: its time says nothing
+    assert all(0.5 < later < earlier for earlier, later in zip(ratios[1:], ratios[2:]))
+    assert steps[-1].reused_tokens == round(ratios[-1] * 256)  # the policy really ran with it
+    values = harness.status()[2]
+    assert values["latency_budget_ms"] == "60.0"
+    assert float(values["target_ratio"]) == pytest.approx(ratios[-1], abs=5e-4)
+    assert (values["budget_hits"], values["budget_misses"]) == ("8", "0")
+    assert 0.5 < float(values["budget_ratio"]) < ratios[-1]  # the choice for the next step
+
+    extra_ms["now"] = 30.0  # the machine slows down: 60 ms now needs a ratio of 0.875
+    ratios = [harness.step().target_ratio for _ in range(3)]
+    assert ratios[0] < 0.875 <= ratios[1] and ratios[2] <= ratios[1]  # one miss, then hits
+    values = harness.status()[2]
+    assert (values["budget_hits"], values["budget_misses"]) == ("10", "1")
+
+    runtime.apply(runtime.validate({"cache_ratio": 0.6}))  # a lower cap holds at once
+    assert policy.cache_ratio == 0.6
+    assert [harness.step().target_ratio for _ in range(2)] == [0.6, 0.6]  # 82 ms: misses
+    assert harness.status()[2]["budget_misses"] == "3"
+
+
+def test_a_budget_change_during_a_step_is_not_undone_by_that_step(tiny_checkpoint: Path) -> None:
+    harness = Harness(tiny_checkpoint, cache_ratio=0.9, latency_budget_ms=60.0)
+    runtime, policy = harness.runtime, harness.runtime.policy
+    undo = slowed(harness, linear_ms)
+    harness.step()
+    harness.step()
+    undo()
+    slowed(harness, linear_ms,
+           during=lambda: runtime.apply(runtime.validate({"latency_budget_ms": 200.0})))
+    harness.step()  # 28 ms < 200 ms: it would lower the ratio and count a hit, had it counted
+    assert policy.cache_ratio == 0.9  # the new budget's start: the cap
+    values = harness.status()[2]
+    assert (values["latency_budget_ms"], values["budget_ratio"]) == ("200.0", "0.900")
+    assert (values["budget_hits"], values["budget_misses"]) == ("0", "0")
+
+
+def test_without_a_budget_or_in_mode_off_the_ratio_is_the_parameter(tiny_checkpoint: Path) -> None:
+    harness = Harness(tiny_checkpoint, cache_ratio=0.9, latency_budget_ms=60.0)
+    runtime, policy = harness.runtime, harness.runtime.policy
+    slowed(harness, linear_ms)
+    assert [harness.step().target_ratio for _ in range(3)][-1] < 0.9
+    runtime.apply(runtime.validate({"latency_budget_ms": 0.0}))
+    assert policy.cache_ratio == 0.9 and [harness.step().target_ratio for _ in range(2)] == [0.9] * 2
+    values = harness.status()[2]
+    assert (values["latency_budget_ms"], values["budget_ratio"], values["budget_hits"]) == ("off", "n/a", "n/a")
+    runtime.apply(runtime.validate({"cache_mode": "off", "latency_budget_ms": 60.0}))
+    harness.step()
+    harness.step()
+    assert policy.cache_ratio == 0.9
+    values = harness.status()[2]
+    assert values["latency_budget_ms"] == "60.0 (idle: cache_mode off)" and values["budget_misses"] == "n/a"
+    runtime.apply(runtime.validate({"cache_mode": "fixed"}))  # steering again, from the cap
+    assert [harness.step().target_ratio for _ in range(3)][-1] < 0.9

@@ -1,4 +1,5 @@
-"""ROS-free control layer: action -> command mapping, safety guard, gripper, watchdog, telemetry.
+"""ROS-free control layer: action -> command mapping, safety guard, gripper, watchdog, telemetry,
+the latency budget's choice of cache ratio.
 
 Nothing here imports rclpy or message packages; the node (``vla_cache_ros.ros.node``) converts
 messages to plain numbers and times (ROS clock, float seconds) and calls into these modules.
@@ -7,6 +8,7 @@ That clock can jump (bag loop, simulator reset): every age and expiry is taken w
 :meth:`Controller.on_clock_jump`.
 """
 from vla_cache_ros.control.actions import ActionConfig, ActionMapper, ActionSemantics, ArmCommand, CommandInterface
+from vla_cache_ros.control.budget import BudgetSnapshot, LatencyBudget
 from vla_cache_ros.control.controller import (
                                            Controller,
                                            ControllerConfig,
@@ -24,6 +26,7 @@ from vla_cache_ros.errors import InvalidInputError
 
 __all__ = [
     "ActionConfig", "ActionMapper", "ActionSemantics", "ArmCommand", "CommandInterface",
+    "BudgetSnapshot", "LatencyBudget",
     "Controller", "ControllerConfig", "JointStateUpdate", "SafetyCommand", "StepOutcome",
     "TickOutput",
     "GripperConfig", "GripperHysteresis", "LatestObservation", "Observation", "CLAMP_KINDS",

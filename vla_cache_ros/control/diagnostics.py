@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Mapping
 
+from vla_cache_ros.control.budget import BudgetSnapshot
 from vla_cache_ros.control.telemetry import STAGES, TelemetrySnapshot
 from vla_cache_ros.control.watchdog import WatchdogState
 
@@ -51,19 +52,45 @@ def _fmt(value: float | int | str | None, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
+def budget_values(budget: BudgetSnapshot | None, cache_mode: str) -> list[tuple[str, str]]:
+    """The latency budget's /diagnostics values.
+
+    ``latency_budget_ms``: ``off`` (no budget, or no controller: None), the budget in ms, or the
+    budget with ``(idle: cache_mode ...)`` when the runtime does not steer (mode ``off``);
+    ``budget_ratio``: the ratio chosen for the next step; ``budget_set_point_ms``: the step time
+    aimed at (the budget less the jitter margin); ``budget_hits`` / ``budget_misses``: steps at
+    or under / over the budget since it was set. All but the first are ``n/a`` unless the ratio
+    is being steered.
+    """
+    if budget is None or budget.budget_ms <= 0.0:
+        shown = "off"
+    elif not budget.steering:
+        shown = f"{budget.budget_ms:.1f} (idle: cache_mode {cache_mode})"
+    else:
+        shown = f"{budget.budget_ms:.1f}"
+    steering = budget is not None and budget.steering
+    return [("latency_budget_ms", shown),
+            ("budget_ratio", _fmt(budget.ratio if steering else None)),
+            ("budget_set_point_ms", _fmt(budget.set_point_ms if steering else None, ".1f")),
+            ("budget_hits", _fmt(budget.hits if steering else None, "d")),
+            ("budget_misses", _fmt(budget.misses if steering else None, "d"))]
+
+
 def build_status(*, state: WatchdogState, reason: str | None, telemetry: TelemetrySnapshot,
                  clamp_counts: Mapping[str, int], actuation_enabled: bool,
                  input_ages: Mapping[str, float | None], cache_mode: str,
                  target_ratio: float, last_error: str | None,
                  recent_warning: str | None = None,
-                 extra: Mapping[str, str] | None = None) -> StatusReport:
+                 extra: Mapping[str, str] | None = None,
+                 budget: BudgetSnapshot | None = None) -> StatusReport:
     """Summarise the node's state for /diagnostics.
 
     Level: ERROR in FAULT; WARN while waiting for inputs or the first step, while running with
     an input dated ahead of the clock (a negative age in ``input_ages``: the clock went back, and
     the watchdog faults at its next check), or while running with a ``recent_warning`` (e.g. an
     input rejected in the last seconds); else OK. Input ages are shown in seconds, ``n/a`` when
-    missing and ``stale (...)`` when negative.
+    missing and ``stale (...)`` when negative. ``target_ratio`` is the ratio the policy runs
+    with (with a latency budget, the controller's choice; ``budget``: see :func:`budget_values`).
     """
     ahead = [name for name, age in input_ages.items() if age is not None and age < 0.0]
     if state is WatchdogState.FAULT:
@@ -84,6 +111,7 @@ def build_status(*, state: WatchdogState, reason: str | None, telemetry: Telemet
         ("actuation_enabled", str(bool(actuation_enabled)).lower()),
         ("cache_mode", cache_mode),
         ("target_ratio", _fmt(target_ratio)),
+        *budget_values(budget, cache_mode),
         ("actual_ratio_mean", _fmt(telemetry.mean_actual_ratio)),
         ("reused_tokens", _fmt(telemetry.last_reused_tokens, "d")),
         ("recomputed_tokens", _fmt(telemetry.last_recomputed_tokens, "d")),

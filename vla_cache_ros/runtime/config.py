@@ -67,12 +67,23 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """Visual-token cache settings (live)."""
+    """Visual-token cache settings (live).
+
+    Attributes:
+        mode: the cache mode (``cache/modes.py``).
+        ratio: the ``cache_ratio`` parameter in [0, 1]: the ratio, or with a latency budget the
+            cap of the ratio the budget controller chooses.
+        max_token_age: steps a token may be reused in a row.
+        decode: ``greedy`` or ``speculative``.
+        latency_budget_ms: the step-time budget in ms (0: off; see
+            :mod:`vla_cache_ros.control.budget`).
+    """
 
     mode: str
     ratio: float
     max_token_age: int
     decode: str = "greedy"
+    latency_budget_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,8 @@ class NodeConfig:
                 request_timeout_s=float(merged["request_timeout_s"]),
                 image_encoding=str(merged["server_image_encoding"])),
             cache=CacheConfig(mode=str(merged["cache_mode"]), ratio=float(merged["cache_ratio"]),
-                              max_token_age=int(merged["max_token_age"]), decode=str(merged["decode"])),
+                              max_token_age=int(merged["max_token_age"]), decode=str(merged["decode"]),
+                              latency_budget_ms=float(merged["latency_budget_ms"])),
             interface=InterfaceConfig(
                 image_type=str(merged["image_type"]),
                 command_interface=controller.action.interface,

@@ -2,10 +2,11 @@
 
 :class:`PolicyRuntime` owns everything between a decoded message and a command to publish: the
 newest-frame slot, the instruction, the inference worker, the controller (mapping, safety guard,
-gripper, watchdog), telemetry and problem reporting. It is fed plain data (RGB arrays, joint
-names and positions, float seconds on the caller's clock) and answers with plain data
-(:class:`Publication`, :class:`~vla_cache_ros.control.diagnostics.StatusReport`, and per step a
-:class:`StepReport`: the step's stats, its frame's stamp and its reuse mask). The ROS node
+gripper, watchdog), the latency budget's steering of the cache ratio
+(:mod:`vla_cache_ros.control.budget`), telemetry and problem reporting. It is fed plain data
+(RGB arrays, joint names and positions, float seconds on the caller's clock) and answers with
+plain data (:class:`Publication`, :class:`~vla_cache_ros.control.diagnostics.StatusReport`, and
+per step a :class:`StepReport`: the step's stats, its frame's stamp and its reuse mask). The ROS node
 converts messages and publishes; tests drive this class with a fake clock and a real (or
 fault-injecting) policy, without DDS.
 
@@ -32,13 +33,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vla_cache_ros.control.actions import ArmCommand
+from vla_cache_ros.control.budget import BudgetTicket, LatencyBudget
 from vla_cache_ros.control.controller import CAMERA, EE_POSE, JOINT_STATES, Controller
 from vla_cache_ros.control.diagnostics import StatusReport, build_status
 from vla_cache_ros.control.observation import LatestObservation
 from vla_cache_ros.control.telemetry import Telemetry
 from vla_cache_ros.control.watchdog import WatchdogState
 from vla_cache_ros.errors import ConfigurationError, InvalidInputError, UserFacingError, clip_text
-from vla_cache_ros.runtime.config import NodeConfig
+from vla_cache_ros.runtime.config import CacheConfig, NodeConfig
 from vla_cache_ros.runtime.reporting import MESSAGE_LIMIT, ProblemLog
 
 WARM_UP_INSTRUCTION = "pick up the object"
@@ -232,6 +234,9 @@ class PolicyRuntime:
         self._on_step = on_step
         self._lock = threading.Lock()
         self._controller = Controller(config.controller)
+        self._budget = LatencyBudget()
+        self._ratio_lock = threading.Lock()  # apply and the worker both set the policy's ratio
+        self._set_cache(None, config.cache, restart_budget=True)
         self._telemetry = Telemetry(config.telemetry_window)
         self._slot = LatestObservation()
         self._instruction = ""
@@ -270,11 +275,7 @@ class PolicyRuntime:
         """
         if policy is None:
             policy = load_policy(self._config, self._info, self._session_name)
-        cache = self._config.cache
-        policy.set_mode(cache.mode)
-        policy.set_cache_ratio(cache.ratio)
-        policy.set_max_token_age(cache.max_token_age)
-        policy.set_decode(cache.decode)
+        self._set_cache(policy, self._config.cache, restart_budget=True)
         self._info(f"warm-up step took {warm_up(policy):.2f} s")
         self._policy = policy
         if self._config.instruction:
@@ -447,15 +448,41 @@ class PolicyRuntime:
         self._controller.update(limits=config.controller.limits,
                                 watchdog=config.controller.watchdog,
                                 action_scale=config.controller.action.scale)
-        if self._policy is not None:
-            self._policy.set_mode(config.cache.mode)
-            self._policy.set_cache_ratio(config.cache.ratio)
-            self._policy.set_max_token_age(config.cache.max_token_age)
-            self._policy.set_decode(config.cache.decode)
+        self._set_cache(self._policy, config.cache,
+                        restart_budget=config.cache.mode != old.cache.mode)
         if config.instruction and config.instruction != old.instruction:
             self.set_instruction(config.instruction, source="parameter")
         if config.enable_actuation != old.enable_actuation:
             self._set_actuation(config.enable_actuation)
+
+    def _set_cache(self, policy: Any, cache: CacheConfig, restart_budget: bool) -> None:
+        """Put the cache settings into force: the latency budget controller's settings and, on
+        ``policy`` (None: not loaded), mode, ratio (the cap, or the budget controller's current
+        choice, never above it), token age and decode. ``restart_budget``: the relation of step
+        time to ratio changed (another mode, another policy), so the controller starts over.
+
+        Raises:
+            UserFacingError: a mode or setting the policy refuses (see its setters).
+        """
+        with self._ratio_lock:  # a step being steered sets the ratio before or after, not between
+            self._budget.configure(cache.latency_budget_ms, cache.ratio,
+                                   steering=cache.mode != "off")
+            if restart_budget:
+                self._budget.restart()
+            if policy is not None:
+                policy.set_mode(cache.mode)
+                policy.set_cache_ratio(self._budget.ratio)
+                policy.set_max_token_age(cache.max_token_age)
+                policy.set_decode(cache.decode)
+
+    def _steer_ratio(self, policy: Any) -> BudgetTicket | None:
+        """With a latency budget: set the policy's ratio to the controller's choice for the
+        coming step and return the ticket to record it with; else None (the ratio stays)."""
+        with self._ratio_lock:
+            ticket = self._budget.next_step()
+            if ticket is not None:
+                policy.set_cache_ratio(ticket.ratio)
+        return ticket
 
     def _set_actuation(self, enabled: bool) -> None:
         with self._lock:
@@ -487,6 +514,7 @@ class PolicyRuntime:
         if not instruction or self._controller.waiting_for():
             return None  # not ready: frames are dropped, not queued
         self._controller.on_step_started(self._clock())
+        ticket = self._steer_ratio(policy)
         try:
             action, stats = policy.step(observation.image, instruction)
         except Exception as error:  # noqa: BLE001 - any inference failure is a fault
@@ -496,6 +524,9 @@ class PolicyRuntime:
             self.log.error("inference", reason)
             return None
         now = self._clock()
+        if ticket is not None:  # a reset cache computed every token, whatever the ratio
+            self._budget.record(ticket, stats.times_s["total"],
+                                ratio_effective=not stats.cache_reset)
         outcome = self._controller.on_step_result(action, observation.stamp_s,
                                                   observation.received_s, now,
                                                   observation.generation)
@@ -570,7 +601,8 @@ class PolicyRuntime:
             input_ages={name: self._controller.input_age(name, now) for name in inputs},
             cache_mode=policy.mode if policy is not None else self._config.cache.mode,
             target_ratio=policy.cache_ratio if policy is not None else self._config.cache.ratio,
-            last_error=self.log.last, recent_warning=self.log.recent(), extra=values)
+            last_error=self.log.last, recent_warning=self.log.recent(), extra=values,
+            budget=self._budget.snapshot())
 
     @property
     def worker_alive(self) -> bool:

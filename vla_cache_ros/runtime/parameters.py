@@ -119,6 +119,11 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("cache_ratio", "double", 0.5,
                   "fraction of visual tokens whose K/V are reused (fixed: target; learned / "
                   "vla_cache: upper bound)", minimum=0.0, maximum=1.0),
+    ParameterSpec("latency_budget_ms", "double", 0.0,
+                  "step-time budget (ms, e.g. the control period): the cache ratio is steered "
+                  "within [0, cache_ratio] to the least reuse whose steps meet it (0: off, the "
+                  "ratio is cache_ratio; no effect in cache_mode off)", minimum=0.0,
+                  maximum=1000.0),
     ParameterSpec("max_token_age", "int", 20,
                   "a token reused this many steps in a row is recomputed", minimum=1,
                   maximum=1000),
