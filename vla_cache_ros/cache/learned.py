@@ -23,13 +23,13 @@ project's choice (see ../docs/learned_cache.md for the measurements behind the c
   the policy's staleness guard (``max_token_age``) decides eligibility before, as for every
   selector.
 
-Core module: no ROS. Weights are safetensors with a JSON config beside them; nothing is pickled.
+Core module: no ROS. Weights are safetensors with a JSON config beside them (``cache.module_files``);
+nothing is pickled.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +37,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from vla_cache_ros.cache.module_files import (
+    NO_MODULE,
+    ModuleFiles,
+    default_directory,
+    load_module,
+    resolve_directory,
+    save_module,
+)
 from vla_cache_ros.cache.selectors import SelectionContext, SelectionReport, target_count
 from vla_cache_ros.cache.tokens import grid_side
-from vla_cache_ros.errors import CheckpointError, ConfigurationError
+from vla_cache_ros.errors import ConfigurationError
 
-CONFIG_FILE = "cache_policy.json"
-DEFAULT_SUBDIRECTORY = "cache_policy"
+FILES = ModuleFiles(what="cache policy", stem="cache_policy", format="vla_cache_ros.learned_cache/1",
+                    subdirectory="cache_policy", hint="train one with `vla-cache train-cache`")
+"""How a cache policy is stored (``cache.module_files``)."""
+CONFIG_FILE = FILES.config_file
+DEFAULT_SUBDIRECTORY = FILES.subdirectory
 """A model directory's own cache policy lives here and is found without being named."""
-WEIGHTS_FILE = "cache_policy.safetensors"
-FORMAT = "vla_cache_ros.learned_cache/1"
+WEIGHTS_FILE = FILES.weights_file
+FORMAT = FILES.format
 
 MOTION_SIGNALS: dict[str, int] = {"frame_difference": 1, "flow": 2}
 """Motion signal name -> input channels it adds to the frame's 3."""
@@ -179,14 +190,7 @@ class CacheSelectorNet(nn.Module):
 
 def save_cache_policy(directory: str | Path, net: CacheSelectorNet) -> Path:
     """Write ``cache_policy.json`` and ``cache_policy.safetensors`` into ``directory`` (created)."""
-    from safetensors.torch import save_file
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    document = {"format": FORMAT, **asdict(net.config), "ratios": list(net.config.ratios)}
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-    return out
+    return save_module(FILES, directory, net, net.config)
 
 
 def load_cache_policy(directory: str | Path) -> CacheSelectorNet:
@@ -195,32 +199,7 @@ def load_cache_policy(directory: str | Path) -> CacheSelectorNet:
     Raises:
         CheckpointError: missing files, a foreign or malformed config, weights that do not fit it.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    root = Path(directory)
-    config_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(f"cache policy {root}: {path.name} is missing "
-                                  "(train one with `vla-cache train-cache`)")
-    try:
-        document = json.loads(config_path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cache policy {config_path}: not readable JSON ({error})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CheckpointError(f"cache policy {config_path}: format is not {FORMAT!r}")
-    settings = {k: v for k, v in document.items() if k in CachePolicyConfig.__dataclass_fields__}
-    try:
-        config = CachePolicyConfig(**settings)
-        net = CacheSelectorNet(config)
-        net.load_state_dict(load_file(str(weights_path)))
-    except (ConfigurationError, TypeError, ValueError) as error:
-        raise CheckpointError(f"cache policy {root}: {error}") from None
-    except (RuntimeError, SafetensorError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"cache policy {root}: weights do not fit its config ({first})") from None
-    return net.eval()
+    return load_module(FILES, directory, CachePolicyConfig, CacheSelectorNet)
 
 
 class LearnedSelector:
@@ -291,11 +270,10 @@ class LearnedSelector:
 def default_cache_policy(model_path: str | Path) -> Path | None:
     """``MODEL/cache_policy`` when it holds a cache policy (how a shipped model carries its own),
     else None."""
-    candidate = Path(model_path) / DEFAULT_SUBDIRECTORY
-    return candidate if (candidate / CONFIG_FILE).is_file() else None
+    return default_directory(FILES, model_path)
 
 
-NO_CACHE_POLICY = "none"
+NO_CACHE_POLICY = NO_MODULE
 """The ``--cache-policy`` / ``cache_policy_path`` value that turns the default lookup off."""
 
 
@@ -303,9 +281,7 @@ def resolve_cache_policy(value: str | None, model_path: str | Path | None) -> Pa
     """The cache policy directory to load for a ``--cache-policy`` / ``cache_policy_path``
     value: the value itself when given (None for ``none``), else the model directory's own
     (:func:`default_cache_policy`), else None. Loading checks the directory (CheckpointError)."""
-    if value is not None and value.strip():
-        return None if value.strip().lower() == NO_CACHE_POLICY else Path(value.strip()).expanduser()
-    return default_cache_policy(model_path) if model_path is not None else None
+    return resolve_directory(FILES, value, model_path)
 
 
 def load_learned_selector(directory: str | Path, seed: int = 0,
