@@ -447,6 +447,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def flush_denormals() -> None:
+    """Flush subnormal floats to zero on the CPU for the rest of the process.
+
+    Measured: with ``--attention-weight`` the supervised attention grew sharp, and near step 2000
+    of a CPU run the backward pass slowed from 0.55 s to ~7 s a step (py-spy: all of it in
+    autograd) as the gradients of the near-zero attention probabilities became subnormal, which
+    x86 CPUs handle in microcode. Values below ~1e-38 do not matter to training.
+    """
+    torch.set_flush_denormal(True)
+
+
 def resolve_training_device(name: str) -> torch.device:
     """``auto`` -> CUDA when torch sees a GPU, else CPU; other names as ``compute.resolve_device``.
 
@@ -477,6 +488,7 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
     """
     device = resolve_training_device(config.device)
     set_cpu_threads(config.threads)
+    flush_denormals()
     data = load_training_data((config.data_dir, *config.more_data), config.val_fraction, config.seed,
                               config.dataset_key)
     if len(data.train) == 0:
