@@ -61,6 +61,7 @@ class StepStats:
     action_tokens: np.ndarray = field(repr=False)
     cache_reset: bool = False  # the cache was (re)initialised at this step
     decode: str = "greedy"  # the decode setting of this step (engine.DECODE_SETTINGS)
+    draft_source: str | None = None  # where the draft came from: "drafter", "previous" (last step's tokens), None
     draft_tokens: int = 0  # tokens of the draft verified in the prefill (0: none)
     accepted_draft_tokens: int = 0  # leading draft tokens equal to the greedy output
     decode_passes: int = ACTION_DIM - 1  # sequential single-token forward passes after the prefill
@@ -127,8 +128,12 @@ class CachedVLAPolicy:
         engine: an engine over ``model`` to share (its prepacked weights) instead of building
             one; the policy server's sessions share their replica's. Steps of policies sharing
             an engine must not run concurrently.
-        decode: ``greedy`` or ``speculative`` (the previous step's action tokens are verified as
-            a draft inside the prefill; identical output, fewer decode passes when they repeat).
+        decode: ``greedy`` or ``speculative`` (a draft of the action tokens is verified inside
+            the prefill; identical output, fewer decode passes the more of it is right).
+        drafter: a trained drafter (``vla-cache train-drafter`` output directory, or a loaded
+            ``DrafterNet`` / ``Drafter``) whose argmax tokens are the speculative draft, computed
+            before the prefill (its time counts in the prefill stage); None: the draft is the
+            previous step's tokens (none on an episode's first step).
         cache_policy: a trained cache policy (``vla-cache train-cache`` output directory, or its
             loaded ``CacheSelectorNet``) that makes ``learned`` runnable; None: ``learned``
             stays unavailable unless ``selectors`` supplies it.
@@ -137,7 +142,8 @@ class CachedVLAPolicy:
     Raises:
         CacheModeError: ``mode`` unknown or not runnable; a ``selectors`` key that is no known mode.
         ConfigurationError: ``cache_ratio`` or ``max_token_age`` out of range; an unknown ``decode``.
-        CheckpointError: an unreadable ``cache_policy``.
+        CheckpointError: an unreadable ``cache_policy`` or ``drafter``, or a drafter trained
+            for another model.
     """
 
     def __init__(self, model: OpenVLA, mode: str = "fixed", cache_ratio: float = 0.5,
@@ -145,7 +151,8 @@ class CachedVLAPolicy:
                  selectors: Mapping[str, Selector] | None = None,
                  selector_options: Mapping[str, Mapping[str, Any]] | None = None,
                  prepack: bool | None = None, engine: KVReuseEngine | None = None,
-                 decode: str = "greedy", cache_policy: Any = None, cache_policy_seed: int = 0) -> None:
+                 decode: str = "greedy", cache_policy: Any = None, cache_policy_seed: int = 0,
+                 drafter: Any = None) -> None:
         self.model = model
         self.engine = engine if engine is not None else KVReuseEngine(model.language_model, prepack=prepack)
         self.num_visual = model.num_visual_tokens
@@ -166,7 +173,9 @@ class CachedVLAPolicy:
         self._ratio = check_ratio(cache_ratio)
         self._max_token_age = check_max_token_age(max_token_age)
         self._decode = check_decode(decode)
-        self._previous_tokens: torch.Tensor | None = None  # the draft of a speculative step
+        self._drafter = None if drafter is None else self._load_drafter(drafter)
+        self._previous_tokens: torch.Tensor | None = None  # the previous step's tokens (a draft, a drafter input)
+        self._previous_hidden: torch.Tensor | None = None  # its last prompt hidden state (a drafter input)
         self._reset_requested = False
         self._tokens = TokenStates(self.num_visual)
         self._prompt_kv: PromptKV | None = None
@@ -232,6 +241,20 @@ class CachedVLAPolicy:
         self.cache_policy_source = "in memory" if isinstance(cache_policy, CacheSelectorNet) else str(cache_policy)
         return LearnedSelector(net, seed=seed)
 
+    def _load_drafter(self, drafter: Any) -> Any:
+        from vla_cache_ros.cache.drafter import load_drafter_for
+
+        loaded = load_drafter_for(drafter)
+        tokenizer = self.model.action_tokenizer
+        loaded.check_model(self.model.llama_config.hidden_size, self.num_visual, tokenizer.first_action_token)
+        loaded.net.to(self.model.device)
+        return loaded
+
+    @property
+    def drafter_source(self) -> str | None:
+        """Where the loaded drafter came from (a directory or ``in memory``); None without one."""
+        return None if self._drafter is None else self._drafter.source
+
     def load_cache_policy(self, cache_policy: Any, seed: int = 0) -> None:
         """Make ``learned`` runnable with a trained cache policy (a directory or a loaded net).
 
@@ -276,6 +299,7 @@ class CachedVLAPolicy:
             self._prompt_kv = None
             self._previous_attention = None
             self._previous_tokens = None
+            self._previous_hidden = None
             self._input_shape = image_shape
         return mode, ratio, max_age, reset, decode
 
@@ -300,6 +324,19 @@ class CachedVLAPolicy:
         ids = self.model.prompt_ids(instruction)
         self._prompt_memo = (instruction, ids)
         return ids
+
+    def _draft(self, decode: str, visual: torch.Tensor, embeddings: torch.Tensor
+                ) -> tuple[torch.Tensor | None, str | None]:
+        """The speculative draft of this step and its source: the drafter's tokens when one is
+        loaded (also on an episode's first step), else the previous step's tokens, else none."""
+        if decode != "speculative":
+            return None, None
+        if self._drafter is not None:
+            prompt = embeddings[:, 1 + self.num_visual:]
+            return self._drafter.draft(visual, prompt, self._previous_tokens, self._previous_hidden), "drafter"
+        if self._previous_tokens is not None:
+            return self._previous_tokens, "previous"
+        return None, None
 
     @torch.no_grad()
     def step(self, image: np.ndarray, instruction: str, state: np.ndarray | None = None
@@ -334,8 +371,8 @@ class CachedVLAPolicy:
         clock.lap("select")
 
         embeddings = self.model.assemble_embeddings(visual, prompt_ids)
+        draft, draft_source = self._draft(decode, visual, embeddings)
         cached, self._prompt_kv = self._prompt_kv, None  # updated in place: dropped if prefill fails
-        draft = self._previous_tokens if decode == "speculative" else None
         prefill = self.engine.prefill(embeddings, self.num_visual, torch.from_numpy(reuse), cached,
                                       relevance_layer, draft)
         clock.lap("prefill", sync=True)
@@ -346,6 +383,7 @@ class CachedVLAPolicy:
         action = self.model.decode_action(decoded.tokens.numpy(), self.unnorm_key)
         self._prompt_kv = prefill.prompt_kv
         self._previous_tokens = decoded.tokens
+        self._previous_hidden = prefill.last_hidden
         self._tokens.commit(patches, reuse)
         self._previous_attention = None if prefill.relevance is None else prefill.relevance.float().cpu().numpy()
         times = clock.finish()
@@ -362,7 +400,7 @@ class CachedVLAPolicy:
             prefill_flops=float(cached.prefill), prefill_flops_uncached=float(uncached.prefill),
             token_layer_computations=prefill.token_layer_computations,
             reuse_indices=reuse, action_tokens=decoded.tokens.numpy(), cache_reset=reset, decode=decode,
-            draft_tokens=0 if draft is None else int(draft.numel()),
+            draft_source=draft_source, draft_tokens=0 if draft is None else int(draft.numel()),
             accepted_draft_tokens=decoded.accepted_draft_tokens, decode_passes=decoded.passes,
             predicted_ratio=None if report is None else report.predicted_ratio,
             ratio_cap=None if report is None else report.ratio_cap,

@@ -128,6 +128,7 @@ class PrefillResult:
     draft: torch.Tensor | None = None  # (D,) int64 draft tokens verified in this pass, or None
     draft_logits: torch.Tensor | None = None  # (D', vocab) float32 logits at the D' appended draft positions
     draft_token_layers: int = 0  # sum over layers of the appended draft positions computed
+    last_hidden: torch.Tensor | None = None  # (hidden,) final-norm hidden state at the last prompt position
 
 
 @dataclass
@@ -275,12 +276,13 @@ class KVReuseEngine:
             if relevance_layer is not None and index == relevance_layer:
                 relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)[0]
             hidden = self._finish_layer(layer, projections, hidden, attended)
-        heads = self.language_model.lm_head(self.decoder.norm(hidden[:, -(appended + 1):]))[0].float()
+        normed = self.decoder.norm(hidden[:, -(appended + 1):])
+        heads = self.language_model.lm_head(normed)[0].float()
         draft_work = appended * self.num_layers
         self.counters.prefill_token_layers += work - draft_work
         self.counters.draft_token_layers += draft_work
         return PrefillResult(heads[0], kv, computed, work - draft_work, relevance, draft,
-                             heads[1:] if draft is not None else None, draft_work)
+                             heads[1:] if draft is not None else None, draft_work, normed[0, 0])
 
     def _destination(self, cached: PromptKV | None, length: int, num_visual: int, reuse_idx: torch.Tensor,
                      embeddings: torch.Tensor) -> PromptKV:

@@ -37,6 +37,12 @@ class ActionTokenizer:
         return self.unpadded_vocab_size - bin_index
 
     @property
+    def first_action_token(self) -> int:
+        """Lowest of the ``n_bins`` ids at the end of the unpadded vocabulary that OpenVLA reserves
+        for actions (``unpadded_vocab_size - n_bins``; the learned drafter's bin 0)."""
+        return self.unpadded_vocab_size - self.n_bins
+
+    @property
     def action_token_range(self) -> tuple[int, int]:
         """Inclusive range [low, high] of token ids that decode to distinct action bins."""
         return self.unpadded_vocab_size - self.bin_centers.shape[0], self.unpadded_vocab_size - 1
