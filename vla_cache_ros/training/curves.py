@@ -4,7 +4,8 @@
 running mean, validation loss (nats per action token); right, validation action-token accuracy
 (teacher forced) and, where measured, the greedy (inference-path) token accuracy.
 ``train-cache`` (:func:`plot_cache_curves`): losses, mean predicted cache ratio, agreement with
-the targets.
+the targets. ``train-drafter`` (:func:`plot_drafter_curves`): loss, full-draft acceptance and mean
+accepted tokens against the previous-step draft.
 """
 from __future__ import annotations
 
@@ -96,6 +97,42 @@ def plot_cache_curves(history: dict[str, list[dict[str, Any]]], path: Path, titl
                     values = running_mean(values, SMOOTHING_STEPS)
                 axis.plot(steps, values, style, label=f"{split} {key}")
         axis.set(xlabel="step", title=label)
+        axis.grid(alpha=0.3)
+        if axis.has_data():
+            axis.legend()
+    return _save(figure, path, title)
+
+
+def plot_drafter_curves(history: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
+    """Draw a ``train-drafter`` run (``train``: {step, loss}; ``val``: {step, loss,
+    full_acceptance, accepted, previous_full_acceptance, previous_accepted, ...}) to ``path``:
+    the cross-entropy, the held-out share of steps whose 7 drafted tokens are all right, and the
+    mean accepted leading tokens, each beside the previous-step draft on the same pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (losses, full, accepted) = plt.subplots(1, 3, figsize=(15, 4))
+    train = history.get("train", [])
+    if train:
+        steps = np.array([r["step"] for r in train])
+        values = np.array([r["loss"] for r in train])
+        losses.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+        losses.plot(steps, running_mean(values, SMOOTHING_STEPS), color="tab:blue", label="train (running mean)")
+    val = history.get("val", [])
+    if val:
+        steps = np.array([r["step"] for r in val])
+        losses.plot(steps, [r["loss"] for r in val], "o-", color="tab:orange", label="held out")
+        for axis, key in ((full, "full_acceptance"), (accepted, "accepted")):
+            axis.plot(steps, [r[key] for r in val], "o-", color="tab:orange", label="drafter")
+            axis.plot(steps, [r[f"first_{key}"] for r in val], "s:", color="tab:green",
+                      label="drafter, first step")
+            axis.plot(steps, [r[f"previous_{key}"] for r in val], "--", color="tab:gray", label="previous-step draft")
+    losses.set(xlabel="step", ylabel="cross-entropy per action token (nats)", title="loss")
+    full.set(xlabel="step", ylabel="share of held-out steps", title="all 7 drafted tokens right", ylim=(0, 1))
+    accepted.set(xlabel="step", ylabel="tokens (of 7)", title="mean accepted leading tokens", ylim=(0, 7))
+    for axis in (losses, full, accepted):
         axis.grid(alpha=0.3)
         if axis.has_data():
             axis.legend()

@@ -2,8 +2,9 @@
 
 What is trained: :class:`vla_cache_ros.cache.learned.CacheSelectorNet` (Cached Token Selector +
 Cache Ratio Predictor). The VLA never changes. Data are consecutive frame pairs (t-1, t) of
-``sim-collect`` episodes or of rosbag2 recordings: the cache of step t comes from frame t-1's
-computation, here a full one (the selector's reference frame is then frame t-1 itself).
+``sim-collect`` episodes or of rosbag2 recordings (``training/pairs.py``): the cache of step t
+comes from frame t-1's computation, here a full one (the selector's reference frame is then
+frame t-1 itself).
 
 Two stages, after the paper (arXiv 2602.00686); what it leaves open is chosen here and listed in
 docs/learned_cache.md:
@@ -46,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,12 +67,12 @@ from vla_cache_ros.cache.learned import (
 from vla_cache_ros.cache.relaxed import mixed_prefill, visual_kv
 from vla_cache_ros.cache.selectors import target_count
 from vla_cache_ros.compute import set_cpu_threads
-from vla_cache_ros.errors import BagError, ConfigurationError, DatasetError, TrainingError, UserFacingError
-from vla_cache_ros.models.norm_stats import ACTION_DIM
+from vla_cache_ros.errors import ConfigurationError, TrainingError, UserFacingError
 from vla_cache_ros.models.vla import OpenVLA, load_vla
 from vla_cache_ros.training.curves import plot_cache_curves
-from vla_cache_ros.training.data import action_tokens, batch_rows, evenly_spaced, quantize_actions
-from vla_cache_ros.training.loop import DEFAULT_LABEL_QUANTUM_M, DEFAULT_LABEL_QUANTUM_RAD, resolve_training_device
+from vla_cache_ros.training.data import batch_rows, evenly_spaced
+from vla_cache_ros.training.loop import flush_denormals, resolve_training_device
+from vla_cache_ros.training.pairs import PairData, PairSet, load_pairs
 from vla_cache_ros.training.state import (
     TrainingState,
     load_optimizer_state,
@@ -82,6 +83,7 @@ from vla_cache_ros.training.state import (
     save_state,
     state_exists,
 )
+from vla_cache_ros.training.teacher import frame_embeddings, greedy_tokens
 
 TASK_LOSSES = ("distill", "labels")
 TRAINING_DIR = "training"
@@ -173,6 +175,11 @@ class CacheTrainConfig:
             raise TrainingError(str(error)) from None
 
     @property
+    def labels(self) -> bool:
+        """Whether the recorded actions are the targets (``task_loss`` ``labels``; see ``training.pairs``)."""
+        return self.task_loss == "labels"
+
+    @property
     def total_steps(self) -> int:
         """Stage I then Stage II steps."""
         return self.stage1_steps + self.steps
@@ -181,157 +188,6 @@ class CacheTrainConfig:
         """The cache policy's shape (errors: ``CachePolicyConfig``'s)."""
         return CachePolicyConfig(ratios=tuple(self.ratios), motion=self.motion, width=self.width,
                                  recovery_probability=self.recovery_probability, trained_for=trained_for or {})
-
-
-# --- data ------------------------------------------------------------------------------------
-@dataclass
-class PairSet:
-    """Frames and the consecutive pairs among them.
-
-    Attributes:
-        images: (M, H, W, 3) uint8 RGB frames.
-        instructions: (M,) instruction of each frame.
-        labels: (M, 7) int64 action tokens of the recorded actions, or None (bags; or not asked).
-        pairs: (P, 2) int64 rows (previous, current) of consecutive frames of one episode / bag.
-    """
-
-    images: np.ndarray
-    instructions: list[str]
-    labels: np.ndarray | None
-    pairs: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-
-@dataclass
-class PairData:
-    """The training and held-out pairs and where they came from."""
-
-    train: PairSet
-    val: PairSet
-    sources: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Sequence:
-    images: list[np.ndarray]
-    instruction: str
-    actions: np.ndarray | None
-    held_out: np.ndarray  # (T,) bool
-
-
-def _sim_sequences(root: Path, val_fraction: float, seed: int, max_frames: int | None) -> list[_Sequence]:
-    from vla_cache_ros.sim.dataset import iter_episode_files
-
-    sequences: list[_Sequence] = []
-    frames = 0
-    rng = np.random.default_rng([seed, 7])
-    try:
-        for _, record in iter_episode_files(root, successful_only=False, images=True):
-            if max_frames is not None and frames >= max_frames:
-                break
-            count = len(record) if max_frames is None else min(len(record), max_frames - frames)
-            held = bool(rng.random() < val_fraction)
-            sequences.append(_Sequence(list(record.images[:count]), record.instruction,
-                                       np.asarray(record.actions[:count]), np.full(count, held)))
-            frames += count
-    except DatasetError as error:
-        raise TrainingError(str(error)) from None
-    return sequences
-
-
-def _bag_sequences(root: Path, val_fraction: float, instruction: str | None, max_frames: int | None
-                   ) -> list[_Sequence]:
-    from vla_cache_ros.replay.bag_reader import BagReader
-    from vla_cache_ros.replay.frames import FrameReader
-
-    images: list[np.ndarray] = []
-    said: list[str | None] = []
-    try:
-        with BagReader(root) as bag:
-            for frame in FrameReader(bag, instruction=instruction, command_topic=None, joint_topic=None,
-                                     max_frames=max_frames):
-                images.append(frame.image)
-                said.append(frame.instruction)
-    except (BagError, ConfigurationError) as error:
-        raise TrainingError(f"--data {root}: {error}") from None
-    if any(text is None for text in said):
-        raise TrainingError(f"--data {root}: frames without an instruction (the bag records none before them); "
-                            "pass --instruction")
-    held = np.zeros(len(images), bool)
-    held[int(round(len(images) * (1 - val_fraction))):] = True  # the bag's last frames
-    sequences: list[_Sequence] = []
-    first = 0
-    for index in range(1, len(images) + 1):  # one sequence per stretch of one instruction
-        if index == len(images) or said[index] != said[first]:
-            sequences.append(_Sequence(images[first:index], str(said[first]), None, held[first:index]))
-            first = index
-    return sequences
-
-
-def _pair_set(sequences: list[tuple[_Sequence, np.ndarray]], labels: bool) -> PairSet:
-    images: list[np.ndarray] = []
-    instructions: list[str] = []
-    tokens: list[np.ndarray] = []
-    pairs: list[tuple[int, int]] = []
-    for sequence, rows in sequences:
-        start = len(images)
-        kept = [int(r) for r in rows]
-        images.extend(sequence.images[r] for r in kept)
-        instructions.extend([sequence.instruction] * len(kept))
-        if labels:
-            assert sequence.actions is not None
-            tokens.append(sequence.actions[kept])
-        pairs.extend((start + i - 1, start + i) for i in range(1, len(kept)) if kept[i] == kept[i - 1] + 1)
-    stacked = np.stack(images) if images else np.zeros((0, 224, 224, 3), np.uint8)
-    return PairSet(stacked, instructions, np.concatenate(tokens) if labels and tokens else None,
-                   np.asarray(pairs, np.int64).reshape(-1, 2))
-
-
-def load_pairs(config: CacheTrainConfig, model: OpenVLA) -> PairData:
-    """Read every ``--data`` directory into training and held-out frame pairs.
-
-    A directory with ``episodes/`` is a ``sim-collect`` dataset (held out by episode, at random
-    under the seed); any other is read as a rosbag2 recording (its last ``val_fraction`` frames
-    held out). ``labels``: the recorded actions become action tokens with the model's norm stats
-    (``unnorm_key``) after the same rounding as ``train-policy``.
-
-    Raises:
-        TrainingError: a directory that is neither, a bag without instructions, labels asked of
-            bags, or no pair at all.
-    """
-    sequences: list[_Sequence] = []
-    sources: list[dict[str, Any]] = []
-    for root in config.data:
-        if not Path(root).is_dir():
-            raise TrainingError(f"--data {root} is not a directory")
-        if (Path(root) / "episodes").is_dir():
-            found = _sim_sequences(Path(root), config.val_fraction, config.seed, config.max_frames)
-            kind = "sim-collect"
-        else:
-            if config.task_loss == "labels":
-                raise TrainingError(f"--task-loss labels needs sim-collect data with actions; {root} is a bag "
-                                    "(use --task-loss distill)")
-            found = _bag_sequences(Path(root), config.val_fraction, config.instruction, config.max_frames)
-            kind = "rosbag2"
-        sources.append({"path": str(root), "kind": kind, "frames": sum(len(s.images) for s in found)})
-        sequences.extend(found)
-    labels = config.task_loss == "labels"
-    if labels:
-        try:
-            stats = model.action_statistics.select(config.unnorm_key)
-        except UserFacingError as error:
-            raise TrainingError(f"--unnorm-key: {error}") from None
-        for sequence in sequences:
-            assert sequence.actions is not None
-            rounded = quantize_actions(sequence.actions, DEFAULT_LABEL_QUANTUM_M, DEFAULT_LABEL_QUANTUM_RAD)
-            sequence.actions = action_tokens(model.action_tokenizer, stats, rounded)
-    split = [[(s, np.flatnonzero(s.held_out == held)) for s in sequences] for held in (False, True)]
-    data = PairData(_pair_set(split[0], labels), _pair_set(split[1], labels), sources)
-    if len(data.train) == 0:
-        raise TrainingError(f"--data {', '.join(map(str, config.data))}: no consecutive frame pair to train on")
-    return data
 
 
 # --- the relaxation --------------------------------------------------------------------------
@@ -415,23 +271,12 @@ class CacheTrainer:
             raise TrainingError(f"--attention-layer {config.attention_layer} outside the model's 0..{layers - 1}")
         self.ratios = torch.tensor(net.config.ratios, dtype=torch.float32)
 
-    @torch.no_grad()
     def _embeddings(self, images: list[np.ndarray], instruction: str) -> tuple[torch.Tensor, list[np.ndarray]]:
-        prepared = [self.model.preprocess(image) for image in images]
-        visual = self.model.encode_image(torch.cat([p.pixel_values for p in prepared]))
-        prompt = self.model.prompt_ids(instruction).unsqueeze(0)
-        text = self.model.language_model.get_input_embeddings()(prompt).expand(len(images), -1, -1)
-        embeddings = torch.cat([text[:, :1], visual.to(text.dtype), text[:, 1:]], dim=1)
-        return embeddings, [p.model_input_rgb for p in prepared]
+        return frame_embeddings(self.model, images, instruction)
 
-    @torch.no_grad()
     def _greedy(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, 7) the uncached model's greedy tokens, one row at a time through the engine."""
-        rows = []
-        for row in embeddings:
-            prefill = self.engine.prefill(row[None], self.num_visual)
-            rows.append(self.engine.decode(prefill, ACTION_DIM).tokens)
-        return torch.stack(rows)
+        """(B, 7) the uncached model's greedy tokens (``training.teacher.greedy_tokens``)."""
+        return greedy_tokens(self.engine, embeddings, self.num_visual)
 
     @torch.no_grad()
     def prepare(self, pairs: PairSet, rows: np.ndarray, stage: int) -> list[_Group]:
@@ -535,6 +380,7 @@ def train_cache(config: CacheTrainConfig, until_step: int | None = None,
     if device.type != "cpu":
         log(f"note: train-cache runs on the CPU in this version ({config.device} asked)")
     set_cpu_threads(config.threads)
+    flush_denormals()
     try:
         model = load_vla(config.model)
     except UserFacingError as error:
