@@ -139,3 +139,26 @@ def test_a_cache_policy_directory_is_loaded_once_and_each_policy_gets_its_own_se
     for frame in frames:
         steps = {step.spec: step for step in runner.step_frame(frame, INSTRUCTION)}
     assert steps["learned:0.25"].stats.reused_tokens <= 64 and steps["learned:0.5"].stats.ratio_cap == 0.5
+
+
+def test_a_drafter_directory_is_loaded_once_and_drafts_every_speculative_run(model, frames, tmp_path, monkeypatch):
+    from vla_cache_ros.cache import drafter as drafter_module
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+
+    torch.manual_seed(0)
+    directory = save_drafter(tmp_path / "drafter", DrafterNet(DrafterConfig(
+        hidden_size=model.llama_config.hidden_size, token_offset=model.action_tokenizer.first_action_token,
+        width=8)))
+    loads = []
+    real = drafter_module.load_drafter
+    monkeypatch.setattr(drafter_module, "load_drafter", lambda path: loads.append(path) or real(path))
+    runner = ModeRunner(model, ["off", "fixed:0.5"], unnorm_key="tiny_sim", decodes=["greedy", "speculative"],
+                        drafter=directory)
+    assert loads == [directory] and runner.drafter_source == str(directory)
+    for frame in frames:
+        steps = {step.spec: step for step in runner.step_frame(frame, INSTRUCTION)}
+        for spec in ("off", "fixed:0.5"):
+            assert steps[f"{spec} speculative"].stats.draft_source == "drafter"
+            assert steps[spec].stats.draft_source is None
+            assert np.array_equal(steps[f"{spec} speculative"].stats.action_tokens, steps[spec].stats.action_tokens)
+    assert runner.token_agreement("fixed:0.5 speculative") == 1.0

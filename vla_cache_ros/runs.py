@@ -97,11 +97,13 @@ class ModeRunner:
             speculative"``), spec by spec in :attr:`keys`.
         policy_options: further keyword arguments of every ``CachedVLAPolicy`` (``prepack``,
             ``max_token_age``, ``selector_options``, ``cache_policy``: a directory is loaded once
-            and shared; each policy gets its own selector, hence its own recovery generator).
+            and shared; each policy gets its own selector, hence its own recovery generator;
+            ``drafter``: a directory is loaded once and shared, the speculative runs draft with it).
 
     Raises:
         CacheModeError: no spec, a spec listed twice, a malformed or unknown spec, or a mode that
             cannot run here (``learned`` without a trained cache policy).
+        CheckpointError: an unreadable cache policy or drafter, or a drafter for another model.
         ConfigurationError: ``warmup`` < 0; decode settings unknown, repeated or not starting
             with ``greedy``.
     """
@@ -123,6 +125,12 @@ class ModeRunner:
             self.cache_policy_source = "in memory" if isinstance(source, CacheSelectorNet) else str(source)
             if not isinstance(source, CacheSelectorNet):
                 policy_options["cache_policy"] = load_cache_policy(source)
+        self.drafter_source: str | None = None
+        if policy_options.get("drafter") is not None:
+            from vla_cache_ros.cache.drafter import load_drafter_for
+
+            policy_options["drafter"] = load_drafter_for(policy_options["drafter"])
+            self.drafter_source = policy_options["drafter"].source
         self.model = model
         self.specs: list[ModeSpec] = parsed
         self.decodes: list[str] = decodes

@@ -79,3 +79,23 @@ def test_bench_compares_decode_settings(tmp_path):
     assert not (tmp_path / "refused").exists()  # refused before any model is written
     with pytest.raises(ConfigurationError, match="unknown decode setting"):
         run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path, "tiny_sim", decodes=["greedy", "beam"])
+
+
+def test_bench_drafts_with_a_drafter(tmp_path):
+    """``--drafter``: the speculative rows draft with it (tokens still equal off's); the report
+    names the draft."""
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+
+    torch.manual_seed(0)
+    drafter = save_drafter(tmp_path / "drafter", DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744, width=8)))
+    reports = run_bench(["tiny"], "off,fixed:0.75", steps=2, warmup=0, device="cpu", dtype_name="float32",
+                        threads=1, out_dir=tmp_path / "out", unnorm_key="tiny_sim",
+                        decodes=["greedy", "speculative"], drafter=str(drafter))
+    assert reports[0]["draft"] == f"learned drafter {drafter}"
+    assert f"speculative draft: learned drafter {drafter}" in (tmp_path / "out" / "bench.md").read_text()
+    for mode in reports[0]["modes"]:
+        assert mode["action_token_agreement"] == 1.0
+    plain = run_bench(["tiny"], "off", steps=1, warmup=0, device="cpu", dtype_name="float32", threads=1,
+                      out_dir=tmp_path / "plain", unnorm_key="tiny_sim", decodes=["greedy", "speculative"],
+                      drafter="none")
+    assert plain[0]["draft"] == "previous step's tokens"

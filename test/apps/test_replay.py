@@ -173,3 +173,37 @@ def test_speculative_decoding_replays_beside_greedy_with_the_same_tokens(bag, mo
     assert "decode_passes" in header and "accepted_draft_tokens" in header
     with pytest.raises(ConfigurationError, match="must start with greedy"):
         run_replay(_options(bag.path, model_dir, decodes="speculative"), log=lambda _: None)
+
+
+def test_speculative_replay_drafts_with_a_drafter(bag, tmp_path: Path) -> None:
+    """--drafter DIR drafts the speculative runs; without it a model directory's own drafter/ is
+    found; 'none' falls back to the previous step's tokens. Tokens stay the greedy ones."""
+    import torch
+
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+    from vla_cache_ros.errors import CheckpointError
+    from vla_cache_ros.models.tiny import make_tiny_checkpoint
+
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    torch.manual_seed(0)
+    net = DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744, width=8))
+    save_drafter(tmp_path / "mine", net)
+    lines: list[str] = []
+    runs = {}
+    for name, drafter in (("given", str(tmp_path / "mine")), ("own", None), ("none", "none")):
+        if name == "own":
+            save_drafter(model_dir / "drafter", net)
+        report = run_replay(_options(bag.path, model_dir, modes="off", decodes="greedy,speculative", plots=False,
+                                     drafter=drafter), log=lines.append)
+        runs[name] = report
+        greedy = [s.action_tokens for s in report.steps if s.mode == "off"]
+        assert greedy == [s.action_tokens for s in report.steps if s.mode == "off speculative"]
+    assert any(f"speculative draft by {tmp_path / 'mine'}" in line for line in lines)
+    assert any(f"speculative draft by {model_dir / 'drafter'}" in line for line in lines)
+    # The drafter drafts the first step too; the previous-step draft cannot.
+    first = {name: next(s for s in report.steps if s.mode == "off speculative") for name, report in runs.items()}
+    assert first["given"].decode_passes == first["own"].decode_passes
+    assert first["none"].decode_passes == 6 and first["none"].accepted_draft_tokens == 0
+    (model_dir / "drafter" / "drafter.safetensors").write_bytes(b"broken")
+    with pytest.raises(CheckpointError, match="drafter .*weights"):
+        run_replay(_options(bag.path, model_dir, modes="off", decodes="greedy,speculative"), log=lambda _: None)

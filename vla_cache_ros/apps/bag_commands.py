@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vla_cache_ros.apps.options import add_cache_policy_argument
+from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument
 
 
 def _positive_float(text: str) -> float:
@@ -127,6 +127,7 @@ def _replay(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         progress=False if args.no_progress else None,
         cache_policy=args.cache_policy,
+        drafter=args.drafter,
         decodes=args.decode,
     )
     print_summary(run_replay(options, log=_log))
@@ -188,10 +189,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--out", type=Path, default=None,
                         help="output directory for replay.json, steps.csv, plots (default: out/replay/<bag name>)")
     add_cache_policy_argument(replay)
+    add_drafter_argument(replay)
     replay.add_argument("--decode", default="greedy",
                         help="comma-separated decode settings each mode runs with, greedy first: greedy, "
-                             "speculative (the previous step's tokens verified inside the prefill; same tokens) "
-                             "(default: %(default)s)")
+                             "speculative (a draft -- the --drafter's, else the previous step's tokens -- verified "
+                             "inside the prefill; same tokens) (default: %(default)s)")
     topics = replay.add_argument_group("topics ('auto': found by type, 'none': not used)")
     topics.add_argument("--image-topic", type=_topic, default="auto", help="Image or CompressedImage")
     topics.add_argument("--joint-topic", type=_topic, default="auto", help="JointState")

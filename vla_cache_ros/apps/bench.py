@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vla_cache_ros.apps.options import add_cache_policy_argument
+from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument
 from vla_cache_ros.cache.modes import PREPACK_CHOICES, default_sweep, parse_mode_list, parse_prepack
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.stages import STAGES, device_sync
@@ -90,7 +90,8 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
 
 def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup: int,
                 unnorm_key: str | None, seed: int = 11, prepack: bool | None = None,
-                decodes: Sequence[str] = ("greedy",), cache_policy: Path | None = None) -> dict[str, Any]:
+                decodes: Sequence[str] = ("greedy",), cache_policy: Path | None = None,
+                drafter: Path | None = None) -> dict[str, Any]:
     """Run every mode (with each decode setting) over the same frames, interleaved, and summarise.
 
     ``prepack`` is the engine's CPU weight-prepacking choice; every mode, ``off`` included, runs
@@ -102,7 +103,7 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
 
     # the first step computes every token; `warmup` more steps follow before measuring
     runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack, decodes=decodes,
-                        cache_policy=cache_policy)
+                        cache_policy=cache_policy, drafter=drafter)
     sync = device_sync(model.device)
     frames = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0).frames(warmup + steps + 1)
     reference_times = []
@@ -141,6 +142,8 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
         "reference_predict_action_median_s": statistics.median(reference_times),
         "decoder_weights": projections.reason,
         "prefill_off_plain_weights_isolated_s": plain_off_s,
+        "draft": (None if runner.decodes == ["greedy"] else
+                  f"learned drafter {runner.drafter_source}" if runner.drafter_source else "previous step's tokens"),
         "modes": [result.__dict__ for result in results],
     }
 
@@ -178,7 +181,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Decoder weights: {report['decoder_weights']}"
         + (f"; uncached prefill with plain weights (isolated): "
            f"{1000 * report['prefill_off_plain_weights_isolated_s']:.1f} ms"
-           if report.get("prefill_off_plain_weights_isolated_s") else ""),
+           if report.get("prefill_off_plain_weights_isolated_s") else "")
+        + (f"; speculative draft: {report['draft']}" if report.get("draft") else ""),
         "",
         "| mode | reused | preprocess | vision | select | prefill | decode | total (ms) | speedup total | "
         "speedup prefill | prefill FLOPs-implied | reached | isolated prefill (ms) | reached, isolated | "
@@ -227,17 +231,19 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
 def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str | None,
               threads: int | None, out_dir: Path, unnorm_key: str | None,
               prepack: bool | None = None, decodes: Sequence[str] = ("greedy",),
-              cache_policy: str | None = None) -> list[dict[str, Any]]:
+              cache_policy: str | None = None, drafter: str | None = None) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports.
 
     ``modes``: comma-separated specs, ``off`` first; ``decodes``: decode settings each mode runs
     with, ``greedy`` first; ``dtype_name`` None: bfloat16 on CUDA, float32 elsewhere; ``threads``
-    None: torch's default; ``cache_policy``: ``--cache-policy`` (see ``apps.options``).
+    None: torch's default; ``cache_policy``, ``drafter``: ``--cache-policy``, ``--drafter`` (see
+    ``apps.options``).
 
     Raises:
         ConfigurationError: bad modes (first not ``off``, unknown, repeated), device, dtype,
             thread count or step counts; CheckpointError: an unreadable checkpoint directory.
     """
+    from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.runs import check_decode_list, machine_description, prepare_compute
 
@@ -254,7 +260,8 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     for name in models:
         model, label, model_key, directory = load_bench_model(name, device, dtype, out_dir / "models")
         report = bench_model(model, label, mode_list, steps, warmup, unnorm_key or model_key, prepack=prepack,
-                             decodes=decodes, cache_policy=resolve_cache_policy(cache_policy, directory))
+                             decodes=decodes, cache_policy=resolve_cache_policy(cache_policy, directory),
+                             drafter=resolve_drafter(drafter, directory))
         report["machine"] = machine_description(device)
         reports.append(report)
         print(markdown_table(report) + "\n", flush=True)
@@ -285,9 +292,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="CPU: prepacked decoder weights for every mode, off included (default: %(default)s)")
     parser.add_argument("--decode", default="greedy",
                         help="comma-separated decode settings each mode runs with, greedy first: greedy, "
-                             "speculative (the previous step's tokens verified inside the prefill; same tokens) "
-                             "(default: %(default)s)")
+                             "speculative (a draft -- the --drafter's, else the previous step's tokens -- verified "
+                             "inside the prefill; same tokens) (default: %(default)s)")
     add_cache_policy_argument(parser)
+    add_drafter_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
     parser.set_defaults(handler=_bench)
 
@@ -297,5 +305,5 @@ def _bench(args: argparse.Namespace) -> int:
               args.device, args.dtype, args.threads, args.out, args.unnorm_key,
               prepack=parse_prepack(args.prepack),
               decodes=[name.strip() for name in args.decode.split(",") if name.strip()],
-              cache_policy=args.cache_policy)
+              cache_policy=args.cache_policy, drafter=args.drafter)
     return 0

@@ -77,6 +77,7 @@ class ReplayOptions:
     progress: bool | None = None  # None: only on a terminal
     cache_policy: str | None = None  # --cache-policy (see apps.options)
     decodes: str = "greedy"  # --decode: comma-separated decode settings, greedy first
+    drafter: str | None = None  # --drafter (see apps.options)
 
 
 @dataclass
@@ -267,6 +268,7 @@ class _Overlay:
 
 def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> ReplayReport:
     """Run the comparison, write the outputs (if ``options.out``), return the report."""
+    from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.runs import ModeRunner, check_decode_list, machine_description
 
@@ -286,9 +288,11 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
                 f"--instruction-topic. It has:\n{bag.describe_topics()}")
         model, model_path, unnorm_key = _load_model(options)
         runner = ModeRunner(model, [spec.text for spec in specs], unnorm_key=unnorm_key, warmup=options.warmup,
-                            cache_policy=resolve_cache_policy(options.cache_policy, model_path), decodes=decodes)
+                            cache_policy=resolve_cache_policy(options.cache_policy, model_path), decodes=decodes,
+                            drafter=resolve_drafter(options.drafter, model_path))
+        drafting = f"; speculative draft by {runner.drafter_source}" if runner.drafter_source else ""
         log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(runner.keys)} runs "
-            f"({', '.join(runner.keys)}) with {model_path}")
+            f"({', '.join(runner.keys)}) with {model_path}{drafting}")
         records: dict[str, list[StepRecord]] = {key: [] for key in runner.keys}
         overlay = _Overlay()
         overlay_step = len(frames) // 2
