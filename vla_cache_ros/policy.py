@@ -301,6 +301,10 @@ class CachedVLAPolicy:
             self._previous_tokens = None
             self._previous_hidden = None
             self._input_shape = image_shape
+            for selector in self._selectors.values():  # a learned selector restarts its recovery draws
+                reseed = getattr(selector, "reseed", None)
+                if reseed is not None:
+                    reseed()
         return mode, ratio, max_age, reset, decode
 
     def check_instruction(self, instruction: str) -> int:

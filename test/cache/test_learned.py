@@ -195,3 +195,20 @@ def test_the_policy_runs_learned_mode_under_the_cap_and_the_staleness_guard(tiny
     # Other modes report no prediction.
     policy.set_mode("fixed")
     assert policy.step(frames[0], "pick up the cube")[1].predicted_ratio is None
+
+
+def test_a_reset_restarts_the_recovery_draws(tiny_model, tmp_path: Path) -> None:
+    module = net()
+    with torch.no_grad():  # always the largest ratio, so recovery has tokens to draw from
+        module.ratio_head[-1].weight.zero_()
+        module.ratio_head[-1].bias.copy_(torch.arange(len(module.config.ratios), dtype=torch.float32))
+    policy = CachedVLAPolicy(tiny_model, mode="learned", cache_ratio=1.0, unnorm_key="tiny_sim",
+                             selectors={"learned": LearnedSelector(module, seed=1, recovery_probability=0.3)})
+    frames = list(SyntheticScene(seed=4, height=60, width=80).frames(3))
+
+    def episode() -> list[list[int]]:
+        policy.reset()
+        return [policy.step(frame, "pick up the cube")[1].reuse_indices.tolist() for frame in frames]
+
+    first, second = episode(), episode()
+    assert first == second and any(first[1:])  # the same draws in every episode

@@ -106,3 +106,21 @@ def test_refused_settings_leave_the_session_as_it_was(replica) -> None:
     fast = replica.step(session, request(frames[2], "go", decode="speculative"))  # the session's policy decodes
     assert fast["stats"]["decode"] == "speculative" and fast["stats"]["draft_tokens"] == 7
     assert fast["stats"]["decode_passes"] == 6 - min(6, fast["stats"]["accepted_draft_tokens"])
+
+
+def test_a_cache_policy_makes_learned_available_to_every_session(tiny_model, tmp_path) -> None:
+    import torch
+
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+
+    plain = build_replica(tiny_model, UNNORM_KEY)
+    assert "learned" not in plain.health()["modes"]
+    torch.manual_seed(0)
+    directory = save_cache_policy(tmp_path / "cp", CacheSelectorNet(CachePolicyConfig(width=4)))
+    replica = build_replica(tiny_model, UNNORM_KEY, cache_policy=directory)
+    assert "learned" in replica.health()["modes"]
+    local = CachedVLAPolicy(tiny_model, mode="learned", cache_ratio=0.5, unnorm_key=UNNORM_KEY, cache_policy=directory)
+    session = replica.new_session("robot")
+    for frame in stream(4)[:3]:
+        answer = replica.step(session, request(frame, "go", mode="learned", cache_ratio=0.5))
+        assert answer["stats"]["reuse_indices"] == local.step(frame, "go")[1].reuse_indices.tolist()

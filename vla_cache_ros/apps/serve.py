@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_cache_ros.apps.options import add_cache_policy_argument
 from vla_cache_ros.errors import ConfigurationError, PolicyServerError
 
 
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-mb", type=float, default=16.0, help="largest request body")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest image (H x W)")
     parser.add_argument("--max-queued", type=int, default=64, help="queued requests per replica before 503")
+    add_cache_policy_argument(parser)
     parser.set_defaults(handler=_serve)
 
     parser = subparsers.add_parser("serve-wire", help="size and encode/decode time of each frame encoding")
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps per session (default 200)")
     parser.add_argument("--encoding", default="raw", choices=("raw", "png", "jpeg"), help="frame encoding")
     parser.add_argument("--mode", default="fixed", help="cache mode of every session (default fixed)")
+    add_cache_policy_argument(parser)
     parser.add_argument("--ratio", type=float, default=0.5, help="cache ratio (default 0.5)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout")
     parser.add_argument("--verify-model", default=None,
@@ -89,7 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, address=args.address, local_cpus=args.ray_cpus,
         limits=Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_image_pixels=args.max_image_pixels),
         sessions=SessionLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s),
-        token=os.environ.get(server.TOKEN_ENV) or None, max_queued_requests=args.max_queued)
+        token=os.environ.get(server.TOKEN_ENV) or None, max_queued_requests=args.max_queued,
+        cache_policy_path=_cache_policy(args.cache_policy, resolved.path))
     stop = threading.Event()
 
     def stop_on_signals() -> None:
@@ -166,6 +170,14 @@ def run_session(url: str, index: int, steps: int, args: Any, deadline: float) ->
     return run
 
 
+def _cache_policy(value: str | None, model_path: Any) -> str | None:
+    """``--cache-policy`` resolved against the model directory (see ``apps.options``)."""
+    from vla_cache_ros.cache.learned import resolve_cache_policy
+
+    resolved = resolve_cache_policy(value, model_path)
+    return None if resolved is None else str(resolved)
+
+
 def verify_actions(model: str, unnorm_key: str | None, runs: list[SessionRun], steps: int, args: Any) -> list[str]:
     """Step a local policy over each session's frames; return mismatches."""
     from vla_cache_ros.models.catalog import resolve_model
@@ -173,7 +185,8 @@ def verify_actions(model: str, unnorm_key: str | None, runs: list[SessionRun], s
 
     resolved = resolve_model(model, unnorm_key)
     policy = CachedVLAPolicy.from_pretrained(resolved.path, mode=args.mode, cache_ratio=args.ratio,
-                                             unnorm_key=resolved.unnorm_key)
+                                             unnorm_key=resolved.unnorm_key,
+                                             cache_policy=_cache_policy(args.cache_policy, resolved.path))
     problems = []
     for index, run in enumerate(runs):
         if run.errors or run.restarts:

@@ -243,22 +243,28 @@ class Replica:
 
 
 def build_replica(model: Any, unnorm_key: str | None, limits: SessionLimits = SessionLimits(),
-                  name: str = "local", default_mode: str = "fixed", default_ratio: float = 0.5) -> Replica:
+                  name: str = "local", default_mode: str = "fixed", default_ratio: float = 0.5,
+                  cache_policy: Any = None) -> Replica:
     """A replica over a loaded model: one engine (and its prepacked weights) shared by every
     session, the stateless ``/act`` policy, and a warm-up step (so the first real step is not the
-    slow one).
+    slow one). ``cache_policy`` (a ``train-cache`` directory or a loaded net; None: none) is
+    loaded once and makes ``learned`` available to every session, each with its own selector.
 
     Raises:
         CacheModeError, ConfigurationError: a bad default mode or ratio.
+        CheckpointError: an unreadable cache policy.
     """
     from vla_cache_ros.cache.engine import KVReuseEngine
+    from vla_cache_ros.cache.learned import CacheSelectorNet, load_cache_policy
     from vla_cache_ros.policy import CachedVLAPolicy
 
     engine = KVReuseEngine(model.language_model)
+    if cache_policy is not None and not isinstance(cache_policy, CacheSelectorNet):
+        cache_policy = load_cache_policy(cache_policy)
 
     def new_policy(mode: str = default_mode) -> CachedVLAPolicy:
         return CachedVLAPolicy(model, mode=mode, cache_ratio=default_ratio, unnorm_key=unnorm_key,
-                               engine=engine)
+                               engine=engine, cache_policy=cache_policy)
 
     new_policy()  # check the defaults now
     act_policy = new_policy("off")
