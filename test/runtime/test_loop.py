@@ -418,6 +418,35 @@ def test_a_model_directory_carries_its_own_cache_policy(tiny_checkpoint: Path, t
     assert Harness(model, cache_policy_path="none").status()[2]["cache_policy"] == "none"
 
 
+def test_drafter_path_drafts_the_speculative_steps(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``drafter_path``: a given drafter, the model directory's own ``drafter/`` when empty, the
+    previous step's tokens with ``none``; diagnostics name it; a broken one fails configure with
+    the file named."""
+    import shutil
+
+    import torch
+
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+    from vla_cache_ros.errors import CheckpointError
+
+    torch.manual_seed(0)
+    net = DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744, width=8))
+    given = save_drafter(tmp_path / "given", net)
+    harness = Harness(tiny_checkpoint, drafter_path=str(given), decode="speculative")
+    assert harness.info.count(f"learned drafter: {given}") == 1
+    assert harness.step().draft_source == "drafter" and harness.status()[2]["drafter"] == str(given)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    save_drafter(model / "drafter", net)
+    assert Harness(model, decode="speculative").status()[2]["drafter"] == str(model / "drafter")
+    plain = Harness(model, drafter_path="none", decode="speculative")
+    assert plain.status()[2]["drafter"] == "none"
+    assert [plain.step().draft_source for _ in range(2)] == [None, "previous"]
+    (given / "drafter.json").write_text("{")
+    with pytest.raises(CheckpointError, match="drafter.json: not readable JSON"):
+        Harness(tiny_checkpoint, drafter_path=str(given))
+
+
 def linear_ms(ratio: float) -> float:
     """Synthetic step time: 100 ms uncached, 80 ms less at full reuse (60 ms at ratio 0.5)."""
     return 100.0 - 80.0 * ratio

@@ -40,6 +40,7 @@ class ModelConfig:
     num_threads: int
     cpu_weight_prepack: str
     cache_policy_path: str = ""
+    drafter_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,8 @@ class NodeConfig:
                 dtype=str(merged["dtype"]), unnorm_key=str(merged["unnorm_key"]) or None,
                 center_crop=bool(merged["center_crop"]), num_threads=int(merged["num_threads"]),
                 cpu_weight_prepack=str(merged["cpu_weight_prepack"]),
-                cache_policy_path=str(merged["cache_policy_path"]).strip()),
+                cache_policy_path=str(merged["cache_policy_path"]).strip(),
+                drafter_path=str(merged["drafter_path"]).strip()),
             backend=BackendConfig(
                 backend=str(merged["inference_backend"]), server_url=str(merged["server_url"]).strip(),
                 session_id=str(merged["session_id"]).strip(),

@@ -144,6 +144,7 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
                             cache_ratio=config.cache.ratio, max_token_age=config.cache.max_token_age,
                             decode=config.cache.decode)
     model_path = check_model_path(config.model.model_path)
+    from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.cache.modes import parse_prepack
     from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
@@ -158,14 +159,17 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
     set_cpu_threads(config.model.num_threads)
     info(f"loading {model_path} on {device} ...")
     cache_policy = resolve_cache_policy(config.model.cache_policy_path, model_path)
+    drafter = resolve_drafter(config.model.drafter_path, model_path)
     policy = CachedVLAPolicy.from_pretrained(
         model_path, mode="off", cache_ratio=config.cache.ratio,
         unnorm_key=unnorm_key, device=str(device), dtype=dtype,
         center_crop=config.model.center_crop,
-        prepack=parse_prepack(config.model.cpu_weight_prepack), cache_policy=cache_policy)
+        prepack=parse_prepack(config.model.cpu_weight_prepack), cache_policy=cache_policy, drafter=drafter)
     info(f"decoder weights: {policy.engine.projections.reason}")
     if cache_policy is not None:
         info(f"learned cache policy: {cache_policy}")
+    if drafter is not None:
+        info(f"learned drafter: {drafter}")
     return policy
 
 
@@ -204,7 +208,8 @@ def backend_values(policy: Any) -> dict[str, str]:
     if remote is not None:
         return dict(remote())
     return {"decoder_weights": policy.engine.projections.reason,
-            "cache_policy": getattr(policy, "cache_policy_source", None) or "none"}
+            "cache_policy": getattr(policy, "cache_policy_source", None) or "none",
+            "drafter": getattr(policy, "drafter_source", None) or "none"}
 
 
 class PolicyRuntime:

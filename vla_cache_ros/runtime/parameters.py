@@ -94,6 +94,11 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "learned runs; empty: the model directory's own cache_policy/, if it has one; "
                   "none: no cache policy",
                   read_only=True),
+    ParameterSpec("drafter_path", "string", "",
+                  "learned drafter directory (vla-cache train-drafter output) whose tokens are decode "
+                  "speculative's draft; empty: the model directory's own drafter/, if it has one; "
+                  "none: the previous step's tokens",
+                  read_only=True),
     _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
