@@ -153,6 +153,15 @@ def test_a_short_run_saves_a_loadable_drafter_reports_and_resumes_exactly(tiny_c
         torch.testing.assert_close(tensor, drafter.state_dict()[name], rtol=0, atol=0)
     with pytest.raises(TrainingError, match="other settings .*drop_previous"):
         train_drafter(config(tiny_checkpoint, tiny_dataset, tmp_path / "resumed", drop_previous=0.5), log=quiet)
+    # The stored features, copied alone into a new --out, train another drafter without recomputing.
+    copied = tmp_path / "other" / "training" / "features.safetensors"
+    copied.parent.mkdir(parents=True)
+    copied.write_bytes((tmp_path / "full" / "training" / "features.safetensors").read_bytes())
+    lines.clear()
+    other = train_drafter(config(tiny_checkpoint, tiny_dataset, tmp_path / "other", inputs=("previous",), steps=2),
+                          log=lines.append)
+    assert other.complete and any("read from" in line for line in lines)
+    assert load_drafter(tmp_path / "other").config.inputs == ("previous",)
 
 
 def test_bags_train_a_drafter(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -176,7 +185,8 @@ def test_bad_settings_are_training_errors(tiny_checkpoint: Path, tiny_dataset: P
         train_drafter(config(tiny_checkpoint, tmp_path / "missing", tmp_path / "out"), log=quiet)
     with pytest.raises(TrainingError, match="--model"):
         train_drafter(config(tmp_path / "no_model", tiny_dataset, tmp_path / "out2"), log=quiet)
-    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "training").mkdir(parents=True)
+    (tmp_path / "busy" / "training" / "features.safetensors").write_bytes(b"")
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(TrainingError, match="holds no train-drafter run"):
         train_drafter(config(tiny_checkpoint, tiny_dataset, tmp_path / "busy"), log=quiet)

@@ -14,7 +14,8 @@ Everything the frozen model contributes is computed once per frame, before the f
 kept in ``--out/training/features.safetensors`` (pooled visual embeddings, mean prompt
 embedding, greedy tokens, last hidden state; a resume reads it back when the run's settings
 match), so a training step touches the drafter only: thousands of steps take minutes on a
-2-core CPU.
+2-core CPU. Copied alone into a new ``--out``, the file lets another drafter (other inputs,
+width, steps) train on the same frames without recomputing them.
 
 Loss: cross-entropy of the drafter's 7 x 256 logits against the target bins (tokens outside the
 action bins are ignored). With probability ``--drop-previous`` a pair's previous step is hidden
@@ -363,6 +364,16 @@ def _load_features(path: Path, settings: dict[str, Any], sizes: tuple[int, int]
     return loaded
 
 
+def _startable(out_dir: Path) -> bool:
+    """Whether a new run may start in ``out_dir``: absent, empty, or holding nothing but stored
+    features (a run stopped before its first save, or features copied in to train another
+    drafter on the same frames; they are used only if they match, see :func:`_load_features`)."""
+    if not out_dir.exists():
+        return True
+    contents = [path.relative_to(out_dir) for path in out_dir.rglob("*") if path.is_file()]
+    return all(path == Path(TRAINING_DIR) / FEATURES_FILE for path in contents)
+
+
 def _features(model: OpenVLA, config: DrafterTrainConfig, data: PairData, path: Path, settings: dict[str, Any],
               log: Callable[[str], None]) -> tuple[FrameFeatures, FrameFeatures]:
     """The frozen model's features of the training and held-out frames: read back from ``path``
@@ -423,7 +434,7 @@ def train_drafter(config: DrafterTrainConfig, until_step: int | None = None,
             details = ", ".join(f"{k}: {saved.settings.get(k)!r} there, {settings[k]!r} now" for k in differing)
             raise TrainingError(f"{out_dir} holds a drafter-training run with other settings ({details}); resume "
                                 "with the same settings or choose another --out")
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif not _startable(out_dir):
         raise TrainingError(f"--out {out_dir} exists and holds no train-drafter run; choose a new directory")
     data = load_pairs(config, model)
     out_dir.mkdir(parents=True, exist_ok=True)
