@@ -251,6 +251,13 @@ class CachedVLAPolicy:
         return loaded
 
     @property
+    def last_hidden(self) -> torch.Tensor | None:
+        """(hidden,) final-norm hidden state at the last prompt position of the latest step (a
+        drafter's ``previous_hidden``; computed with that step's reuse); None before a step or
+        after a reset."""
+        return self._previous_hidden
+
+    @property
     def drafter_source(self) -> str | None:
         """Where the loaded drafter came from (a directory or ``in memory``); None without one."""
         return None if self._drafter is None else self._drafter.source

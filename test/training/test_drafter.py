@@ -73,6 +73,29 @@ def test_features_are_the_frozen_models_own(model, tiny_checkpoint: Path, tiny_d
         assert int(logits.argmax()) == reference.tokens[0].item()
 
 
+def test_features_in_a_cache_mode_are_that_policys_steps(model, tiny_checkpoint: Path, tiny_dataset: Path) -> None:
+    """With --mode fixed:0.75 the tokens and hidden states are a fixed:0.75 policy's, stepped
+    through each sequence in order and reset at every new one (whose first frame is uncached)."""
+    from vla_cache_ros.policy import CachedVLAPolicy
+
+    data = load_pairs(config(tiny_checkpoint, tiny_dataset, Path("unused")), model)
+    engine = KVReuseEngine(model.language_model, prepack=False)
+    uncached = frame_features(model, engine, data.train, pool_grid=4)
+    cached = frame_features(model, engine, data.train, pool_grid=4, mode="fixed:0.75")
+    torch.testing.assert_close(cached.visual, uncached.visual, rtol=0, atol=0)  # vision does not cache
+    continuing = {int(current) for _, current in data.train.pairs}
+    starts = [row for row in range(len(data.train.images)) if row not in continuing]
+    assert len(starts) > 1 and torch.equal(cached.tokens[starts], uncached.tokens[starts])
+    policy = CachedVLAPolicy(model, mode="fixed", cache_ratio=0.75, unnorm_key="tiny_sim")
+    rows = range(starts[1])  # the first sequence, on an independent policy
+    for row in rows:
+        _, stats = policy.step(data.train.images[row], data.train.instructions[row])
+        assert stats.reused_tokens == (0 if row == 0 else 192)
+        assert cached.tokens[row].tolist() == stats.action_tokens.tolist()
+        torch.testing.assert_close(cached.hidden[row], policy.last_hidden, rtol=0, atol=1e-6)
+    assert len(rows) > 1
+
+
 def test_metrics_count_what_the_engine_does(model) -> None:
     from vla_cache_ros.synthetic import SyntheticScene
 
@@ -178,7 +201,9 @@ def test_bags_train_a_drafter(tiny_checkpoint: Path, tmp_path: Path) -> None:
 def test_bad_settings_are_training_errors(tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     for changes, message in [({"drop_previous": 1.0}, "--drop-previous"), ({"steps": 0}, "--steps"),
                              ({"inputs": ("visual", "depth")}, "drafter inputs"), ({"pool_grid": 5}, "pool to 5x5"),
-                             ({"weight_decay": -1.0}, "--weight-decay"), ({"max_frames": 1}, "--max-frames")]:
+                             ({"weight_decay": -1.0}, "--weight-decay"), ({"max_frames": 1}, "--max-frames"),
+                             ({"mode": "learned"}, "--mode: .*no trained cache policy"),
+                             ({"mode": "fixed:2"}, "--mode: .*fixed:2")]:
         with pytest.raises(TrainingError, match=message):
             config(tiny_checkpoint, tiny_dataset, tmp_path, **changes)
     with pytest.raises(TrainingError, match="is not a directory"):

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, nargs="+", required=True,
                         help="sim-collect directories and/or rosbag2 recordings (camera + instruction)")
     parser.add_argument("--out", type=Path, required=True, help="drafter directory (created or resumed)")
+    parser.add_argument("--mode", default="off",
+                        help="cache mode the drafter will draft for, whose greedy tokens are the targets: off, "
+                             "fixed:R, vla_cache[:R] (default off; with reuse the tokens differ from uncached ones)")
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     parser.add_argument("--batch-size", type=int, default=64, help="frame pairs per step (default 64)")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (default 2e-3)")
@@ -62,13 +65,14 @@ def _train_drafter(args: argparse.Namespace) -> int:
     from vla_cache_ros.subprocesses import sigterm_as_keyboard_interrupt
     from vla_cache_ros.training.drafter import DrafterTrainConfig, train_drafter
 
+    inputs = tuple(name.strip() for name in args.inputs.split(",") if name.strip())
     config = DrafterTrainConfig(
-        model=args.model, data=tuple(args.data), out_dir=args.out, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, drop_previous=args.drop_previous, width=args.width,
-        pool_grid=args.pool_grid, inputs=tuple(name.strip() for name in args.inputs.split(",") if name.strip()),
-        instruction=args.instruction, max_frames=args.max_frames, val_fraction=args.val_fraction,
-        eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, device=args.device,
-        threads=args.threads, progress=not args.quiet)
+        model=args.model, data=tuple(args.data), out_dir=args.out, mode=args.mode, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, drop_previous=args.drop_previous,
+        width=args.width, pool_grid=args.pool_grid, inputs=inputs, instruction=args.instruction,
+        max_frames=args.max_frames, val_fraction=args.val_fraction, eval_every=args.eval_every,
+        save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
+        progress=not args.quiet)
     with sigterm_as_keyboard_interrupt():
         result = train_drafter(config, until_step=args.stop_at_step)
     last = result.history["val"][-1] if result.history["val"] else None

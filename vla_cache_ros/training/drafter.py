@@ -5,10 +5,13 @@ tokens of step t before its prefill (see ``cache/drafter.py``). The VLA never ch
 
 Data: consecutive frame pairs (t-1, t) of ``sim-collect`` episodes or rosbag2 recordings
 (``training/pairs.py``, the loader ``train-cache`` uses). Targets: **self-distillation** -- the
-frozen model's own greedy tokens on frame t (uncached prefill + greedy decode through the cache
-engine, ``training/teacher.py``); no labels, so a user's own bags suffice. The previous step's
-inputs (its tokens and last prompt hidden state) are the frozen model's on frame t-1, as an
-uncached speculative policy would have them.
+frozen model's own greedy tokens on frame t, as the policy computes them in the cache mode it
+will run with (``--mode``, default ``off``: uncached; ``fixed:0.5``: half the visual K/V reused
+from frame t-1, whose tokens then differ from the uncached ones at some steps and are what a
+speculative draft must match); no labels, so a user's own bags suffice. The frames of each
+episode or bag stretch go through one :class:`~vla_cache_ros.policy.CachedVLAPolicy` in order
+(reset at every new sequence), so the previous step's inputs (its tokens and last prompt hidden
+state) are exactly what that policy would hand the drafter.
 
 Everything the frozen model contributes is computed once per frame, before the first step, and
 kept in ``--out/training/features.safetensors`` (pooled visual embeddings, mean prompt
@@ -59,6 +62,7 @@ from vla_cache_ros.cache.drafter import (
     tokens_to_bins,
 )
 from vla_cache_ros.cache.engine import KVReuseEngine
+from vla_cache_ros.cache.modes import check_available, parse_mode, runnable_modes
 from vla_cache_ros.compute import resolve_dtype, set_cpu_threads
 from vla_cache_ros.errors import ConfigurationError, TrainingError, UserFacingError, one_line
 from vla_cache_ros.models.norm_stats import ACTION_DIM
@@ -77,16 +81,16 @@ from vla_cache_ros.training.state import (
     save_state,
     state_exists,
 )
-from vla_cache_ros.training.teacher import frame_embeddings, greedy_decode
+from vla_cache_ros.training.teacher import frame_embeddings
 
 TRAINING_DIR = "training"
 FEATURES_FILE = "features.safetensors"
 FEATURE_BATCH = 16
 """Frames per vision-tower call while features are computed."""
-IDENTITY = ("model", "data", "steps", "batch_size", "lr", "weight_decay", "drop_previous", "width", "pool_grid",
-            "inputs", "seed", "val_fraction", "max_frames", "instruction")
+IDENTITY = ("model", "data", "mode", "steps", "batch_size", "lr", "weight_decay", "drop_previous", "width",
+            "pool_grid", "inputs", "seed", "val_fraction", "max_frames", "instruction")
 """Settings that define a run; a resume must keep them."""
-FEATURE_IDENTITY = ("model", "data", "pool_grid", "seed", "val_fraction", "max_frames", "instruction")
+FEATURE_IDENTITY = ("model", "data", "mode", "pool_grid", "seed", "val_fraction", "max_frames", "instruction")
 """Settings the stored frozen-model features depend on."""
 
 
@@ -98,6 +102,8 @@ class DrafterTrainConfig:
         model: the frozen VLA's checkpoint directory.
         data: ``sim-collect`` directories and/or rosbag2 directories (camera + instruction).
         out_dir: where the drafter and ``training/`` go (created, or resumed).
+        mode: the cache mode spec the targets are computed in (``off``, ``fixed:0.5``,
+            ``vla_cache``; the one the drafter will draft for).
         steps: optimiser steps.
         batch_size: frame pairs per step.
         lr: AdamW peak learning rate; weight_decay: its decoupled weight decay.
@@ -116,6 +122,7 @@ class DrafterTrainConfig:
     model: Path
     data: tuple[Path, ...]
     out_dir: Path
+    mode: str = "off"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 2e-3
@@ -154,6 +161,10 @@ class DrafterTrainConfig:
             self.drafter_config(hidden_size=1, token_offset=0)
         except ConfigurationError as error:
             raise TrainingError(str(error)) from None
+        try:
+            check_available(parse_mode(self.mode).name, runnable_modes())
+        except ConfigurationError as error:
+            raise TrainingError(f"--mode: {error}") from None
 
     @property
     def labels(self) -> bool:
@@ -202,35 +213,50 @@ class FrameFeatures:
 
 
 @torch.no_grad()
-def frame_features(model: OpenVLA, engine: KVReuseEngine, pairs: PairSet, pool_grid: int,
+def frame_features(model: OpenVLA, engine: KVReuseEngine, pairs: PairSet, pool_grid: int, mode: str = "off",
                    progress: Callable[[int], None] | None = None) -> FrameFeatures:
-    """:class:`FrameFeatures` of every frame of ``pairs``: vision tower and projector in batches
-    of :data:`FEATURE_BATCH` frames of one instruction, then each frame's uncached prefill and
-    greedy decode (``training.teacher``). ``progress(frames)`` is called after each batch."""
+    """:class:`FrameFeatures` of every frame of ``pairs``.
+
+    The pooled visual and prompt features come from the vision tower and projector in batches of
+    :data:`FEATURE_BATCH` frames of one instruction (``training.teacher.frame_embeddings``; they
+    do not depend on caching). Tokens and hidden states come from one ``CachedVLAPolicy`` in
+    cache mode ``mode`` (a spec, e.g. ``fixed:0.5``) on ``engine``, stepped through the frames
+    in order and reset wherever a frame does not continue the one before (a new episode or bag
+    stretch). ``progress(frames)`` is called as frames are done.
+
+    Raises:
+        CacheModeError: ``mode`` unknown or not runnable without more (``learned``).
+    """
+    from vla_cache_ros.policy import CachedVLAPolicy
+
     count = len(pairs.images)
     num_visual = model.num_visual_tokens
-    rows: dict[str, list[torch.Tensor]] = {"visual": [], "prompt": [], "tokens": [], "hidden": []}
-    order: list[int] = []
+    hidden_size = model.llama_config.hidden_size
+    visual = torch.zeros(count, pool_grid * pool_grid, hidden_size)
+    prompt = torch.zeros(count, hidden_size)
     for instruction in dict.fromkeys(pairs.instructions):
         members = [i for i in range(count) if pairs.instructions[i] == instruction]
         for first in range(0, len(members), FEATURE_BATCH):
             chunk = members[first:first + FEATURE_BATCH]
             embeddings, _ = frame_embeddings(model, [pairs.images[i] for i in chunk], instruction)
-            tokens, prefills = greedy_decode(engine, embeddings, num_visual)
-            rows["visual"].append(pool_visual(embeddings[:, 1:1 + num_visual], pool_grid).float().cpu())
-            rows["prompt"].append(prompt_features(embeddings[:, 1 + num_visual:]).float().cpu())
-            rows["tokens"].append(tokens.cpu())
-            rows["hidden"].append(torch.stack([prefill.last_hidden.float() for prefill in prefills]).cpu())
-            order.extend(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    if not order:
-        hidden = model.llama_config.hidden_size
-        return FrameFeatures(torch.zeros(0, pool_grid * pool_grid, hidden), torch.zeros(0, hidden),
-                             torch.zeros(0, ACTION_DIM, dtype=torch.long), torch.zeros(0, hidden))
-    back = torch.from_numpy(np.argsort(np.asarray(order), kind="stable"))  # rows grouped by instruction -> frame order
-    return FrameFeatures(torch.cat(rows["visual"])[back], torch.cat(rows["prompt"])[back],
-                         torch.cat(rows["tokens"])[back], torch.cat(rows["hidden"])[back])
+            visual[chunk] = pool_visual(embeddings[:, 1:1 + num_visual], pool_grid).float().cpu()
+            prompt[chunk] = prompt_features(embeddings[:, 1 + num_visual:]).float().cpu()
+    spec = parse_mode(mode)
+    any_statistics = min(model.action_statistics.usable)  # un-normalises the unused actions; any will do
+    policy = CachedVLAPolicy(model, mode=spec.name, cache_ratio=spec.ratio, unnorm_key=any_statistics, engine=engine)
+    tokens = torch.zeros(count, ACTION_DIM, dtype=torch.long)
+    hidden = torch.zeros(count, hidden_size)
+    continues = {int(current) for previous, current in pairs.pairs if current == previous + 1}
+    for row in range(count):
+        if row not in continues:
+            policy.reset()
+        _, stats = policy.step(pairs.images[row], pairs.instructions[row])
+        tokens[row] = torch.from_numpy(stats.action_tokens)
+        assert policy.last_hidden is not None
+        hidden[row] = policy.last_hidden.float().cpu()
+        if progress is not None:
+            progress(1)
+    return FrameFeatures(visual, prompt, tokens, hidden)
 
 
 def pair_batch(features: FrameFeatures, pairs: np.ndarray, config: DrafterConfig,
@@ -389,7 +415,7 @@ def _features(model: OpenVLA, config: DrafterTrainConfig, data: PairData, path: 
     bar = tqdm(total=sum(sizes), desc="features (frozen model)", unit="frame", disable=not config.progress,
                dynamic_ncols=True)
     try:
-        computed = tuple(frame_features(model, engine, pairs, config.pool_grid, bar.update)
+        computed = tuple(frame_features(model, engine, pairs, config.pool_grid, config.mode, bar.update)
                          for pairs in (data.train, data.val))
     finally:
         bar.close()
@@ -443,7 +469,8 @@ def train_drafter(config: DrafterTrainConfig, until_step: int | None = None,
                                                   settings, log)
     except UserFacingError as error:  # e.g. an instruction too long for the model
         raise TrainingError(f"--data: {one_line(error)}") from None
-    trained_for = {"model": str(config.model), "data": [str(d) for d in config.data], "steps": config.steps}
+    trained_for = {"model": str(config.model), "data": [str(d) for d in config.data], "mode": config.mode,
+                   "steps": config.steps}
     torch.manual_seed(config.seed)
     net = DrafterNet(config.drafter_config(model.llama_config.hidden_size, model.action_tokenizer.first_action_token,
                                            model.num_visual_tokens, trained_for))

@@ -1,6 +1,7 @@
 """What a frozen VLA says about frames: its input embeddings and its own greedy action tokens,
-the self-distillation targets of ``train-cache`` (``training/lac.py``) and ``train-drafter``
-(``training/drafter.py``). No labels are needed, so a user's own bags suffice.
+the self-distillation targets of ``train-cache`` (``training/lac.py``; ``train-drafter``,
+``training/drafter.py``, shares the embeddings and takes its tokens from the policy in the cache
+mode it drafts for). No labels are needed, so a user's own bags suffice.
 
 Both go through the same code as inference: the model's preprocessing, vision tower and
 projector, and the cache engine's uncached prefill and greedy decode.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.engine import KVReuseEngine, PrefillResult
+from vla_cache_ros.cache.engine import KVReuseEngine
 from vla_cache_ros.models.norm_stats import ACTION_DIM
 from vla_cache_ros.models.vla import OpenVLA
 
@@ -40,8 +41,7 @@ def frame_embeddings(model: OpenVLA, images: list[np.ndarray], instruction: str
 
 
 @torch.no_grad()
-def greedy_decode(engine: KVReuseEngine, embeddings: torch.Tensor, num_visual: int
-                  ) -> tuple[torch.Tensor, list[PrefillResult]]:
+def greedy_tokens(engine: KVReuseEngine, embeddings: torch.Tensor, num_visual: int) -> torch.Tensor:
     """The uncached model's greedy tokens, one row at a time through the engine.
 
     Args:
@@ -49,16 +49,10 @@ def greedy_decode(engine: KVReuseEngine, embeddings: torch.Tensor, num_visual: i
         num_visual: N visual tokens per row.
 
     Returns:
-        (B, 7) int64 tokens and each row's prefill (its ``last_hidden`` and logits).
+        (B, 7) int64 tokens.
     """
-    rows, prefills = [], []
+    rows = []
     for row in embeddings:
         prefill = engine.prefill(row[None], num_visual)
-        prefills.append(prefill)
         rows.append(engine.decode(prefill, ACTION_DIM).tokens)
-    return torch.stack(rows), prefills
-
-
-def greedy_tokens(engine: KVReuseEngine, embeddings: torch.Tensor, num_visual: int) -> torch.Tensor:
-    """(B, 7) int64: :func:`greedy_decode`'s tokens only."""
-    return greedy_decode(engine, embeddings, num_visual)[0]
+    return torch.stack(rows)
