@@ -154,7 +154,8 @@ def motion_signal(kind: str, frame: np.ndarray, reference: np.ndarray) -> np.nda
 
 def selector_input(config: CachePolicyConfig, frame: np.ndarray, reference: np.ndarray) -> torch.Tensor:
     """(1, 3 + C, S, S) float32 network input: RGB / 255 stacked with :func:`motion_signal`."""
-    rgb = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255.0)
+    # A copy: a frame may be a read-only view (a decoded message's buffer), which torch warns about.
+    rgb = torch.from_numpy(np.array(frame, np.uint8)).permute(2, 0, 1).float().div_(255.0)
     motion = torch.from_numpy(motion_signal(config.motion, frame, reference)).permute(2, 0, 1)
     return torch.cat([rgb, motion]).unsqueeze(0).contiguous()
 
