@@ -54,8 +54,9 @@ def test_unknown_names_answer_with_the_available_ones():
     with pytest.raises(CacheModeError) as error:
         parse_mode("turbo:0.5")
     assert str(error.value) == ("unknown cache mode 'turbo'; available: off, fixed, vla_cache, "
-                                "learned (no trained cache policy is loaded; set cache_policy_path or "
-                                "--cache-policy to one made by vla-cache train-cache)")
+                                "learned (no trained cache policy is loaded; give one made by vla-cache "
+                                "train-cache (node: cache_policy_path; commands: --cache-policy) or put it in the "
+                                "model directory's cache_policy/)")
     with pytest.raises(CacheModeError, match="unknown cache mode 'turbo'; available: off, fixed$"):
         check_available("turbo", ["off", "fixed"])
 
@@ -66,8 +67,9 @@ def test_learned_is_known_but_unavailable_until_a_cache_policy_is_loaded():
         with pytest.raises(CacheModeError) as error:
             attempt()
         assert str(error.value) == ("cache mode 'learned' is not available: no trained cache policy is loaded; "
-                                    "set cache_policy_path or --cache-policy to one made by vla-cache "
-                                    "train-cache; available: off, fixed, vla_cache")
+                                    "give one made by vla-cache train-cache (node: cache_policy_path; commands: "
+                                    "--cache-policy) or put it in the model directory's cache_policy/; "
+                                    "available: off, fixed, vla_cache")
     assert check_available("learned", ["off", "learned"]) == "learned"  # once a selector is supplied
 
 

@@ -397,7 +397,8 @@ def test_learned_mode_runs_with_a_cache_policy_and_reports_its_decision(tiny_che
     (policy_dir / "cache_policy.json").write_text("{")
     with pytest.raises(CheckpointError, match="cache_policy.json: not readable JSON"):
         Harness(tiny_checkpoint, cache_policy_path=str(policy_dir))
-    with pytest.raises(ConfigurationError, match="no trained cache policy is loaded; set cache_policy_path"):
+    with pytest.raises(ConfigurationError,
+                       match=r"no trained cache policy is loaded; give one made by vla-cache train-cache \(node: "):
         Harness(tiny_checkpoint, cache_policy_path="none", cache_mode="learned")
 
 

@@ -179,7 +179,7 @@ def test_bounded_load_test_answers_everything_right(server_url, tiny_checkpoint,
     from vla_cache_ros.apps.serve import format_report, load_test
 
     monkeypatch.setenv("VLA_CACHE_SERVE_TOKEN", TOKEN)
-    args = Namespace(sessions=2, steps=4, encoding="raw", mode="fixed", ratio=0.5, timeout_s=60.0,
+    args = Namespace(sessions=2, steps=4, encoding="raw", mode="fixed", ratio=0.5, timeout_s=60.0, cache_policy=None,
                      verify_model=str(tiny_checkpoint), verify_steps=4, unnorm_key=UNNORM_KEY)
     report = load_test(server_url, args)
     assert report["answered"] == report["requests"] == 8, format_report(report)

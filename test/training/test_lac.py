@@ -197,3 +197,10 @@ def test_bad_settings_are_training_errors(tiny_checkpoint: Path, tiny_dataset: P
         train_cache(config(tiny_checkpoint, tmp_path / "missing", tmp_path / "out"), log=quiet)
     with pytest.raises(TrainingError, match="--model"):
         train_cache(config(tmp_path / "no_model", tiny_dataset, tmp_path / "out2"), log=quiet)
+
+
+def test_sources_of_different_frame_sizes_are_one_clear_error(tiny_checkpoint: Path, tiny_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    small = write_synthetic_bag(tmp_path / "small_bag", spec=SyntheticBagSpec(num_frames=4, height=64, width=64)).path
+    with pytest.raises(TrainingError, match=r"--data mixes frame sizes \(.*small_bag: 64x64x3.*224x224x3"):
+        train_cache(config(tiny_checkpoint, (small, tiny_dataset), tmp_path / "mixed"), log=quiet)

@@ -144,6 +144,7 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
         "prefill_off_plain_weights_isolated_s": plain_off_s,
         "draft": (None if runner.decodes == ["greedy"] else
                   f"learned drafter {runner.drafter_source}" if runner.drafter_source else "previous step's tokens"),
+        "cache_policy": runner.cache_policy_source,
         "modes": [result.__dict__ for result in results],
     }
 
@@ -182,7 +183,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         + (f"; uncached prefill with plain weights (isolated): "
            f"{1000 * report['prefill_off_plain_weights_isolated_s']:.1f} ms"
            if report.get("prefill_off_plain_weights_isolated_s") else "")
-        + (f"; speculative draft: {report['draft']}" if report.get("draft") else ""),
+        + (f"; speculative draft: {report['draft']}" if report.get("draft") else "")
+        + (f"; learned cache policy: {report['cache_policy']}" if report.get("cache_policy") else ""),
         "",
         "| mode | reused | preprocess | vision | select | prefill | decode | total (ms) | speedup total | "
         "speedup prefill | prefill FLOPs-implied | reached | isolated prefill (ms) | reached, isolated | "

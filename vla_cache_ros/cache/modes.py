@@ -72,8 +72,9 @@ BUILTIN_MODES: tuple[CacheMode, ...] = (
     CacheMode("vla_cache", "VLA-Cache's rule: static minus task-relevant tokens, capped at r*N",
               selector=f"{_SELECTORS}:VLACacheSelector", sweep=("vla_cache",)),
     CacheMode("learned", "a trained token selector and ratio predictor; r bounds the predicted ratio",
-              unavailable_reason="no trained cache policy is loaded; set cache_policy_path or --cache-policy "
-                                 "to one made by vla-cache train-cache", sweep=("learned",)),
+              unavailable_reason="no trained cache policy is loaded; give one made by vla-cache train-cache "
+                                 "(node: cache_policy_path; commands: --cache-policy) or put it in the model "
+                                 "directory's cache_policy/", sweep=("learned",)),
 )
 
 _REGISTRY: dict[str, CacheMode] = {mode.name: mode for mode in BUILTIN_MODES}

@@ -126,6 +126,16 @@ def _pair_set(sequences: list[tuple[_Sequence, np.ndarray]], labels: bool) -> Pa
                    np.asarray(pairs, np.int64).reshape(-1, 2))
 
 
+def _check_one_frame_size(sources: list[dict[str, Any]]) -> None:
+    """Raise TrainingError naming each ``--data`` source's frame size when they differ (frames are
+    held in one array; collect or record the sources at one camera size)."""
+    shapes = {tuple(shape) for source in sources for shape in source["frame_shapes"]}
+    if len(shapes) > 1:
+        listed = "; ".join(f"{source['path']}: {', '.join('x'.join(map(str, s)) for s in source['frame_shapes'])}"
+                           for source in sources)
+        raise TrainingError(f"--data mixes frame sizes ({listed}); train on sources of one camera size")
+
+
 class PairSettings(Protocol):
     """What :func:`load_pairs` reads of a run's settings (``CacheTrainConfig`` and
     ``DrafterTrainConfig`` both provide it).
@@ -188,8 +198,11 @@ def load_pairs(config: PairSettings, model: OpenVLA) -> PairData:
                                     "(use --task-loss distill)")
             found = _bag_sequences(Path(root), config.val_fraction, config.instruction, config.max_frames)
             kind = "rosbag2"
-        sources.append({"path": str(root), "kind": kind, "frames": sum(len(s.images) for s in found)})
+        shapes = sorted({tuple(image.shape) for sequence in found for image in sequence.images})
+        sources.append({"path": str(root), "kind": kind, "frames": sum(len(s.images) for s in found),
+                        "frame_shapes": [list(shape) for shape in shapes]})
         sequences.extend(found)
+    _check_one_frame_size(sources)
     labels = bool(config.labels)
     if labels:
         try:
