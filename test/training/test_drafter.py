@@ -192,7 +192,7 @@ def test_bags_train_a_drafter(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = train_drafter(config(tiny_checkpoint, bag, tmp_path / "out", steps=2, val_fraction=0.25), log=quiet)
     assert result.complete and result.history["val"]
     summary = json.loads((tmp_path / "out" / "training" / "summary.json").read_text())
-    assert summary["sources"] == [{"path": str(bag), "kind": "rosbag2", "frames": 8}]
+    assert summary["sources"] == [{"path": str(bag), "kind": "rosbag2", "frames": 8, "frame_shapes": [[224, 224, 3]]}]
     silent = write_synthetic_bag(tmp_path / "silent", spec=SyntheticBagSpec(num_frames=4, instruction=None)).path
     with pytest.raises(TrainingError, match="pass --instruction"):
         train_drafter(config(tiny_checkpoint, silent, tmp_path / "silent_out"), log=quiet)

@@ -177,7 +177,7 @@ def test_labels_and_bags(tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Pa
     distilled = train_cache(config(tiny_checkpoint, bag, tmp_path / "bag_out", stage1_steps=1, steps=1), log=quiet)
     assert distilled.complete
     summary = json.loads((tmp_path / "bag_out" / "training" / "summary.json").read_text())
-    assert summary["sources"] == [{"path": str(bag), "kind": "rosbag2", "frames": 8}]
+    assert summary["sources"] == [{"path": str(bag), "kind": "rosbag2", "frames": 8, "frame_shapes": [[224, 224, 3]]}]
     with pytest.raises(TrainingError, match="--task-loss labels needs sim-collect data"):
         train_cache(config(tiny_checkpoint, bag, tmp_path / "bag_labels", task_loss="labels"), log=quiet)
     silent = write_synthetic_bag(tmp_path / "silent", spec=SyntheticBagSpec(num_frames=4, instruction=None)).path
