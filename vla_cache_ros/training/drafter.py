@@ -72,7 +72,9 @@ from vla_cache_ros.training.data import batch_rows
 from vla_cache_ros.training.loop import resolve_training_device
 from vla_cache_ros.training.pairs import PairData, PairSet, load_pairs
 from vla_cache_ros.training.state import (
+    ModuleTrainResult,
     TrainingState,
+    identity_settings,
     load_optimizer_state,
     load_state,
     optimizer_state_by_name,
@@ -345,27 +347,8 @@ def evaluate(net: DrafterNet, features: FrameFeatures, pairs: np.ndarray) -> dic
 
 
 # --- the run -----------------------------------------------------------------------------------
-@dataclass
-class DrafterTrainResult:
-    """What a ``train-drafter`` call did."""
-
-    out_dir: Path
-    step: int
-    total_steps: int
-    resumed_from: int
-    history: dict[str, list[dict[str, Any]]]
-
-    @property
-    def complete(self) -> bool:
-        """Whether every step is done."""
-        return self.step >= self.total_steps
-
-
-def _settings(config: DrafterTrainConfig) -> dict[str, Any]:
-    values = asdict(config)
-    return {key: (str(values[key]) if isinstance(values[key], Path) else
-                  [str(v) for v in values[key]] if key == "data" else
-                  list(values[key]) if isinstance(values[key], tuple) else values[key]) for key in IDENTITY}
+DrafterTrainResult = ModuleTrainResult
+"""What a call did (the shared result type)."""
 
 
 def _load_features(path: Path, settings: dict[str, Any], sizes: tuple[int, int]
@@ -450,7 +433,7 @@ def train_drafter(config: DrafterTrainConfig, until_step: int | None = None,
                          dtype=resolve_dtype("bfloat16" if device.type == "cuda" else "float32"))
     except UserFacingError as error:
         raise TrainingError(f"--model {config.model}: {error}") from None
-    settings = _settings(config)
+    settings = identity_settings(config, IDENTITY)
     out_dir = Path(config.out_dir)
     state_dir = out_dir / TRAINING_DIR / "state"
     saved = load_state(state_dir) if state_exists(state_dir) else None

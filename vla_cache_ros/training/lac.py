@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,7 +74,9 @@ from vla_cache_ros.training.data import batch_rows, evenly_spaced
 from vla_cache_ros.training.loop import flush_denormals, resolve_training_device
 from vla_cache_ros.training.pairs import PairData, PairSet, load_pairs
 from vla_cache_ros.training.state import (
+    ModuleTrainResult,
     TrainingState,
+    identity_settings,
     load_optimizer_state,
     load_state,
     optimizer_state_by_name,
@@ -345,26 +347,8 @@ def evaluate(trainer: CacheTrainer, pairs: PairSet, rows: np.ndarray, stage: int
     return {key: float(value) for key, value in _weighted(parts).items()} if parts else {}
 
 
-@dataclass
-class CacheTrainResult:
-    """What a ``train-cache`` call did."""
-
-    out_dir: Path
-    step: int
-    total_steps: int
-    resumed_from: int
-    history: dict[str, list[dict[str, Any]]]
-
-    @property
-    def complete(self) -> bool:
-        return self.step >= self.total_steps
-
-
-def _settings(config: CacheTrainConfig) -> dict[str, Any]:
-    values = asdict(config)
-    return {key: (str(values[key]) if isinstance(values[key], Path) else
-                  [str(v) for v in values[key]] if key == "data" else
-                  list(values[key]) if isinstance(values[key], tuple) else values[key]) for key in IDENTITY}
+CacheTrainResult = ModuleTrainResult
+"""What a call did (the shared result type)."""
 
 
 def train_cache(config: CacheTrainConfig, until_step: int | None = None,
@@ -385,7 +369,7 @@ def train_cache(config: CacheTrainConfig, until_step: int | None = None,
         model = load_vla(config.model)
     except UserFacingError as error:
         raise TrainingError(f"--model {config.model}: {error}") from None
-    settings = _settings(config)
+    settings = identity_settings(config, IDENTITY)
     data = load_pairs(config, model)
     out_dir = Path(config.out_dir)
     state_dir = out_dir / TRAINING_DIR / "state"

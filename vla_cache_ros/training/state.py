@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +168,28 @@ def restore_rng(states: dict[str, torch.Tensor], device: torch.device) -> None:
     key = f"cuda:{device.index or 0}"
     if device.type == "cuda" and key in states:
         torch.cuda.set_rng_state(states[key], device)
+
+
+@dataclass
+class ModuleTrainResult:
+    """What a ``train-cache`` / ``train-drafter`` call did (a small module beside a frozen VLA)."""
+
+    out_dir: Path
+    step: int
+    total_steps: int
+    resumed_from: int
+    history: dict[str, list[dict[str, Any]]]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every step is done."""
+        return self.step >= self.total_steps
+
+
+def identity_settings(config: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON-ready values of a dataclass config's run-defining ``keys`` (paths as text, the
+    ``data`` directories as a list of text, tuples as lists): what a resume must match."""
+    values = asdict(config)
+    return {key: (str(values[key]) if isinstance(values[key], Path) else
+                  [str(v) for v in values[key]] if key == "data" else
+                  list(values[key]) if isinstance(values[key], tuple) else values[key]) for key in keys}
