@@ -235,6 +235,22 @@ def test_frame_stamped_before_the_jump_but_delivered_after_it_is_not_fresh() -> 
     assert controller.input_age("camera", 85.2) is None
 
 
+def test_frame_from_before_a_jump_back_stays_old_after_a_later_forward_jump() -> None:
+    """A starved node sees a bag loop's jump back (100 -> 85), then, its next /clock already
+    1.2 s on, a forward jump; the previous pass's last frame (stamped 99.98) is processed only
+    then. A forward jump must not make the earlier jump back forgotten: that frame, stamped
+    past its arrival, counted as fresh from its arrival and drove the arm (a bag-loop test on
+    a loaded machine sent non-zero twists before the new pass's first frame)."""
+    controller = twist_controller()
+    assert controller.on_clock_jump(-15.0, 85.0)
+    assert controller.on_clock_jump(1.2, 86.2)
+    generation = controller.on_observation(99.98, 86.25)
+    assert controller.input_age("camera", 86.3) is None
+    outcome = controller.on_step_result(TWIST_ACTION, 99.98, 86.25, 86.3, generation)
+    assert not outcome.accepted and "stamped before the clock jump" in outcome.reason
+    assert not is_policy_motion(controller.tick(86.35))
+
+
 def test_forward_jump_beyond_max_obs_age_acts_small_ones_do_not() -> None:
     controller = running_twist_controller(1.0)
     assert not controller.on_clock_jump(0.3, 1.3)

@@ -50,6 +50,14 @@ def stamp_s(message: Any) -> float:
     return message.header.stamp.sec + message.header.stamp.nanosec * 1e-9
 
 
+def clock_events(log: str, bag_start_s: float, limit: int = 60) -> str:
+    """The node log's lines about clock jumps, faults and refused steps (the last ``limit``),
+    so that a failure shows what the node saw, with the bag start for reading the times."""
+    lines = [line for line in log.splitlines()
+             if any(word in line for word in ("clock", "FAULT", "step not used", "running"))]
+    return f"(bag start {bag_start_s:.3f} s)\n" + "\n".join(lines[-limit:])
+
+
 def moving(message: TwistStamped) -> bool:
     linear, angular = message.twist.linear, message.twist.angular
     values = (linear.x, linear.y, linear.z, angular.x, angular.y, angular.z)
@@ -151,7 +159,9 @@ def test_bag_loop_sends_no_twist_before_the_first_frame(peer: Peer, checkpoint: 
                    "twists before the first frame of later passes", node.log)
         moving_before_frame = [stamp_s(m) - bag_start_s for m in twists.since(0.0)
                                if moving(m) and stamp_s(m) < first_frame_s]
-        assert not moving_before_frame, f"non-zero twists at bag time {moving_before_frame[:5]}"
+        assert not moving_before_frame, (
+            f"non-zero twists at bag time {moving_before_frame[:5]}; the node's clock and step "
+            f"events:\n{clock_events(node.log(), bag_start_s)}")
         assert any(moving(m) for m in twists.since(0.0)), "the policy never ran"
     finally:
         if play is not None:

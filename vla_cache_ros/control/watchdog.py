@@ -27,7 +27,8 @@ Clock jumps (:meth:`Watchdog.clock_jumped`): a backward jump, or a forward one l
 or an observation taken before the jump cannot produce a command, and (unless still WAITING,
 when nothing has been commanded yet) a new FAULT episode begins with a reason naming the jump.
 Messages stamped after their own arrival but not after the time the clock jumped back from are
-from before the jump (queued in transit) and do not count as fresh.
+from before the jump (queued in transit) and do not count as fresh; a forward jump after it (a
+starved node whose next /clock is already far on) does not make that jump forgotten.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ class Watchdog:
         self.fault_count = 0
         self.generation = 0
         self._times: dict[str, dict[str, float]] = {}  # input -> part -> effective stamp
-        self._jumped_from: float | None = None  # clock time before the latest backward jump
+        self._jumped_from: float | None = None  # clock time before the latest backward jump (kept across forward ones)
         self._step_started: float | None = None
         self._step_generation: int | None = None
         self._command_stamp: float | None = None
@@ -335,7 +336,8 @@ class Watchdog:
         if 0.0 <= delta_s <= self.config.max_obs_age_s:
             return False
         self.generation += 1
-        self._jumped_from = now_s - delta_s if delta_s < 0.0 else None
+        if delta_s < 0.0:  # a later forward jump keeps it: frames of the old timeline stay old
+            self._jumped_from = now_s - delta_s
         self._times.clear()
         self._step_started = None
         if self.state is not WatchdogState.WAITING:
