@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "vla_cache_ros.apps.sim_commands",
     "vla_cache_ros.apps.train_policy",
     "vla_cache_ros.apps.train_cache",
+    "vla_cache_ros.apps.cache_eval",
     "vla_cache_ros.apps.train_drafter",
     "vla_cache_ros.apps.serve",
 )

@@ -75,7 +75,7 @@ class ReplayOptions:
     threads: int | None = None
     plots: bool = True
     progress: bool | None = None  # None: only on a terminal
-    cache_policy: str | None = None  # --cache-policy (see apps.options)
+    cache_policy: str | Any = None  # --cache-policy (see apps.options), or a loaded CacheSelectorNet
     decodes: str = "greedy"  # --decode: comma-separated decode settings, greedy first
     drafter: str | None = None  # --drafter (see apps.options)
 
@@ -217,7 +217,7 @@ def summarise(runner: ModeRunner, records: dict[str, list[StepRecord]]) -> list[
     return summaries
 
 
-def _load_model(options: ReplayOptions) -> tuple[OpenVLA, Path, str | None]:
+def load_replay_model(options: ReplayOptions) -> tuple[OpenVLA, Path, str | None]:
     """The model every mode shares, on the requested device / dtype / threads; also its directory
     and the statistics key."""
     from vla_cache_ros.models.vla import load_vla
@@ -266,8 +266,13 @@ class _Overlay:
     reused: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> ReplayReport:
-    """Run the comparison, write the outputs (if ``options.out``), return the report."""
+def run_replay(options: ReplayOptions, log: Callable[[str], None] = print,
+               loaded: tuple[OpenVLA, Path, str | None] | None = None) -> ReplayReport:
+    """Run the comparison, write the outputs (if ``options.out``), return the report.
+
+    ``loaded``: the model, its directory and statistics key, already loaded (a caller replaying
+    several bags loads it once); None loads ``options.model``.
+    """
     from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.runs import ModeRunner, check_decode_list, machine_description
@@ -286,9 +291,11 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print) -> Re
             raise ConfigurationError(
                 f"bag {options.bag} has no instruction topic (std_msgs/String); pass --instruction or "
                 f"--instruction-topic. It has:\n{bag.describe_topics()}")
-        model, model_path, unnorm_key = _load_model(options)
+        model, model_path, unnorm_key = loaded if loaded is not None else load_replay_model(options)
+        source = options.cache_policy  # a directory, 'none', None (the model's own), or a loaded net
+        cache_policy = resolve_cache_policy(source, model_path) if source is None or isinstance(source, str) else source
         runner = ModeRunner(model, [spec.text for spec in specs], unnorm_key=unnorm_key, warmup=options.warmup,
-                            cache_policy=resolve_cache_policy(options.cache_policy, model_path), decodes=decodes,
+                            cache_policy=cache_policy, decodes=decodes,
                             drafter=resolve_drafter(options.drafter, model_path))
         drafting = f"; speculative draft by {runner.drafter_source}" if runner.drafter_source else ""
         log(f"replaying {len(frames)} frames of {frames.topics.image} through {len(runner.keys)} runs "
