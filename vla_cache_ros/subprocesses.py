@@ -159,14 +159,21 @@ def start_child(
     return ChildProcess(name, process, log_path)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM inside :func:`sigterm_as_keyboard_interrupt`: handled as Ctrl-C, but the process
+    exit code says SIGTERM (143, not 130)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 @contextmanager
 def sigterm_as_keyboard_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread (one shutdown path
-    for Ctrl-C and ``kill``); the previous handler is restored afterwards."""
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main
+    thread (one shutdown path for Ctrl-C and ``kill``); the previous handler is restored afterwards."""
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield

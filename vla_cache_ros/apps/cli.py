@@ -63,16 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand's handler; user errors print one line (exit
-    2), Ctrl-C exits 130."""
+    2), Ctrl-C exits 130, SIGTERM where a command turns it into an interrupt 143."""
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except UserFacingError as error:
         print(f"vla-cache {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: 130; SIGTERM (subprocesses.Terminated): 143
         print(f"vla-cache {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return int(getattr(interrupt, "exit_code", 130))
 
 
 if __name__ == "__main__":
