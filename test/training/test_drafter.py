@@ -19,6 +19,7 @@ from vla_cache_ros.training.drafter import (
     accepted_prefix,
     decode_passes,
     draft_metrics,
+    fallback_warning,
     frame_features,
     learning_rate,
     pair_batch,
@@ -215,3 +216,14 @@ def test_bad_settings_are_training_errors(tiny_checkpoint: Path, tiny_dataset: P
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(TrainingError, match="holds no train-drafter run"):
         train_drafter(config(tiny_checkpoint, tiny_dataset, tmp_path / "busy"), log=quiet)
+
+
+def test_a_drafter_slower_than_its_fallback_is_flagged() -> None:
+    """From a new user's trial: a drafter that drafts worse than the previous step's tokens was
+    used without a word; training now ends with a warning saying so and how to do without it."""
+    metrics = {"decode_passes": 3.4, "previous_decode_passes": 3.0, "full_acceptance": 0.377,
+               "previous_full_acceptance": 0.463}
+    warning = fallback_warning(metrics)
+    assert warning is not None and "3.40" in warning and "3.00" in warning and "--drafter none" in warning
+    assert fallback_warning({**metrics, "decode_passes": 2.9}) is None
+    assert fallback_warning(None) is None

@@ -532,8 +532,24 @@ def train_drafter(config: DrafterTrainConfig, until_step: int | None = None,
     if step == start:
         checkpoint()
     log(f"{'finished' if step >= config.steps else 'stopped'} at step {step}/{config.steps}; drafter in {out_dir}")
+    warning = fallback_warning(history["val"][-1] if history["val"] else None)
+    if warning:
+        log(warning)
     return DrafterTrainResult(out_dir, step, config.steps, start, history)
 
 
+def fallback_warning(metrics: dict[str, float] | None) -> str | None:
+    """A warning when the held-out ``metrics`` (of :func:`evaluate`) say the drafter needs more
+    decode passes than its fallback, the previous step's tokens (then speculative decoding is
+    faster without it: ``--drafter none``); None otherwise or without metrics."""
+    if not metrics or metrics["decode_passes"] <= metrics["previous_decode_passes"]:
+        return None
+    return (f"warning: on the held-out pairs this drafter needs {metrics['decode_passes']:.2f} decode passes a "
+            f"step, the previous step's tokens {metrics['previous_decode_passes']:.2f} (full drafts "
+            f"{100 * metrics['full_acceptance']:.1f} % vs {100 * metrics['previous_full_acceptance']:.1f} %): "
+            "speculative decoding is faster without it (--drafter none / drafter_path unset); more steps or "
+            "data may help")
+
+
 __all__ = ["DrafterTrainConfig", "DrafterTrainResult", "FrameFeatures", "accepted_prefix", "decode_passes",
-           "draft_metrics", "evaluate", "frame_features", "pair_batch", "train_drafter"]
+           "draft_metrics", "evaluate", "fallback_warning", "frame_features", "pair_batch", "train_drafter"]
