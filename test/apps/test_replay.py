@@ -207,3 +207,14 @@ def test_speculative_replay_drafts_with_a_drafter(bag, tmp_path: Path) -> None:
     (model_dir / "drafter" / "drafter.safetensors").write_bytes(b"broken")
     with pytest.raises(CheckpointError, match="drafter .*weights"):
         run_replay(_options(bag.path, model_dir, modes="off", decodes="greedy,speculative"), log=lambda _: None)
+
+
+def test_default_output_directory_names_the_bag_and_the_model() -> None:
+    """From a new user's trial: replays of one bag with two models wrote to the same
+    out/replay/<bag> and the second overwrote the first."""
+    from vla_cache_ros.apps.bag_commands import default_replay_out
+    from vla_cache_ros.models.catalog import DEFAULT_MODEL
+
+    assert default_replay_out("bags/run1", "/models/policy_a/") == Path("out/replay/run1/policy_a")
+    assert default_replay_out("bags/run1", "/models/policy_b") != default_replay_out("bags/run1", "/models/policy_a")
+    assert default_replay_out("run1.mcap", None) == Path("out/replay/run1.mcap") / DEFAULT_MODEL

@@ -102,6 +102,14 @@ def _topic(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
+def default_replay_out(bag: str | Path, model: str | None) -> Path:
+    """``out/replay/<bag name>/<model name>``: replays of one bag with different models (a
+    checkpoint directory's name, or the short name) do not overwrite each other."""
+    from vla_cache_ros.models.catalog import DEFAULT_MODEL
+
+    return Path("out/replay") / Path(bag).name / Path(model.rstrip("/") if model else DEFAULT_MODEL).name
+
+
 def _replay(args: argparse.Namespace) -> int:
     from vla_cache_ros.apps.replay import ReplayOptions, print_summary, run_replay
 
@@ -109,7 +117,7 @@ def _replay(args: argparse.Namespace) -> int:
         bag=args.bag,
         model=args.model,
         modes=args.modes,
-        out=args.out if args.out is not None else Path("out/replay") / Path(args.bag).name,
+        out=args.out if args.out is not None else default_replay_out(args.bag, args.model),
         image_topic=args.image_topic,
         joint_topic=args.joint_topic,
         instruction_topic=args.instruction_topic,
@@ -187,7 +195,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--modes", default="off,fixed:0.5,fixed:0.75,vla_cache",
                         help="comma-separated cache modes; off is added first if missing (default: %(default)s)")
     replay.add_argument("--out", type=Path, default=None,
-                        help="output directory for replay.json, steps.csv, plots (default: out/replay/<bag name>)")
+                        help="output directory for replay.json, steps.csv, plots (default: out/replay/<bag "
+                             "name>/<model name>)")
     add_cache_policy_argument(replay)
     add_drafter_argument(replay)
     replay.add_argument("--decode", default="greedy",

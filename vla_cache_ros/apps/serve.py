@@ -41,16 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster (auto: the one on this machine) instead of starting one")
     parser.add_argument("--device", default="auto", help="auto (a GPU per replica where there are GPUs), cpu, cuda")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights and activations (default %(default)s)")
     parser.add_argument("--num-threads", type=int, default=0, help="torch CPU threads per replica (0: default)")
-    parser.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica")
+    parser.add_argument("--replica-cpus", type=float, default=1.0,
+                        help="CPUs Ray reserves per replica (default %(default)g)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    parser.add_argument("--max-sessions", type=int, default=16, help="sessions per replica before LRU eviction")
+    parser.add_argument("--max-sessions", type=int, default=16,
+                        help="sessions per replica before LRU eviction (default %(default)d)")
     parser.add_argument("--idle-timeout-s", type=float, default=300.0,
-                        help="free a session's cache after this idle time (s)")
-    parser.add_argument("--max-request-mb", type=float, default=16.0, help="largest request body")
-    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest image (H x W)")
-    parser.add_argument("--max-queued", type=int, default=64, help="queued requests per replica before 503")
+                        help="free a session's cache after this idle time (s, default %(default)g)")
+    parser.add_argument("--max-request-mb", type=float, default=16.0,
+                        help="largest request body (MB, default %(default)g)")
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                        help="largest image (H x W pixels, default %(default)d = 4096 x 4096)")
+    parser.add_argument("--max-queued", type=int, default=64,
+                        help="queued requests per replica before 503 (default %(default)d)")
     add_cache_policy_argument(parser)
     parser.set_defaults(handler=_serve)
 
