@@ -1,8 +1,11 @@
-"""Test-wide settings: isolate ROS 2 discovery per run, keep torch small and deterministic."""
+"""Test-wide settings: isolate ROS 2 discovery per run, keep torch small and deterministic, and
+let no test module leave a ROS process behind (it would talk to the next modules' nodes)."""
 from __future__ import annotations
 
 import os
 import random
+import signal
+from collections.abc import Iterator
 
 # Isolation between concurrent runs on one machine: discovery stays on this host and each run
 # gets its own domain (tools/test.sh exports one; a plain `pytest` picks one here).
@@ -39,3 +42,53 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.sim)
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Live (not zombie) descendants of process ``root``: pid -> command line (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+    found: dict[int, str] = {}
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                found[pid] = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def _is_ros_process(cmdline: str) -> bool:
+    """A process of this package or of ROS 2 (Ray's own workers and daemons are left to Ray)."""
+    return ("vla_cache" in cmdline or "ros2" in cmdline) and "ray" not in cmdline.lower()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_ros_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test module (and its fixtures) finished, no node, player or recorder it started may
+    still run: one left behind publishes /clock or camera frames into later modules' nodes over
+    the shared ROS domain. Leftovers are killed and reported as an error of the module."""
+    before = set(_descendants(os.getpid()))
+    yield
+    leaked = {pid: cmd for pid, cmd in _descendants(os.getpid()).items()
+              if pid not in before and _is_ros_process(cmd)}
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if leaked:
+        pytest.fail(f"{request.module.__name__} left processes running (killed now): "
+                    + "; ".join(f"{pid}: {cmd[:160]}" for pid, cmd in leaked.items()), pytrace=False)
