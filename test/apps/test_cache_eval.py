@@ -39,11 +39,12 @@ def test_baselines_run_at_the_ratio_the_learned_cache_reached(setup, tmp_path: P
     rows = {row.name: row for row in report.rows}
     learned = rows["learned (cap 0.9)"]
     assert report.frames_per_bag == [5, 5] and learned.frames == 10
-    matched = f"{max(0.01, round(learned.mean_ratio, 2)):g}"
+    # the first of each bag's 5 steps computes every token in every mode: fixed is set to the
+    # learned mean ratio / (4/5), so that its mean over all steps matches the learned one
+    matched = f"{max(0.01, round(min(1.0, learned.mean_ratio / 0.8), 2)):g}"
     assert rows["fixed @ learned:0.9"].spec == f"fixed:{matched}"
     assert rows["vla_cache @ learned:0.9"].spec == f"vla_cache:{matched}"
-    # fixed reuses round(r*N) tokens of every step after the first, so its ratio lands close to the learned one
-    assert abs(rows["fixed @ learned:0.9"].mean_ratio - learned.mean_ratio) < 0.15
+    assert abs(rows["fixed @ learned:0.9"].mean_ratio - learned.mean_ratio) < 0.02
     assert {"ablation: no recovery", "ablation: one_ratio"} <= set(rows)
     for row in report.rows:
         assert 0.0 <= row.token_agreement <= 1.0 and row.all_tokens_agree <= row.token_agreement + 1e-9
