@@ -42,9 +42,9 @@ def test_baselines_run_at_the_ratio_the_learned_cache_reached(setup, tmp_path: P
     # the first of each bag's 5 steps computes every token in every mode: fixed is set to the
     # learned mean ratio / (4/5), so that its mean over all steps matches the learned one
     matched = f"{max(0.01, round(min(1.0, learned.mean_ratio / 0.8), 2)):g}"
-    assert rows["fixed @ learned:0.9"].spec == f"fixed:{matched}"
-    assert rows["vla_cache @ learned:0.9"].spec == f"vla_cache:{matched}"
-    assert abs(rows["fixed @ learned:0.9"].mean_ratio - learned.mean_ratio) < 0.02
+    assert rows["fixed at the same mean ratio"].spec == f"fixed:{matched}"
+    assert rows["vla_cache capped at that ratio"].spec == f"vla_cache:{matched}"
+    assert abs(rows["fixed at the same mean ratio"].mean_ratio - learned.mean_ratio) < 0.02
     assert {"ablation: no recovery", "ablation: one_ratio"} <= set(rows)
     for row in report.rows:
         assert 0.0 <= row.token_agreement <= 1.0 and row.all_tokens_agree <= row.token_agreement + 1e-9
@@ -82,8 +82,44 @@ def test_option_errors_name_what_was_wrong(setup, tmp_path: Path) -> None:
         parse_variants(["/x"])
     with pytest.raises(ConfigurationError, match="repeated or reserved"):
         parse_variants(["learned=/x"])
-    with pytest.raises(ConfigurationError, match="no cache policy to evaluate"):
+    with pytest.raises(ConfigurationError, match="--cache-policy none"):
         run_cache_eval(_args(setup, tmp_path, cache_policy="none"), log=lambda _: None)
+
+
+def test_inputs_are_checked_before_any_work(setup, tmp_path: Path) -> None:
+    """From a new user's trial: a typo in the second bag, --out naming a file, --max-frames 1 or a
+    bag without an instruction were reported only after the first bags had been replayed (or, for
+    --out, as a traceback after all of them)."""
+    from vla_cache_ros.errors import BagError
+
+    calls: list[str] = []
+
+    def run(**overrides) -> None:
+        run_cache_eval(_args(setup, **{"out": tmp_path / "out", **overrides}), log=calls.append)
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigurationError, match="--out .*afile is a file"):
+        run(out=tmp_path / "afile")
+    with pytest.raises(BagError, match="missing_bag"):
+        run(bags=[setup["bags"][0], tmp_path / "missing_bag"])
+    with pytest.raises(ConfigurationError, match="--max-frames must be >= 2"):
+        run(max_frames=1)
+    with pytest.raises(ConfigurationError, match="--warmup 5 leaves no timed step"):
+        run(warmup=5)
+    with pytest.raises(ConfigurationError, match="--every must be >= 1"):
+        run(every=0)
+    bare = write_synthetic_bag(tmp_path / "bare", "mcap", SyntheticBagSpec(num_frames=3, height=60, width=80,
+                                                                          instruction=None)).path
+    with pytest.raises(ConfigurationError, match="records no instruction.*pass --instruction"):
+        run(bags=[bare])
+    with pytest.raises(ConfigurationError, match="--variant gone: .*nope is not a directory"):
+        run(variant=[f"gone={tmp_path / 'nope'}"])
+    assert calls == []  # nothing was replayed
+    report = run_cache_eval(_args(setup, tmp_path / "out", bags=[bare], instruction="push the block", variant=[],
+                                  caps="0.5"), log=lambda _: None)
+    assert [point["cap"] for point in report.curve["learned"]] == [0.5]
+    text = (tmp_path / "out" / "cache_eval.md").read_text()
+    assert "1 bag (3 frames)" in text and "| 0.5 |" in text
 
 
 def test_command_line(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -93,4 +129,4 @@ def test_command_line(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> N
                  "tiny_sim", "--cache-policy", str(setup["policy"]), "--caps", "0.5", "--max-frames", "3",
                  "--threads", "1", "--out", str(tmp_path / "cli")])
     printed = capsys.readouterr().out
-    assert code == 0 and "| learned (cap 0.5) |" in printed and "fixed @ learned:0.5" in printed
+    assert code == 0 and "| learned (cap 0.5) |" in printed and "fixed at the same mean ratio" in printed

@@ -40,6 +40,8 @@ from vla_cache_ros.errors import ConfigurationError
 DEFAULT_CAPS = (0.3, 0.5, 0.7, 0.9)
 MAIN = "learned"
 NO_RECOVERY = "no recovery"
+FIXED_ROW = "fixed at the same mean ratio"
+VLA_CACHE_ROW = "vla_cache capped at that ratio"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class EvalRow:
         speedup_total / speedup_prefill: ``off``'s median step (prefill) time over this row's,
             frame-weighted mean over the bags of the per-bag ratios.
         select_ms: frame-weighted mean over the bags of the median ``select`` stage (ms).
+        timed_steps: steps behind the medians (after each bag's ``--warmup``), over all bags.
     """
 
     name: str
@@ -71,6 +74,7 @@ class EvalRow:
     speedup_total: float
     speedup_prefill: float
     select_ms: float
+    timed_steps: int = 0
 
 
 @dataclass
@@ -85,7 +89,7 @@ class CacheEvalReport:
     cap: float
     machine: str
     rows: list[EvalRow]
-    curve: dict[str, list[list[float]]] = field(default_factory=dict)  # mode -> [[ratio, agreement, speedup]]
+    curve: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # mode -> [{cap, ratio, agreement, speedup}]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,21 +100,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then fixed and vla_cache at the mean ratio the learned cache reached; reports agreement "
                     "with off, action error, speedups and selector cost per row, and a curve of agreement and "
                     "speedup against the mean ratio (cache_eval.json, cache_eval.md, cache_eval_curve.png).")
-    parser.add_argument("bags", type=Path, nargs="+", help="rosbag2 recordings not used to train the cache policy")
+    parser.add_argument("bags", type=Path, nargs="+",
+                        help="rosbag2 recordings not used to train the cache policy (at least 2 frames each)")
     parser.add_argument("--model", default=None, help="OpenVLA-format checkpoint directory or a short name")
     add_cache_policy_argument(parser)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
-                        help="an ablation's cache policy, run at --cap beside the main one (repeatable)")
+                        help="an ablation's cache policy, run at --cap beside the main one (repeatable); a "
+                             "'no recovery' row (the main policy with recovery probability 0) is always added")
     parser.add_argument("--caps", default=",".join(f"{cap:g}" for cap in DEFAULT_CAPS),
                         help="caps of the learned mode for the curve (default 0.3,0.5,0.7,0.9)")
     parser.add_argument("--cap", type=float, default=None,
-                        help="the cap of the table's matched comparison and of the variants (default: the "
-                             "largest of --caps)")
-    parser.add_argument("--out", type=Path, default=Path("out/cache_eval"), help="output directory")
-    parser.add_argument("--unnorm-key", default=None, help="dataset statistics of the model")
+                        help="the cap of the table's matched comparison and of the variants, also a point of "
+                             "the curve (default: the largest of --caps)")
+    parser.add_argument("--out", type=Path, default=Path("out/cache_eval"),
+                        help="output directory (default %(default)s)")
+    parser.add_argument("--unnorm-key", default=None,
+                        help="dataset statistics of the model (needed when it has several)")
     parser.add_argument("--instruction", default=None, help="instruction of bags that record none")
     parser.add_argument("--every", type=int, default=1, help="use every N-th frame")
-    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per bag")
+    parser.add_argument("--max-frames", type=int, default=None, help="at most this many frames per bag (>= 2)")
     parser.add_argument("--warmup", type=int, default=1, help="steps per mode and bag left out of timing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -150,6 +158,58 @@ def parse_variants(items: Sequence[str]) -> dict[str, str]:
     return variants
 
 
+def check_inputs(args: argparse.Namespace) -> list[int]:
+    """Check everything that can be checked before the model loads; return each bag's frame count.
+
+    Raises:
+        ConfigurationError: ``--out`` is a file, ``--every`` < 1, ``--max-frames`` < 2, ``--warmup``
+            < 0 or not below a bag's frame count, a bag with fewer than 2 frames (nothing could be
+            reused) or without an instruction (and no ``--instruction``).
+        BagError: a bag that is missing or unreadable, or has no camera topic.
+    """
+    from vla_cache_ros.replay.bag_reader import BagReader
+    from vla_cache_ros.replay.frames import FrameReader
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"--out {out} is a file; give a directory")
+    if args.every < 1:
+        raise ConfigurationError(f"--every must be >= 1, got {args.every}")
+    if args.max_frames is not None and args.max_frames < 2:
+        raise ConfigurationError(f"--max-frames must be >= 2 (the first step of a bag reuses nothing), "
+                                 f"got {args.max_frames}")
+    if args.warmup < 0:
+        raise ConfigurationError(f"--warmup must be >= 0, got {args.warmup}")
+    counts = []
+    for bag_path in args.bags:
+        with BagReader(bag_path) as bag:
+            frames = FrameReader(bag, instruction=args.instruction, every=args.every, max_frames=args.max_frames)
+            if args.instruction is None and frames.topics.instruction is None:
+                raise ConfigurationError(f"bag {bag_path} records no instruction (std_msgs/String); pass --instruction")
+            count = len(frames)
+        if count < 2:
+            raise ConfigurationError(f"bag {bag_path} gives {count} frame(s) (with --every {args.every}); at least 2 "
+                                     "are needed: the first step of a bag computes every token")
+        if args.warmup >= count:
+            raise ConfigurationError(f"--warmup {args.warmup} leaves no timed step in bag {bag_path} ({count} "
+                                     "frames); lower it")
+        counts.append(count)
+    return counts
+
+
+def _load_variant(name: str, directory: str) -> Any:
+    """The cache policy of ``--variant NAME=DIR`` (errors name the variant)."""
+    from vla_cache_ros.cache.learned import load_cache_policy
+    from vla_cache_ros.errors import CheckpointError
+
+    if not Path(directory).is_dir():
+        raise ConfigurationError(f"--variant {name}: {directory} is not a directory")
+    try:
+        return load_cache_policy(directory)
+    except CheckpointError as error:
+        raise ConfigurationError(f"--variant {name}: {error}") from None
+
+
 def _spec_ratio(ratio: float) -> str:
     """A mode spec's ratio text: two decimals, never 0 (a cap of 0 would be 'off')."""
     return f"{max(0.01, round(ratio, 2)):g}"
@@ -171,6 +231,7 @@ def _pool(name: str, spec: str, variant: str, per_bag: list[Any]) -> EvalRow:
         speedup_total=mean(lambda s: s.speedup_total),
         speedup_prefill=mean(lambda s: s.speedup_prefill),
         select_ms=mean(lambda s: s.median_ms["select"]),
+        timed_steps=sum(summary.timed_steps for summary in per_bag),
     )
 
 
@@ -191,6 +252,9 @@ def run_cache_eval(args: argparse.Namespace, log: Callable[[str], None] = print)
     if not 0.0 < cap <= 1.0:
         raise ConfigurationError(f"--cap must lie in (0, 1], got {args.cap}")
     variants_dirs = parse_variants(args.variant)
+    check_inputs(args)
+    if isinstance(args.cache_policy, str) and args.cache_policy.lower() == "none":
+        raise ConfigurationError("--cache-policy none: cache-eval evaluates a cache policy; give its directory")
     base = ReplayOptions(bag=Path(), model=args.model, unnorm_key=args.unnorm_key, instruction=args.instruction,
                          every=args.every, max_frames=args.max_frames, warmup=args.warmup, device=args.device,
                          threads=args.threads, plots=False, progress=False)
@@ -203,7 +267,7 @@ def run_cache_eval(args: argparse.Namespace, log: Callable[[str], None] = print)
     main = load_cache_policy(main_dir)
     no_recovery = load_cache_policy(main_dir)
     no_recovery.config = dataclasses.replace(no_recovery.config, recovery_probability=0.0)
-    variants = {NO_RECOVERY: no_recovery, **{name: load_cache_policy(d) for name, d in variants_dirs.items()}}
+    variants = {NO_RECOVERY: no_recovery, **{name: _load_variant(name, d) for name, d in variants_dirs.items()}}
 
     def replay(bag: Path, modes: list[str], policy: Any) -> tuple[dict[str, Any], int]:
         options = dataclasses.replace(base, bag=bag, modes=",".join(["off", *modes]), cache_policy=policy)
@@ -239,18 +303,21 @@ def run_cache_eval(args: argparse.Namespace, log: Callable[[str], None] = print)
         for spec in baseline_specs:
             second.setdefault(spec, []).append(summaries[spec])
     table = [dataclasses.replace(rows[f"{MAIN}|{cap_spec}"], name=f"learned (cap {cap:g})")]
-    table.append(_pool(f"fixed @ {cap_spec}", f"fixed:{matched[cap_spec]}", "", second[f"fixed:{matched[cap_spec]}"]))
-    table.append(_pool(f"vla_cache @ {cap_spec}", f"vla_cache:{matched[cap_spec]}", "",
+    table.append(_pool(FIXED_ROW, f"fixed:{matched[cap_spec]}", "", second[f"fixed:{matched[cap_spec]}"]))
+    table.append(_pool(VLA_CACHE_ROW, f"vla_cache:{matched[cap_spec]}", "",
                        second[f"vla_cache:{matched[cap_spec]}"]))
     table += [dataclasses.replace(rows[f"{name}|{cap_spec}"], name=f"ablation: {name}") for name in variants]
+    def point(cap_: float, row: EvalRow) -> dict[str, float]:
+        return {"cap": cap_, "ratio": row.mean_ratio, "agreement": row.token_agreement, "speedup": row.speedup_total}
+
+    curve_caps = [float(spec.partition(":")[2]) for spec in learned_specs]
     curve = {
-        "learned": [[rows[f"{MAIN}|{spec}"].mean_ratio, rows[f"{MAIN}|{spec}"].token_agreement,
-                     rows[f"{MAIN}|{spec}"].speedup_total] for spec in learned_specs],
-        "fixed": [[row.mean_ratio, row.token_agreement, row.speedup_total]
-                  for row in (_pool("", f"fixed:{matched[spec]}", "", second[f"fixed:{matched[spec]}"])
-                              for spec in learned_specs)],
+        "learned": [point(c, rows[f"{MAIN}|{spec}"]) for c, spec in zip(curve_caps, learned_specs)],
+        "fixed": [point(c, _pool("", f"fixed:{matched[spec]}", "", second[f"fixed:{matched[spec]}"]))
+                  for c, spec in zip(curve_caps, learned_specs)],
     }
-    report = CacheEvalReport(model=str(model_path), cache_policy=str(main_dir), bags=[str(b) for b in args.bags],
+    report = CacheEvalReport(model=str(Path(model_path).resolve()), cache_policy=str(Path(main_dir).resolve()),
+                             bags=[str(Path(b).resolve()) for b in args.bags],
                              frames_per_bag=frames_per_bag, caps=list(caps), cap=cap,
                              machine=machine_description(args.device), rows=table, curve=curve)
     write_outputs(report, Path(args.out))
@@ -258,13 +325,19 @@ def run_cache_eval(args: argparse.Namespace, log: Callable[[str], None] = print)
 
 
 def markdown_table(report: CacheEvalReport) -> str:
-    """The table of ``cache_eval.md``."""
+    """The tables of ``cache_eval.md``: the matched comparison with the ablations, then the curve."""
     lines = ["| row | spec | mean ratio | tokens = off | all 7 = off | L2 vs off | prefill speedup | "
-             "speedup | select ms |", "|---|---|---|---|---|---|---|---|---|"]
+             "speedup | select ms | timed steps |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report.rows:
         lines.append(f"| {row.name} | `{row.spec}` | {row.mean_ratio:.3f} | {100 * row.token_agreement:.1f} % | "
                      f"{100 * row.all_tokens_agree:.1f} % | {row.l2_vs_off:.4f} | {row.speedup_prefill:.2f}x | "
-                     f"{row.speedup_total:.2f}x | {row.select_ms:.2f} |")
+                     f"{row.speedup_total:.2f}x | {row.select_ms:.2f} | {row.timed_steps} |")
+    lines += ["", "| cap | learned: ratio / tokens = off / speedup | "
+                  "fixed at that ratio: ratio / tokens = off / speedup |", "|---|---|---|"]
+    for learned, fixed in zip(report.curve.get("learned", []), report.curve.get("fixed", [])):
+        lines.append(f"| {learned['cap']:g} | {learned['ratio']:.3f} / {100 * learned['agreement']:.1f} % / "
+                     f"{learned['speedup']:.2f}x | {fixed['ratio']:.3f} / {100 * fixed['agreement']:.1f} % / "
+                     f"{fixed['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -277,14 +350,16 @@ def write_outputs(report: CacheEvalReport, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "cache_eval.json").write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
-    header = (f"model `{report.model}`, cache policy `{report.cache_policy}`, {len(report.bags)} bags "
-              f"({sum(report.frames_per_bag)} frames), {report.machine}\n\n")
+    bags = f"{len(report.bags)} bag{'s' if len(report.bags) != 1 else ''}"
+    header = (f"model `{report.model}`, cache policy `{report.cache_policy}`, {bags} ({sum(report.frames_per_bag)} "
+              f"frames), {report.machine}. Speedups are ratios of medians over the timed steps of one pass; on a "
+              "model whose step takes a few ms, or with few timed steps, they are mostly noise.\n\n")
     (out / "cache_eval.md").write_text(header + markdown_table(report))
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, points in report.curve.items():
-        ratios = [p[0] for p in points]
-        left.plot(ratios, [100 * p[1] for p in points], marker="o", label=mode)
-        right.plot(ratios, [p[2] for p in points], marker="o", label=mode)
+        ratios = [point["ratio"] for point in points]
+        left.plot(ratios, [100 * point["agreement"] for point in points], marker="o", label=mode)
+        right.plot(ratios, [point["speedup"] for point in points], marker="o", label=mode)
     left.set(xlabel="mean reuse ratio", ylabel="action tokens equal to off (%)", title="agreement")
     right.set(xlabel="mean reuse ratio", ylabel="speedup vs off (x)", title="end-to-end speedup")
     for axis in (left, right):
