@@ -161,3 +161,65 @@ def test_offline_demo(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert steps == [("off", "0"), ("fixed:0.5", "0"), ("off", "1"), ("fixed:0.5", "1")], demo.stdout
     summary = demo.stdout.split("actions equal to first")[1].split()
     assert summary[0] == "off" and "fixed:0.5" in summary
+
+
+@pytest.fixture(scope="module")
+def drafter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A drafter for the miniature checkpoint (random weights: it drafts, the verify keeps greedy)."""
+    import torch
+
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+
+    torch.manual_seed(0)
+    return save_drafter(tmp_path_factory.mktemp("drafter") / "drafter",
+                        DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744, width=8)))
+
+
+def test_offline_demo_decodes_speculatively_with_a_drafter(tmp_path: Path, demo_env: dict[str, str],
+                                                            drafter_dir: Path) -> None:
+    demo = vla_cache("demo", "--offline", "--model", "tiny", "--steps", "2", "--modes", "off,fixed:0.5",
+                     "--decode", "speculative", "--drafter", str(drafter_dir), env=demo_env, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert f"each mode also decodes speculatively; draft: learned drafter {drafter_dir}\n" in demo.stdout
+    steps = re.findall(r"^\[\s*([^\]]+)\] step (\d)", demo.stdout, re.MULTILINE)
+    runs = ["off", "off speculative", "fixed:0.5", "fixed:0.5 speculative"]
+    assert steps == [(run, frame) for frame in "01" for run in runs], demo.stdout
+    summary = demo.stdout.split("actions equal to first\n")[1]
+    rows = {line.rsplit(None, 5)[0]: line.split()[-5:] for line in summary.splitlines() if line.strip()}
+    assert list(rows) == runs, demo.stdout
+    assert rows["off"][-2:] == ["6.00", "100%"]  # greedy: six decode passes after the prefill
+    assert rows["off speculative"][-1] == "100%"  # the verified draft keeps the greedy actions
+
+
+def test_a_broken_drafter_is_one_error_before_any_child_starts(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    (tmp_path / "drafter").mkdir()
+    (tmp_path / "drafter" / "drafter.json").write_text("{")
+    (tmp_path / "drafter" / "drafter.safetensors").write_bytes(b"")
+    for options in ([], ["--live", "--source", "synthetic", "--no-record"], ["--offline", "--steps", "1"]):
+        demo = vla_cache("demo", "--model", "tiny", "--decode", "speculative", "--drafter", str(tmp_path / "drafter"),
+                         "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out"), *options,
+                         env=demo_env, cwd=tmp_path)
+        assert demo.returncode == 2, demo.stdout + demo.stderr
+        errors = [line for line in demo.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "Traceback" not in demo.stdout, demo.stdout + demo.stderr
+        assert errors[0].startswith("vla-cache demo: error: drafter ")
+        assert f"{tmp_path / 'drafter' / 'drafter.json'}: not readable JSON" in errors[0], errors
+        assert not (tmp_path / "logs").exists() and not (tmp_path / "out").exists()
+
+
+def test_node_command_hands_the_node_its_decode_and_drafter() -> None:
+    """The demo's ``-p`` overrides as the node reads them (values are YAML on the command line)."""
+    import yaml
+
+    from vla_cache_ros.apps import demo
+    from vla_cache_ros.runtime.config import NodeConfig
+
+    def node_config(command: list[str]) -> NodeConfig:
+        pairs = [command[i + 1].split(":=", 1) for i, word in enumerate(command) if word == "-p"]
+        return NodeConfig.from_values({name: yaml.safe_load(text) for name, text in pairs})
+
+    node = node_config(demo.node_command(Path("config.yaml"), Path("/model"), "", actuation=True,
+                                         drafter="/drafters/d", decode="speculative"))
+    assert node.model.drafter_path == "/drafters/d" and node.cache.decode == "speculative"
+    plain = node_config(demo.node_command(Path("config.yaml"), Path("/model"), "", actuation=True))
+    assert plain.model.drafter_path == "" and plain.cache.decode == "greedy"  # the config's (the defaults here)

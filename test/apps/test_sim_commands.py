@@ -1,4 +1,4 @@
-"""sim-eval's model option: short names or directories, resolved before anything starts."""
+"""sim-eval's model and drafter options: resolved (and the drafter read) before anything starts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,4 +13,56 @@ def test_sim_eval_refuses_an_unknown_model_in_one_line(tmp_path: Path, capsys: p
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "'no_such_model' is neither a checkpoint directory nor a known name" in error[0]
+    assert not (tmp_path / "eval").exists()  # refused before any process or report
+
+
+def _eval_config(*options: str):
+    from vla_cache_ros.apps.cli import build_parser
+    from vla_cache_ros.apps.sim_commands import eval_config
+
+    return eval_config(build_parser().parse_args(["sim-eval", "--episodes", "1", *options]))
+
+
+def test_sim_eval_hands_the_node_the_drafter_it_resolved(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """--drafter DIR, else the model directory's own drafter/, else none; --decode with it; a
+    drafter with greedy decoding is no error."""
+    import shutil
+
+    import torch
+
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    torch.manual_seed(0)
+    net = DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744, width=8))
+    given = save_drafter(tmp_path / "given", net)
+    config = _eval_config("--model", str(model), "--decode", "speculative", "--drafter", str(given))
+    assert (config.decode, config.drafter_path) == ("speculative", str(given))
+    assert _eval_config("--model", str(model), "--drafter", str(given)).drafter_path == str(given)  # greedy
+    assert _eval_config("--model", str(model)).drafter_path == "none"  # the model has no drafter/
+    save_drafter(model / "drafter", net)
+    assert _eval_config("--model", str(model)).drafter_path == str(model / "drafter")
+    assert _eval_config("--model", str(model), "--drafter", "none").drafter_path == "none"
+    assert _eval_config("--modes", "expert", "--drafter", str(tmp_path / "missing")).drafter_path == ""  # no node
+
+
+def test_sim_eval_refuses_a_broken_drafter_in_one_line(tmp_path: Path, tiny_checkpoint: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    (tmp_path / "empty").mkdir()
+    code = cli_main(["sim-eval", "--model", str(model), "--episodes", "1", "--decode", "speculative",
+                     "--drafter", str(tmp_path / "empty"), "--out", str(tmp_path / "eval")])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"drafter {tmp_path / 'empty'}: drafter.json is missing" in error[0], error
+    (model / "drafter").mkdir()  # the model's own drafter/, with unreadable files
+    (model / "drafter" / "drafter.json").write_text("{")
+    (model / "drafter" / "drafter.safetensors").write_bytes(b"broken")
+    assert cli_main(["sim-eval", "--model", str(model), "--episodes", "1", "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"{model / 'drafter' / 'drafter.json'}: not readable JSON" in error[0], error
     assert not (tmp_path / "eval").exists()  # refused before any process or report

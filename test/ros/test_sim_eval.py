@@ -57,6 +57,27 @@ def test_a_short_closed_loop_run_completes_and_reports(checkpoint: Path, tmp_pat
     assert (out / "results.md").exists() and (out / "success_by_family.png").exists()
 
 
+def test_speculative_decoding_drafts_with_the_given_drafter(checkpoint: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--decode speculative --drafter DIR: the node runs with that drafter and the report names it."""
+    drafter = tmp_path / "drafter"  # made in a child process, as the checkpoint (see above)
+    script = ("import sys, torch; from vla_cache_ros.cache.drafter import *; torch.manual_seed(0); "
+              "save_drafter(sys.argv[1], DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744, width=8)))")
+    subprocess.run([sys.executable, "-c", script, str(drafter)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = tmp_path / "eval"
+    code = cli_main(["sim-eval", "--model", str(checkpoint), "--unnorm-key", "tiny_sim", "--modes", "fixed:0.5",
+                     "--decode", "speculative", "--drafter", str(drafter), "--episodes", "1", "--families", "touch",
+                     "--episode-timeout", "2", "--num-threads", "1", "--warmup-episodes", "0",
+                     "--warmup-steps", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    document = json.loads((out / "results.json").read_text())
+    assert document["decode"] == "speculative" and document["summary"]["fixed:0.5"]["inference_steps"] >= 2
+    assert document["method"]["decode"].endswith(f"draft: learned drafter {drafter}")
+    assert f"draft: learned drafter {drafter}" in capsys.readouterr().out
+    node_log = (out / "logs" / "vla_cache_node.log").read_text()
+    assert f"learned drafter: {drafter}" in node_log and "Traceback" not in node_log
+
+
 def test_a_failed_start_leaves_no_simulator_behind(tmp_path: Path) -> None:
     from vla_cache_ros.errors import EvalError
     from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner
@@ -67,3 +88,22 @@ def test_a_failed_start_leaves_no_simulator_behind(tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="timed out .* waiting for the simulator's first episode status"):
         runner.__enter__()
     assert runner._sim is not None and not runner._sim.alive()
+
+
+def test_the_node_is_started_with_the_decode_and_the_drafter_of_the_evaluation(tmp_path: Path) -> None:
+    """What sim-eval writes into the node's parameter file is read by the node's own config as
+    the evaluation's decode setting, drafter and cache policy (the node then loads them)."""
+    from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner
+    from vla_cache_ros.runtime.config import NodeConfig
+    from vla_cache_ros.sim.evaluate import EvalConfig, parse_modes
+
+    config = EvalConfig(modes=parse_modes("off,fixed:0.5"), episodes=1, out_dir=tmp_path, model_path=tmp_path,
+                        decode="speculative", drafter_path=str(tmp_path / "drafter"), cache_policy_path="none")
+    runner = RosEpisodeRunner(config, log_dir=tmp_path / "logs")
+    node = NodeConfig.from_values(runner._policy_parameters(config.modes[1]))
+    assert node.cache.decode == "speculative" and node.cache.mode == "fixed"
+    assert node.model.drafter_path == str(tmp_path / "drafter") and node.model.cache_policy_path == "none"
+    greedy = NodeConfig.from_values(RosEpisodeRunner(
+        EvalConfig(modes=config.modes, episodes=1, out_dir=tmp_path, model_path=tmp_path), tmp_path / "logs"
+    )._policy_parameters(config.modes[0]))
+    assert greedy.cache.decode == "greedy" and greedy.model.drafter_path == ""

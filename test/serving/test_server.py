@@ -185,3 +185,37 @@ def test_bounded_load_test_answers_everything_right(server_url, tiny_checkpoint,
     assert report["answered"] == report["requests"] == 8, format_report(report)
     assert not report["wrong"] and not report["errors"] and report["session_restarts"] == 0, format_report(report)
     assert "steps/s" in format_report(report)
+
+
+def test_a_replica_drafts_with_the_servers_drafter(tiny_checkpoint, tmp_path) -> None:
+    """ServerOptions.drafter_path reaches every replica (loaded as a replica loads, without Ray):
+    a speculative session's first step is drafted whole, which only a drafter can do."""
+    import torch
+
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+    from vla_cache_ros.serving import server
+    from vla_cache_ros.serving.wire import StepRequest
+
+    torch.manual_seed(0)
+    directory = save_drafter(tmp_path / "drafter", DrafterNet(DrafterConfig(hidden_size=64, token_offset=31744,
+                                                                            width=8)))
+    options = server.ServerOptions(model_path=str(tiny_checkpoint), unnorm_key=UNNORM_KEY, device="cpu",
+                                   num_threads=1, drafter_path=str(directory))
+    replica = server.load_replica(options, "cpu", "drafting")
+    assert replica.health()["drafter"] == str(directory)
+    answer = replica.step(replica.new_session("robot"),
+                          StepRequest(INSTRUCTION, stream(7)[0], SessionSettings(decode="speculative"), reset=False))
+    assert answer["stats"]["decode"] == "speculative" and answer["stats"]["draft_tokens"] == 7
+
+
+def test_serve_refuses_a_broken_drafter_in_one_line_before_starting(tiny_checkpoint, tmp_path, capsys) -> None:
+    from vla_cache_ros.apps.cli import main as cli_main
+
+    (tmp_path / "drafter").mkdir()
+    (tmp_path / "drafter" / "drafter.json").write_text(json.dumps({"format": "something else"}))
+    (tmp_path / "drafter" / "drafter.safetensors").write_bytes(b"")
+    assert cli_main(["serve", "--model", str(tiny_checkpoint), "--drafter", str(tmp_path / "drafter")]) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and f"{tmp_path / 'drafter' / 'drafter.json'}: format is not" in errors[0], errors
+    assert "starting the policy server" not in captured.out

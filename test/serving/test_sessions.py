@@ -124,3 +124,38 @@ def test_a_cache_policy_makes_learned_available_to_every_session(tiny_model, tmp
     for frame in stream(4)[:3]:
         answer = replica.step(session, request(frame, "go", mode="learned", cache_ratio=0.5))
         assert answer["stats"]["reuse_indices"] == local.step(frame, "go")[1].reuse_indices.tolist()
+
+
+def test_a_drafter_drafts_for_every_session_that_decodes_speculatively(tiny_model, tmp_path) -> None:
+    """build_replica(drafter=DIR): a speculative session drafts with it from its first step, as a
+    local policy with that drafter does (its previous-step draft cannot: no previous step yet);
+    the actions stay the greedy ones; /health names the drafter."""
+    import torch
+
+    from vla_cache_ros.cache.drafter import DrafterConfig, DrafterNet, save_drafter
+    from vla_cache_ros.errors import CheckpointError
+
+    torch.manual_seed(0)
+    directory = save_drafter(tmp_path / "drafter", DrafterNet(DrafterConfig(
+        hidden_size=tiny_model.llama_config.hidden_size, num_visual=tiny_model.num_visual_tokens,
+        token_offset=tiny_model.action_tokenizer.first_action_token, width=8)))
+    plain = build_replica(tiny_model, UNNORM_KEY)
+    replica = build_replica(tiny_model, UNNORM_KEY, drafter=directory)
+    assert plain.health()["drafter"] is None and replica.health()["drafter"] == str(directory)
+    local = CachedVLAPolicy(tiny_model, mode="fixed", cache_ratio=0.5, unnorm_key=UNNORM_KEY, decode="speculative",
+                            drafter=directory)
+    drafted, previous, greedy = (replica.new_session("drafted"), plain.new_session("previous"),
+                                 plain.new_session("greedy"))
+    for step, frame in enumerate(stream(5)[:3]):
+        answer = replica.step(drafted, request(frame, "go", decode="speculative"))
+        expected, stats = local.step(frame, "go")
+        assert answer["action"] == [float(value) for value in expected]
+        assert (answer["stats"]["accepted_draft_tokens"], answer["stats"]["decode_passes"]) == (
+            stats.accepted_draft_tokens, stats.decode_passes)
+        assert answer["stats"]["draft_tokens"] == 7
+        undrafted = plain.step(previous, request(frame, "go", decode="speculative"))
+        assert undrafted["stats"]["draft_tokens"] == (0 if step == 0 else 7)
+        assert answer["action"] == undrafted["action"] == plain.step(greedy, request(frame, "go"))["action"]
+    (directory / "drafter.safetensors").write_bytes(b"broken")
+    with pytest.raises(CheckpointError, match=f"drafter {directory}: weights do not fit"):
+        build_replica(tiny_model, UNNORM_KEY, drafter=directory)

@@ -104,7 +104,8 @@ def test_summary_and_reports(tmp_path: Path) -> None:
     assert document["summary"]["fixed:0.5"]["overall"]["successes"] == 2 and len(document["episodes"]) == 4
     assert document["episodes"][0]["latency_ms_p50"] == pytest.approx(41.0)
     assert document["episodes"][0]["inference_steps"] == 2 and "steps" not in document["episodes"][0]
-    assert set(document["method"]) == {"order", "warmup", "latency", "speedup", "rates"}
+    assert set(document["method"]) == {"order", "warmup", "latency", "speedup", "decode", "rates"}
+    assert document["decode"] == "greedy" and document["method"]["decode"].startswith("greedy decoding")
     assert document["warmup_steps"] == 0 and document["warmup_episodes"] == 1
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| fixed:0.5 | 100 % (" in table and "| off | 50 % (" in table
@@ -135,6 +136,23 @@ def test_the_report_says_what_the_latency_figures_include(tmp_path: Path) -> Non
     write_reports(config, results, summary)
     report = (tmp_path / "results.md").read_text()
     assert "- latency: the node's own wall time" in report and "- speedup: per seed, off's median" in report
+
+
+def test_the_report_names_the_draft_of_speculative_decoding(tmp_path: Path) -> None:
+    """The decode note says where the node's draft comes from, as its drafter_path selects it;
+    greedy decoding names no draft (a drafter given with it is simply unused)."""
+    def note(**fields: str) -> str:
+        config = EvalConfig(modes=parse_modes("off"), episodes=1, out_dir=tmp_path, model_path=tmp_path, **fields)
+        return method_notes(config)["decode"]
+
+    assert note(drafter_path="/d/drafter") == "greedy decoding of the action tokens in every cache mode"
+    assert note(decode="speculative", drafter_path="/d/drafter").endswith("draft: learned drafter /d/drafter")
+    assert note(decode="speculative", drafter_path="none").endswith("draft: the previous step's tokens")
+    assert note(decode="speculative").endswith("draft: the model directory's own drafter/ if it has one, "
+                                                "else the previous step's tokens")
+    config = EvalConfig(modes=parse_modes("off"), episodes=1, out_dir=tmp_path, model_path=tmp_path,
+                        decode="speculative", drafter_path="/d/drafter")
+    assert "- decode: speculative decoding in every cache mode" in markdown_notes(config)
 
 
 def test_warmup_steps_are_left_out_of_the_latency_figures_but_not_the_counts() -> None:

@@ -24,7 +24,13 @@ replays the recorded bag offline. A child that dies early ends the demo with a o
 Offline (``--offline``): loads the model in this process and runs every cache mode over the same
 generated frames, interleaved frame by frame (:class:`vla_cache_ros.runs.ModeRunner`, as the
 benchmark and the replay comparison do), printing per-step lines and a per-mode summary (median
-latency, speedup against the first mode in this run, FLOPs ratio, whether actions matched).
+latency, speedup against the first mode in this run, FLOPs ratio, decode passes, whether
+actions matched); with ``--decode speculative`` every mode also runs speculatively decoded.
+
+``--decode speculative`` (the node's ``decode``) drafts with ``--drafter`` (its ``drafter_path``;
+default: the model directory's own ``drafter/``, else the previous step's tokens); the header
+names the draft. A drafter directory is read before any child starts, so a broken one is one
+error naming its file.
 """
 from __future__ import annotations
 
@@ -41,8 +47,8 @@ from pathlib import Path
 from typing import Sequence
 
 from vla_cache_ros import topics
-from vla_cache_ros.apps.options import add_cache_policy_argument
-from vla_cache_ros.cache.modes import default_sweep, parse_mode_list
+from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument, checked_drafter, describe_draft
+from vla_cache_ros.cache.modes import DECODE_SETTINGS, default_sweep, parse_mode_list
 from vla_cache_ros.errors import ConfigurationError, DemoError
 from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
 
@@ -107,6 +113,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--unnorm-key", default=None,
                         help="dataset statistics to un-normalise with (default: the short name's, e.g. tiny_sim)")
     add_cache_policy_argument(parser)
+    parser.add_argument("--decode", choices=DECODE_SETTINGS, default="greedy",
+                        help="action-token decoding: greedy, or speculative (the same tokens from fewer decode "
+                             "passes; --offline runs each mode both ways; default greedy)")
+    add_drafter_argument(parser)
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="the node's torch threads (default: the node's own, 1 on a machine with <= 2 cores, "
                              "where the robot needs the other)")
@@ -185,6 +195,7 @@ def run_offline(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
+    from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.models.vla import load_vla
@@ -198,23 +209,31 @@ def run_offline(args: argparse.Namespace) -> int:
     prepare_compute("cpu", threads=max(1, min(4, os.cpu_count() or 1)))
     resolved = resolve_model(args.model, args.unnorm_key)
     model_dir = resolved.path
-    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=resolved.unnorm_key, warmup=1,
-                        cache_policy=resolve_cache_policy(args.cache_policy, model_dir))
+    decodes = ("greedy", "speculative") if args.decode == "speculative" else ("greedy",)
+    runner = ModeRunner(load_vla(model_dir), specs, unnorm_key=resolved.unnorm_key, warmup=1, decodes=decodes,
+                        cache_policy=resolve_cache_policy(args.cache_policy, model_dir),
+                        drafter=resolve_drafter(args.drafter, model_dir))
     frames = SyntheticScene(seed=7, height=240, width=320).frames(args.steps)
     print(f"model: {model_dir}  ({runner.num_visual} visual tokens, "
           f"{runner.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
+    if args.decode == "speculative":
+        print(f"each mode also decodes speculatively; draft: {describe_draft(runner.drafter_source)}")
+    width = max(12, *(len(key) for key in runner.keys))
     for frame in frames:
         for step in runner.step_frame(frame, DEMO_INSTRUCTION):
             stages = " ".join(f"{stage}={1000 * step.stats.times_s[stage]:.1f}" for stage in STAGES)
-            print(f"[{step.spec:>12}] step {step.frame_index}: reused {step.stats.reused_tokens:3d}/"
+            print(f"[{step.spec:>{width}}] step {step.frame_index}: reused {step.stats.reused_tokens:3d}/"
                   f"{runner.num_visual} ms: {stages}  "
                   f"action={np.array2string(step.action, precision=4, suppress_small=True)}")
-    print("\nmode          median step ms  speedup vs first  FLOPs ratio  actions equal to first")
-    for spec in specs:
-        median_ms = 1000 * runner.median_s(spec)["total"]
-        flops_ratio = float(np.mean([step.stats.flops_ratio for step in runner.timed_steps(spec)]))
-        print(f"{spec:<13} {median_ms:14.1f}  {runner.speedup(spec):16.2f}  {flops_ratio:11.3f}  "
-              f"{runner.identical_action_fraction(spec):>8.0%}")
+    print(f"\n{'mode':<{width + 1}} median step ms  speedup vs first  FLOPs ratio  decode passes  "
+          "actions equal to first")
+    for key in runner.keys:
+        median_ms = 1000 * runner.median_s(key)["total"]
+        timed = runner.timed_steps(key)
+        flops_ratio = float(np.mean([step.stats.flops_ratio for step in timed]))
+        passes = float(np.mean([step.stats.decode_passes for step in timed]))
+        print(f"{key:<{width + 1}} {median_ms:14.1f}  {runner.speedup(key):16.2f}  {flops_ratio:11.3f}  "
+              f"{passes:13.2f}  {runner.identical_action_fraction(key):>8.0%}")
     return 0
 
 
@@ -411,14 +430,20 @@ def node_threads(requested: int | None) -> int | None:
 
 
 def node_command(config: Path, model: Path, unnorm_key: str, actuation: bool,
-                 threads: int | None = None, cache_policy: str | None = None) -> list[str]:
-    """Python arguments that start ``vla_cache_node`` on the demo config (``cache_policy``: its
-    ``cache_policy_path``; None: the config's, i.e. the model's own)."""
+                 threads: int | None = None, cache_policy: str | None = None, drafter: str | None = None,
+                 decode: str | None = None) -> list[str]:
+    """Python arguments that start ``vla_cache_node`` on the demo config (``cache_policy``,
+    ``drafter``: its ``cache_policy_path``, ``drafter_path``; ``decode``: its ``decode``; None:
+    the config's, i.e. the model's own directories and greedy decoding)."""
     arguments = ["-m", "vla_cache_ros.ros.node", "--ros-args", "--params-file", str(config),
                  "-p", f"model_path:={model}", "-p", f"unnorm_key:={unnorm_key or EMPTY_YAML}",
                  "-p", f"enable_actuation:={'true' if actuation else 'false'}"]
     if cache_policy:
         arguments += ["-p", f"cache_policy_path:={cache_policy}"]
+    if drafter:
+        arguments += ["-p", f"drafter_path:={drafter}"]
+    if decode:
+        arguments += ["-p", f"decode:={decode}"]
     if threads is not None:
         arguments += ["-p", f"num_threads:={threads}"]
     for inner, outer in NODE_REMAPS:
@@ -458,10 +483,13 @@ def run_live(args: argparse.Namespace) -> int:
         probe = start_sim_probe(env) if args.source != "synthetic" else None  # runs while the model is made
         resolved = resolve_model(args.model, args.unnorm_key)  # writes tiny once, while the probe runs
         model, unnorm_key = resolved.path.resolve(), resolved.unnorm_key or ""
+        drafter = checked_drafter(args.drafter, model)  # a broken one: one error before the node starts
         print(f"vla-cache demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
               f"(discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE'].lower()}); child logs in {args.log_dir}/")
         print(f"model {model}; config {config}"
-              f"{'' if threads is None else f'; {threads} torch thread(s)'}", flush=True)
+              f"{'' if threads is None else f'; {threads} torch thread(s)'}"
+              f"{f'; speculative decoding, draft: {describe_draft(drafter)}' if args.decode == 'speculative' else ''}",
+              flush=True)
         name, arguments, actuation = robot_command(args.source, probe)
         print(f"robot: {name} ({'actuation enabled' if actuation else 'node in dry run'}); "
               f"recording: {args.record if args.record is not None else 'off'}"
@@ -469,7 +497,8 @@ def run_live(args: argparse.Namespace) -> int:
         children.start(name, arguments)
         if args.record is not None:
             children.start("recorder", recorder_command(args.record))
-        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads, args.cache_policy))
+        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads, args.cache_policy,
+                                               "none" if drafter is None else str(drafter), args.decode))
         from vla_cache_ros.ros.demo_monitor import LiveOptions, monitor_loop
         from vla_cache_ros.ros.process import ros_session  # SIGTERM -> KeyboardInterrupt, own context
 

@@ -124,20 +124,25 @@ def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | N
         ConfigurationError: a bad option; EvalError: a node that died or a service that did not
             answer (its log's tail in the message).
     """
+    from vla_cache_ros.apps.options import checked_drafter, describe_draft
     from vla_cache_ros.cache.learned import resolve_cache_policy
     from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.sim.evaluate import EvalConfig, summarize
 
     model = resolve_model(args.model, args.unnorm_key)
     mode = parse_demo_mode(args.mode, resolve_cache_policy(args.cache_policy, model.path) is not None)
+    drafter = checked_drafter(args.drafter, model.path)  # a broken one: one error before the nodes start
     config = EvalConfig(
         modes=(mode,), episodes=args.episodes, out_dir=args.out, model_path=model.path, seed=args.seed,
         episode_timeout_s=args.episode_timeout, unnorm_key=model.unnorm_key or "", num_threads=threads or 0,
-        startup_timeout_s=args.startup_timeout, cache_policy_path=args.cache_policy or "",
+        startup_timeout_s=args.startup_timeout, cache_policy_path=args.cache_policy or "", decode=args.decode,
+        drafter_path="none" if drafter is None else str(drafter),
         **({"families": args.families} if args.families else {}))
+    decoding = (f", speculative decoding (draft: {describe_draft(drafter)})" if args.decode == "speculative"
+                else "")
     print(f"vla-cache demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
           f"(discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE'].lower()}); child logs in {args.log_dir}/")
-    print(f"model {model.name or model.path} ({model.path}), mode {mode.label}, {config.episodes} episode(s) "
+    print(f"model {model.name or model.path} ({model.path}), mode {mode.label}{decoding}, {config.episodes} episode(s) "
           f"of at most {config.episode_timeout_s:g} s; starting sim_arm_node and vla_cache_node ...", flush=True)
 
     from vla_cache_ros.ros.reuse_recorder import ReuseRecorder

@@ -5,6 +5,9 @@ bounded load test).
 instance bound to 127.0.0.1 (or joins a cluster with ``--address``), deploys
 :mod:`vla_cache_ros.serving.server` and serves until Ctrl-C / SIGTERM. The bearer token, if
 wanted, comes from ``$VLA_CACHE_SERVE_TOKEN`` (never the command line: it would show in ``ps``).
+``--cache-policy`` and ``--drafter`` are loaded once per replica and shared by its sessions (the
+drafter drafts for sessions that ask for ``decode: speculative``); the drafter is read here first,
+so a broken one is one error before Ray starts.
 
 ``serve-load --url URL --sessions 8 --steps 200`` drives that many sessions concurrently, each
 with its own camera stream and instruction, and reports throughput, latency percentiles, the
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.apps.options import add_cache_policy_argument
+from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument, checked_drafter, describe_draft
 from vla_cache_ros.errors import ConfigurationError, PolicyServerError
 
 
@@ -58,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queued", type=int, default=64,
                         help="queued requests per replica before 503 (default %(default)d)")
     add_cache_policy_argument(parser)
+    add_drafter_argument(parser)
     parser.set_defaults(handler=_serve)
 
     parser = subparsers.add_parser("serve-wire", help="size and encode/decode time of each frame encoding")
@@ -92,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     from vla_cache_ros.serving.wire import Limits
 
     resolved = resolve_model(args.model, args.unnorm_key)
+    drafter = checked_drafter(args.drafter, resolved.path)  # a broken one: one error, before Ray starts
     options = server.ServerOptions(
         model_path=str(resolved.path), unnorm_key=resolved.unnorm_key, device=args.device, dtype=args.dtype,
         num_threads=args.num_threads, replicas=args.replicas, replica_cpus=args.replica_cpus,
@@ -99,7 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
         limits=Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_image_pixels=args.max_image_pixels),
         sessions=SessionLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s),
         token=os.environ.get(server.TOKEN_ENV) or None, max_queued_requests=args.max_queued,
-        cache_policy_path=_cache_policy(args.cache_policy, resolved.path))
+        cache_policy_path=_cache_policy(args.cache_policy, resolved.path),
+        drafter_path=None if drafter is None else str(drafter))
     stop = threading.Event()
 
     def stop_on_signals() -> None:
@@ -107,7 +113,8 @@ def _serve(args: argparse.Namespace) -> int:
             signal.signal(signum, lambda *_: stop.set())
 
     stop_on_signals()
-    print(f"starting the policy server ({resolved.path}, {args.replicas} replica(s)) ...", flush=True)
+    print(f"starting the policy server ({resolved.path}, {args.replicas} replica(s); speculative draft of sessions "
+          f"that ask for it: {describe_draft(drafter)}) ...", flush=True)
     try:
         url = server.start(options)
         stop_on_signals()  # again: ray.init installs its own SIGTERM handler, which left Ray's daemons running

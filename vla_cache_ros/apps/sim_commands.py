@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vla_cache_ros.apps.options import add_cache_policy_argument
+from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument, checked_drafter
 from vla_cache_ros.cache.modes import DECODE_SETTINGS
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim.collect import CollectConfig, PolicyDriving, collect
@@ -84,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--decode", choices=DECODE_SETTINGS, default="greedy",
                         help="the node's action-token decoding in every cache mode (speculative: the same "
                              "tokens, fewer decode passes; default greedy)")
+    add_drafter_argument(parser)
     parser.add_argument("--episodes", type=int, required=True, help="episodes per mode")
     parser.add_argument("--out", type=Path, default=Path("sim_eval"), help="report directory (default sim_eval/)")
     parser.add_argument("--families", type=parse_families, default=tuple(sorted(FAMILIES)),
@@ -130,22 +131,37 @@ def _sim_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim_eval(args: argparse.Namespace) -> int:
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """``sim-eval``'s options as an :class:`EvalConfig`, with the model and the drafter resolved
+    and checked before any process starts (the node gets the drafter directory, or ``none``).
+
+    Raises:
+        CheckpointError: an unknown model, a broken drafter directory (naming the file);
+            ConfigurationError: a bad option.
+    """
     from vla_cache_ros.models.catalog import resolve_model
-    from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner  # rclpy only when evaluating
-    from vla_cache_ros.sim.evaluate import run_evaluation, write_reports
 
     modes = parse_modes(args.modes)
-    model_path, unnorm_key = None, args.unnorm_key
+    model_path, unnorm_key, drafter_path = None, args.unnorm_key, ""
     if not all(mode.is_expert for mode in modes):
         resolved = resolve_model(args.model, args.unnorm_key or None)
         model_path, unnorm_key = resolved.path, resolved.unnorm_key or ""
-    config = EvalConfig(
+        drafter = checked_drafter(args.drafter, model_path)
+        drafter_path = "none" if drafter is None else str(drafter)
+    return EvalConfig(
         modes=modes, episodes=args.episodes, out_dir=args.out, model_path=model_path,
         families=args.families, seed=args.seed, episode_timeout_s=args.episode_timeout,
         unnorm_key=unnorm_key, device=args.device, num_threads=args.num_threads,
         action_period_s=args.action_period, warmup_episodes=args.warmup_episodes,
-        warmup_steps=args.warmup_steps, cache_policy_path=args.cache_policy or "", decode=args.decode)
+        warmup_steps=args.warmup_steps, cache_policy_path=args.cache_policy or "", decode=args.decode,
+        drafter_path=drafter_path)
+
+
+def _sim_eval(args: argparse.Namespace) -> int:
+    from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner  # rclpy only when evaluating
+    from vla_cache_ros.sim.evaluate import run_evaluation, write_reports
+
+    config = eval_config(args)
     with RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:
         results, summary = run_evaluation(config, runner, progress=not args.quiet)
     paths = write_reports(config, results, summary)

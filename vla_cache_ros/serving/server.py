@@ -80,6 +80,8 @@ class ServerOptions:
             503.
         default_mode, default_ratio: a new session's cache settings until it sends its own.
         cache_policy_path: the learned cache policy every session may run (None: none).
+        drafter_path: the learned drafter whose tokens are the draft of every session that decodes
+            speculatively (None: each session's previous step's tokens).
     """
 
     model_path: str
@@ -102,6 +104,7 @@ class ServerOptions:
     default_mode: str = "fixed"
     default_ratio: float = 0.5
     cache_policy_path: str | None = None
+    drafter_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -131,7 +134,7 @@ def load_replica(options: ServerOptions, device: str, name: str) -> Replica:
     model = load_vla(options.model_path, device=device, dtype=resolve_dtype(options.dtype))
     model.config.action_statistics().select(options.unnorm_key)  # fail at start, not per request
     return build_replica(model, options.unnorm_key, options.sessions, name, options.default_mode,
-                         options.default_ratio, options.cache_policy_path)
+                         options.default_ratio, options.cache_policy_path, options.drafter_path)
 
 
 def build_app(options: ServerOptions, device: str) -> Any:

@@ -239,21 +239,26 @@ class Replica:
         return {"status": "ok", "replica": self.name, "max_sessions": self.limits.max_sessions,
                 "idle_timeout_s": self.limits.idle_timeout_s, "sessions": sessions,
                 "modes": list(self.act_policy.available_modes()),
+                "drafter": self.act_policy.drafter_source,
                 "counters": dict(vars(self.counters))}
 
 
 def build_replica(model: Any, unnorm_key: str | None, limits: SessionLimits = SessionLimits(),
                   name: str = "local", default_mode: str = "fixed", default_ratio: float = 0.5,
-                  cache_policy: Any = None) -> Replica:
+                  cache_policy: Any = None, drafter: Any = None) -> Replica:
     """A replica over a loaded model: one engine (and its prepacked weights) shared by every
     session, the stateless ``/act`` policy, and a warm-up step (so the first real step is not the
     slow one). ``cache_policy`` (a ``train-cache`` directory or a loaded net; None: none) is
     loaded once and makes ``learned`` available to every session, each with its own selector.
+    ``drafter`` (a ``train-drafter`` directory or a loaded drafter; None: none) is loaded once and
+    drafts the tokens of every session that decodes speculatively (without one: its previous
+    step's tokens).
 
     Raises:
         CacheModeError, ConfigurationError: a bad default mode or ratio.
-        CheckpointError: an unreadable cache policy.
+        CheckpointError: an unreadable cache policy or drafter, or a drafter for another model.
     """
+    from vla_cache_ros.cache.drafter import load_drafter_for
     from vla_cache_ros.cache.engine import KVReuseEngine
     from vla_cache_ros.cache.learned import CacheSelectorNet, load_cache_policy
     from vla_cache_ros.policy import CachedVLAPolicy
@@ -261,10 +266,12 @@ def build_replica(model: Any, unnorm_key: str | None, limits: SessionLimits = Se
     engine = KVReuseEngine(model.language_model)
     if cache_policy is not None and not isinstance(cache_policy, CacheSelectorNet):
         cache_policy = load_cache_policy(cache_policy)
+    if drafter is not None:
+        drafter = load_drafter_for(drafter)
 
     def new_policy(mode: str = default_mode) -> CachedVLAPolicy:
         return CachedVLAPolicy(model, mode=mode, cache_ratio=default_ratio, unnorm_key=unnorm_key,
-                               engine=engine, cache_policy=cache_policy)
+                               engine=engine, cache_policy=cache_policy, drafter=drafter)
 
     new_policy()  # check the defaults now
     act_policy = new_policy("off")

@@ -123,6 +123,7 @@ class EvalConfig:
     warmup_steps: int = DEFAULT_WARMUP_STEPS
     cache_policy_path: str = ""  # the node's cache_policy_path ("": the model's own; "none": none)
     decode: str = "greedy"  # the node's decode setting for every cache mode
+    drafter_path: str = ""  # the node's drafter_path ("": the model's own; "none": none), drafting speculative
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -360,10 +361,23 @@ def method_notes(config: EvalConfig) -> dict[str, str]:
         "speedup": (f"per seed, {REFERENCE_MODE}'s median total step latency divided by the mode's (same "
                     "seed, same round), then the median over the seeds both ran; independent of which mode "
                     "ran first"),
+        "decode": decode_note(config),
         "rates": ("Hz: all inference steps of the mode per wall second of its counted episodes (the untimed "
                   "first steps included); cache ratio: visual tokens actually reused, mean over the same "
                   "steps; success: Wilson 95 % interval"),
     }
+
+
+def decode_note(config: EvalConfig) -> str:
+    """How the node decodes the action tokens and, when speculatively, where its draft comes from
+    (``drafter_path`` as the node resolves it: ``none``, a directory, or empty for the model's own)."""
+    if config.decode != "speculative":
+        return f"{config.decode} decoding of the action tokens in every cache mode"
+    drafter = config.drafter_path.strip()
+    draft = ("the previous step's tokens" if drafter.lower() == "none" else f"learned drafter {drafter}" if drafter
+             else "the model directory's own drafter/ if it has one, else the previous step's tokens")
+    return (f"speculative decoding in every cache mode (the greedy tokens, a draft verified inside the "
+            f"prefill, fewer decode passes); draft: {draft}")
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -471,7 +485,8 @@ def write_reports(config: EvalConfig, results: list[EpisodeResult], summary: dic
         "families": list(config.families), "seed": config.seed,
         "episode_timeout_s": config.episode_timeout_s, "action_period_s": config.action_period_s,
         "warmup_episodes": config.warmup_episodes, "warmup_steps": config.warmup_steps,
-        "device": config.device, "hardware": hardware, "method": method_notes(config), "summary": summary,
+        "device": config.device, "decode": config.decode, "hardware": hardware, "method": method_notes(config),
+        "summary": summary,
         "episodes": [_episode_entry(r, config.warmup_steps) for r in results],
     }
     json_path = out_dir / "results.json"
