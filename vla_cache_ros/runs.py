@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_cache_ros.cache.modes import ModeSpec, check_decode, parse_mode
+from vla_cache_ros.cache.modes import ModeSpec, check_decode, check_lm_head, parse_mode
 from vla_cache_ros.compute import resolve_device, resolve_dtype, set_cpu_threads
 from vla_cache_ros.errors import CacheModeError, ConfigurationError
 from vla_cache_ros.models.vla import OpenVLA
@@ -67,9 +67,24 @@ def check_decode_list(decodes: Sequence[str]) -> list[str]:
     return checked
 
 
-def run_key(spec: str, decode: str) -> str:
-    """The key of a mode spec run with a decode setting: the spec itself for ``greedy``."""
-    return spec if decode == "greedy" else f"{spec} {decode}"
+def check_lm_head_list(heads: Sequence[str]) -> list[str]:
+    """LM-head settings to compare (``policy.CachedVLAPolicy``'s ``lm_head``), the baseline's
+    first, each once.
+
+    Raises:
+        ConfigurationError: an unknown setting, a repeat or none.
+    """
+    checked = [check_lm_head(name) for name in heads]
+    if not checked or len(set(checked)) != len(checked):
+        raise ConfigurationError(f"LM-head settings must be listed once each, got {list(heads)}")
+    return checked
+
+
+def run_key(spec: str, decode: str, lm_head: str | None = None) -> str:
+    """The key of a mode spec run with a decode setting (and, when several LM-head settings are
+    compared, a head other than the first): the spec itself for ``greedy`` with the first head."""
+    key = spec if decode == "greedy" else f"{spec} {decode}"
+    return key if lm_head is None else f"{key} {lm_head} head"
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,8 @@ class ModeRunner:
         decodes: decode settings (``engine.DECODE_SETTINGS``) each mode runs with, ``greedy``
             first; a run is keyed by its spec (greedy) or ``"<spec> <decode>"`` (``"fixed:0.5
             speculative"``), spec by spec in :attr:`keys`.
+        lm_heads: LM-head settings (``cache.modes.LM_HEAD_CHOICES``) each run is repeated with;
+            the first is the baseline's, the others add ``" <head> head"`` to the key.
         policy_options: further keyword arguments of every ``CachedVLAPolicy`` (``prepack``,
             ``max_token_age``, ``selector_options``, ``cache_policy``: a directory is loaded once
             and shared; each policy gets its own selector, hence its own recovery generator;
@@ -105,11 +122,12 @@ class ModeRunner:
             cannot run here (``learned`` without a trained cache policy).
         CheckpointError: an unreadable cache policy or drafter, or a drafter for another model.
         ConfigurationError: ``warmup`` < 0; decode settings unknown, repeated or not starting
-            with ``greedy``.
+            with ``greedy``; LM-head settings unknown or repeated.
     """
 
     def __init__(self, model: OpenVLA, specs: Sequence[str], unnorm_key: str | None = None, warmup: int = 1,
-                 decodes: Sequence[str] = ("greedy",), **policy_options: Any) -> None:
+                 decodes: Sequence[str] = ("greedy",), lm_heads: Sequence[str] = ("certified",),
+                 **policy_options: Any) -> None:
         parsed = [parse_mode(spec) for spec in specs]
         texts = [spec.text for spec in parsed]
         if not parsed or len(set(texts)) != len(texts):
@@ -117,6 +135,7 @@ class ModeRunner:
         if warmup < 0:
             raise ConfigurationError(f"warm-up steps must be >= 0, got {warmup}")
         decodes = check_decode_list(decodes)
+        heads = check_lm_head_list(lm_heads)
         self.cache_policy_source: str | None = None
         if policy_options.get("cache_policy") is not None:
             from vla_cache_ros.cache.learned import CacheSelectorNet, load_cache_policy
@@ -134,19 +153,21 @@ class ModeRunner:
         self.model = model
         self.specs: list[ModeSpec] = parsed
         self.decodes: list[str] = decodes
+        self.lm_heads: list[str] = heads
         self.warmup = int(warmup)
+        self._runs = [(run_key(spec.text, decode, None if head == heads[0] else head), spec, decode, head)
+                      for spec in parsed for decode in decodes for head in heads]
         self.policies: dict[str, CachedVLAPolicy] = {
-            run_key(spec.text, decode): CachedVLAPolicy(
-                model, mode=spec.name, cache_ratio=spec.ratio, unnorm_key=unnorm_key, decode=decode,
-                **policy_options)
-            for spec in parsed for decode in decodes}
+            key: CachedVLAPolicy(model, mode=spec.name, cache_ratio=spec.ratio, unnorm_key=unnorm_key,
+                                 decode=decode, lm_head=head, **policy_options)
+            for key, spec, decode, head in self._runs}
         self.keys: list[str] = list(self.policies)
         self.steps: dict[str, list[ModeStep]] = {key: [] for key in self.keys}
         self.frames = 0
 
     def runs(self) -> list[tuple[str, ModeSpec, str]]:
         """(key, spec, decode) of every run, in :attr:`keys` order."""
-        return [(run_key(spec.text, decode), spec, decode) for spec in self.specs for decode in self.decodes]
+        return [(key, spec, decode) for key, spec, decode, _ in self._runs]
 
     @property
     def baseline(self) -> str:

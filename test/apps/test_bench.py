@@ -99,3 +99,26 @@ def test_bench_drafts_with_a_drafter(tmp_path):
                       out_dir=tmp_path / "plain", unnorm_key="tiny_sim", decodes=["greedy", "speculative"],
                       drafter="none")
     assert plain[0]["draft"] == "previous step's tokens"
+
+
+def test_bench_compares_lm_head_settings(tmp_path):
+    """`--lm-head full,certified`: every mode runs with both heads on the same frames, the full
+    head's `off` the baseline; the certified runs' tokens equal it; the report times one row through
+    each head alone and gives each run's share of certified rows. A bad setting is refused before
+    any model is written."""
+    report = run_bench(["tiny"], "off,fixed:0.5", steps=2, warmup=0, device="cpu", dtype_name="float32",
+                       threads=1, out_dir=tmp_path, unnorm_key="tiny_sim", lm_heads=["full", "certified"])[0]
+    modes = {mode["spec"]: mode for mode in report["modes"]}
+    assert list(modes) == ["off", "off certified head", "fixed:0.5", "fixed:0.5 certified head"]
+    assert report["lm_head"] == "full,certified"
+    assert modes["off"]["head_certified"] == modes["fixed:0.5"]["head_certified"] == 0.0
+    assert modes["off certified head"]["action_token_agreement"] == 1.0
+    for mode in modes.values():
+        assert 0.0 <= mode["head_certified"] <= 1.0
+    assert set(report["lm_head_isolated_s"]) == {"full", "certified"}
+    assert all(seconds > 0 for seconds in report["lm_head_isolated_s"].values())
+    assert "LM head: full,certified (one row alone: full" in markdown_table(report)
+    for refused in (["fast"], ["full", "full"], []):
+        with pytest.raises(ConfigurationError, match="lm_head|LM-head"):
+            run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path / "refused", "tiny_sim", lm_heads=refused)
+    assert not (tmp_path / "refused").exists()

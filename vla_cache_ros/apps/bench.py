@@ -61,6 +61,7 @@ class ModeResult:
     prefill_isolated_s: float = 0.0
     speedup_prefill_isolated: float = 1.0
     fraction_of_implied_isolated: float = 1.0
+    head_certified: float = 0.0  # share of LM-head rows whose greedy token the certified head proved
 
 
 def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray, reuse: np.ndarray,
@@ -91,19 +92,22 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
 def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup: int,
                 unnorm_key: str | None, seed: int = 11, prepack: bool | None = None,
                 decodes: Sequence[str] = ("greedy",), cache_policy: Path | None = None,
-                drafter: Path | None = None) -> dict[str, Any]:
+                drafter: Path | None = None, lm_heads: Sequence[str] = ("certified",)) -> dict[str, Any]:
     """Run every mode (with each decode setting) over the same frames, interleaved, and summarise.
 
     ``prepack`` is the engine's CPU weight-prepacking choice; every mode, ``off`` included, runs
     the same kernels. When the weights are prepacked, the uncached prefill is also timed with the
     plain weights, so the report shows that the baseline was not slowed down by packing.
+    ``lm_heads``: LM-head settings each run is repeated with (``certified``, ``full``), the
+    baseline's first; the full and the certified head are also timed alone on the baseline's last
+    final hidden state.
     """
     from vla_cache_ros.cache.engine import KVReuseEngine
     from vla_cache_ros.runs import ModeRunner
 
     # the first step computes every token; `warmup` more steps follow before measuring
     runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack, decodes=decodes,
-                        cache_policy=cache_policy, drafter=drafter)
+                        cache_policy=cache_policy, drafter=drafter, lm_heads=lm_heads)
     sync = device_sync(model.device)
     frames = SyntheticScene(seed=seed, height=240, width=320, speed_px=3.0).frames(warmup + steps + 1)
     reference_times = []
@@ -145,6 +149,8 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
         "draft": (None if runner.decodes == ["greedy"] else
                   f"learned drafter {runner.drafter_source}" if runner.drafter_source else "previous step's tokens"),
         "cache_policy": runner.cache_policy_source,
+        "lm_head": ",".join(runner.lm_heads),
+        "lm_head_isolated_s": isolated_head_s(model, runner.policies[runner.baseline], repeats),
         "modes": [result.__dict__ for result in results],
     }
 
@@ -153,6 +159,7 @@ def _mode_result(runner: Any, spec: str, last_frame: np.ndarray, repeats: int) -
     """One mode's measurements from a finished :class:`~vla_cache_ros.runs.ModeRunner` run (steps
     after the warm-up), with the isolated prefill timed on ``last_frame``."""
     measured = [step.stats for step in runner.timed_steps(spec)]
+    counters = runner.policies[spec].engine.counters
     return ModeResult(
         spec=spec,
         median_s=runner.median_s(spec),
@@ -168,7 +175,35 @@ def _mode_result(runner: Any, spec: str, last_frame: np.ndarray, repeats: int) -
                                              == stats.draft_tokens for stats in measured])),
         per_step_total_s=[stats.times_s["total"] for stats in measured],
         prefill_isolated_s=isolated_prefill_s(runner.model, runner.policies[spec].engine, last_frame,
-                                              measured[-1].reuse_indices, repeats))
+                                              measured[-1].reuse_indices, repeats),
+        head_certified=(counters.head_certified_rows / counters.head_rows if counters.head_rows else 0.0))
+
+
+def isolated_head_s(model: OpenVLA, policy: Any, repeats: int) -> dict[str, float]:
+    """Median seconds of one LM-head row, full and certified, on ``policy``'s last final hidden
+    state (the row that predicts the first action token): what the head costs per decode pass."""
+    import torch
+
+    from vla_cache_ros.cache.lm_head import shared_greedy_head
+    from vla_cache_ros.policy import greedy_candidates
+
+    hidden = policy._previous_hidden
+    if hidden is None:
+        return {}
+    row = hidden.reshape(1, -1)
+    head = model.language_model.lm_head
+    certified = shared_greedy_head(head, greedy_candidates(model))
+    sync = device_sync(model.device)
+    timings = {}
+    for name, run in (("full", lambda: int(torch.argmax(head(row)))), ("certified", lambda: certified(row).tokens)):
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - start)
+        timings[name] = statistics.median(times[1:])
+    return timings
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -184,12 +219,13 @@ def markdown_table(report: dict[str, Any]) -> str:
            f"{1000 * report['prefill_off_plain_weights_isolated_s']:.1f} ms"
            if report.get("prefill_off_plain_weights_isolated_s") else "")
         + (f"; speculative draft: {report['draft']}" if report.get("draft") else "")
-        + (f"; learned cache policy: {report['cache_policy']}" if report.get("cache_policy") else ""),
+        + (f"; learned cache policy: {report['cache_policy']}" if report.get("cache_policy") else "")
+        + _head_note(report),
         "",
         "| mode | reused | preprocess | vision | select | prefill | decode | total (ms) | speedup total | "
         "speedup prefill | prefill FLOPs-implied | reached | isolated prefill (ms) | reached, isolated | "
-        "FLOPs ratio (step) | tokens = off | decode passes | draft accepted | full draft |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "FLOPs ratio (step) | tokens = off | decode passes | draft accepted | full draft | head certified |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in report["modes"]:
         m = mode["median_s"]
@@ -200,8 +236,19 @@ def markdown_table(report: dict[str, Any]) -> str:
             f" | {100 * mode['fraction_of_implied']:.0f}% | {1000 * mode['prefill_isolated_s']:.1f}"
             f" | {100 * mode['fraction_of_implied_isolated']:.0f}% | {mode['flops_ratio']:.3f}"
             f" | {100 * mode['action_token_agreement']:.0f}% | {mode['mean_decode_passes']:.2f}"
-            f" | {mode['mean_accepted_draft_tokens']:.2f} | {100 * mode['full_draft_acceptance']:.0f}% |")
+            f" | {mode['mean_accepted_draft_tokens']:.2f} | {100 * mode['full_draft_acceptance']:.0f}%"
+            f" | {100 * mode.get('head_certified', 0.0):.0f}% |")
     return "\n".join(lines)
+
+
+def _head_note(report: dict[str, Any]) -> str:
+    """The header's LM-head clause: the setting and the isolated per-row times."""
+    if "lm_head" not in report:
+        return ""
+    timed = report.get("lm_head_isolated_s") or {}
+    times = (f" (one row alone: full {1000 * timed['full']:.2f} ms, certified {1000 * timed['certified']:.2f} ms)"
+             if {"full", "certified"} <= set(timed) else "")
+    return f"; LM head: {report['lm_head']}{times}"
 
 
 def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
@@ -233,7 +280,8 @@ def load_bench_model(name: str, device: str, dtype: torch.dtype, work_dir: Path
 def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: str, dtype_name: str | None,
               threads: int | None, out_dir: Path, unnorm_key: str | None,
               prepack: bool | None = None, decodes: Sequence[str] = ("greedy",),
-              cache_policy: str | None = None, drafter: str | None = None) -> list[dict[str, Any]]:
+              cache_policy: str | None = None, drafter: str | None = None,
+              lm_heads: Sequence[str] = ("certified",)) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports.
 
     ``modes``: comma-separated specs, ``off`` first; ``decodes``: decode settings each mode runs
@@ -247,11 +295,12 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     """
     from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
-    from vla_cache_ros.runs import check_decode_list, machine_description, prepare_compute
+    from vla_cache_ros.runs import check_decode_list, check_lm_head_list, machine_description, prepare_compute
 
     parsed = parse_mode_list(modes)
     mode_list = [spec.text for spec in parsed]
     check_decode_list(decodes)
+    check_lm_head_list(lm_heads)
     if parsed[0].name != "off":
         raise ConfigurationError("the first mode must be 'off' (the baseline every ratio is measured against)")
     if steps < 1 or warmup < 0:
@@ -263,7 +312,7 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
         model, label, model_key, directory = load_bench_model(name, device, dtype, out_dir / "models")
         report = bench_model(model, label, mode_list, steps, warmup, unnorm_key or model_key, prepack=prepack,
                              decodes=decodes, cache_policy=resolve_cache_policy(cache_policy, directory),
-                             drafter=resolve_drafter(drafter, directory))
+                             drafter=resolve_drafter(drafter, directory), lm_heads=lm_heads)
         report["machine"] = machine_description(device)
         reports.append(report)
         print(markdown_table(report) + "\n", flush=True)
@@ -296,6 +345,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated decode settings each mode runs with, greedy first: greedy, "
                              "speculative (a draft -- the --drafter's, else the previous step's tokens -- verified "
                              "inside the prefill; same tokens) (default: %(default)s)")
+    parser.add_argument("--lm-head", default="certified",
+                        help="comma-separated LM-head settings each mode runs with, the baseline's first: "
+                             "certified (the action rows and a proven bound on the rest; same tokens), full "
+                             "(the whole vocabulary; the model's own greedy decoding) (default: %(default)s)")
     add_cache_policy_argument(parser)
     add_drafter_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
@@ -307,5 +360,6 @@ def _bench(args: argparse.Namespace) -> int:
               args.device, args.dtype, args.threads, args.out, args.unnorm_key,
               prepack=parse_prepack(args.prepack),
               decodes=[name.strip() for name in args.decode.split(",") if name.strip()],
-              cache_policy=args.cache_policy, drafter=args.drafter)
+              cache_policy=args.cache_policy, drafter=args.drafter,
+              lm_heads=[name.strip() for name in args.lm_head.split(",") if name.strip()])
     return 0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_cache_ros.cache.lm_head import shared_greedy_head
 from vla_cache_ros.cache.prepack import LayerProjections, decoder_projections
 from vla_cache_ros.errors import ConfigurationError
 
@@ -149,20 +150,38 @@ class EngineCounters:
     prefill_token_layers: int = 0
     decode_token_layers: int = 0
     draft_token_layers: int = 0
+    head_rows: int = 0  # rows through the LM head (prompt's last, draft, decode)
+    head_certified_rows: int = 0  # of which the greedy argmax was certified without the full head
 
 
 class KVReuseEngine:
     """Runs prefill with visual K/V reuse and greedy decoding for one ``LlamaForCausalLM``."""
 
-    def __init__(self, language_model: nn.Module, prepack: bool | None = None) -> None:
+    def __init__(self, language_model: nn.Module, prepack: bool | None = None,
+                 greedy_candidates: tuple[int, int] | None = None) -> None:
         """``prepack``: CPU weight prepacking for the projections (see ``cache/prepack.py``);
-        None = where supported and affordable, True = required, False = never."""
+        None = where supported and affordable, True = required, False = never.
+        ``greedy_candidates``: [low, high) token ids (a VLA's action tokens) whose greedy argmax
+        the LM head certifies without its full pass (``cache/lm_head.py``; same tokens, logits
+        -inf outside the candidates on certified rows); None: the full head on every row."""
         self.language_model = language_model
         self.decoder = language_model.model
         self.layers = list(self.decoder.layers)
         self.config = language_model.config
         self.counters = EngineCounters()
         self.projections = decoder_projections(language_model, prepack)
+        self.greedy_head = (None if greedy_candidates is None
+                            else shared_greedy_head(language_model.lm_head, greedy_candidates))
+
+    def _head_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """(R, vocab) float32 logits of final-norm hidden states ``normed`` (1, R, hidden) whose
+        row-wise argmax is greedy decoding's (see ``greedy_candidates``)."""
+        self.counters.head_rows += normed.shape[1]
+        if self.greedy_head is None:
+            return self.language_model.lm_head(normed)[0].float()
+        output = self.greedy_head(normed[0])
+        self.counters.head_certified_rows += output.certified
+        return output.logits
 
     @property
     def num_layers(self) -> int:
@@ -277,7 +296,7 @@ class KVReuseEngine:
                 relevance = self._relevance(query, full_key, mask, scaling, text_rows, num_visual)[0]
             hidden = self._finish_layer(layer, projections, hidden, attended)
         normed = self.decoder.norm(hidden[:, -(appended + 1):])
-        heads = self.language_model.lm_head(normed)[0].float()
+        heads = self._head_logits(normed)
         draft_work = appended * self.num_layers
         self.counters.prefill_token_layers += work - draft_work
         self.counters.draft_token_layers += draft_work
@@ -353,7 +372,7 @@ class KVReuseEngine:
                     query, keys, values, scale=layer.self_attn.scaling,
                     enable_gqa=query.shape[1] != keys.shape[1])
                 hidden = self._finish_layer(layer, projections, hidden, attended)
-            logits = self.language_model.lm_head(self.decoder.norm(hidden))[0, -1].float()
+            logits = self._head_logits(self.decoder.norm(hidden))[-1]
             tokens.append(int(torch.argmax(logits).item()))
             all_logits.append(logits)
             position += 1

@@ -290,6 +290,22 @@ def check_decode(name: str) -> str:
     return name
 
 
+LM_HEAD_CHOICES = ("certified", "full")
+"""How the greedy token is taken from the LM head: ``certified`` proves the argmax is an action
+token without the full head where it can (``cache/lm_head.py``); ``full`` runs the whole head."""
+
+
+def check_lm_head(name: str) -> str:
+    """``name`` if it is one of :data:`LM_HEAD_CHOICES`.
+
+    Raises:
+        ConfigurationError: any other value (the message lists the choices).
+    """
+    if name not in LM_HEAD_CHOICES:
+        raise ConfigurationError(f"unknown lm_head {name!r}; choose from {', '.join(LM_HEAD_CHOICES)}")
+    return name
+
+
 PREPACK_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 

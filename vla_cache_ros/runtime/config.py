@@ -40,6 +40,7 @@ class ModelConfig:
     num_threads: int
     cpu_weight_prepack: str
     cache_policy_path: str = ""
+    lm_head: str = "certified"
     drafter_path: str = ""
 
 
@@ -181,7 +182,7 @@ class NodeConfig:
                 model_path=str(merged["model_path"]), device=str(merged["device"]),
                 dtype=str(merged["dtype"]), unnorm_key=str(merged["unnorm_key"]) or None,
                 center_crop=bool(merged["center_crop"]), num_threads=int(merged["num_threads"]),
-                cpu_weight_prepack=str(merged["cpu_weight_prepack"]),
+                cpu_weight_prepack=str(merged["cpu_weight_prepack"]), lm_head=str(merged["lm_head"]),
                 cache_policy_path=str(merged["cache_policy_path"]).strip(),
                 drafter_path=str(merged["drafter_path"]).strip()),
             backend=BackendConfig(

@@ -164,8 +164,9 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
         model_path, mode="off", cache_ratio=config.cache.ratio,
         unnorm_key=unnorm_key, device=str(device), dtype=dtype,
         center_crop=config.model.center_crop,
-        prepack=parse_prepack(config.model.cpu_weight_prepack), cache_policy=cache_policy, drafter=drafter)
-    info(f"decoder weights: {policy.engine.projections.reason}")
+        prepack=parse_prepack(config.model.cpu_weight_prepack), cache_policy=cache_policy, drafter=drafter,
+        lm_head=config.model.lm_head)
+    info(f"decoder weights: {policy.engine.projections.reason}; LM head: {config.model.lm_head}")
     if cache_policy is not None:
         info(f"learned cache policy: {cache_policy}")
     if drafter is not None:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from vla_cache_ros.cache.modes import DECODE_SETTINGS, MODE_NAMES, PREPACK_CHOICES
+from vla_cache_ros.cache.modes import DECODE_SETTINGS, LM_HEAD_CHOICES, MODE_NAMES, PREPACK_CHOICES
 from vla_cache_ros.control.actions import ActionSemantics, CommandInterface
 from vla_cache_ros.control.controller import SafetyCommand
 from vla_cache_ros.errors import ConfigurationError, clip_text
@@ -102,6 +102,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
+    _choice("lm_head", "certified", LM_HEAD_CHOICES,
+            "greedy tokens from the LM head: certified = the action rows and a proven bound on the "
+            "other rows, the full head only where the bound does not hold (same tokens); full = the "
+            "whole vocabulary every time"),
     # --- inference backend (fixed at start) ------------------------------------------------
     _choice("inference_backend", "local", INFERENCE_BACKENDS,
             "where the policy runs: in this process (model_path), or on a vla-cache serve "
