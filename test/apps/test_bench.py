@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -122,3 +123,18 @@ def test_bench_compares_lm_head_settings(tmp_path):
         with pytest.raises(ConfigurationError, match="lm_head|LM-head"):
             run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path / "refused", "tiny_sim", lm_heads=refused)
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_broken_cache_policy_is_one_error_before_any_measurement(tmp_path):
+    """``--cache-policy`` is read in-process before the first timed step: CheckpointError naming
+    the file (one line from the CLI), no report written."""
+    from vla_cache_ros.errors import CheckpointError
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text("{")
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"")
+    expected = re.escape(f"cache policy {tmp_path / 'bad' / 'cache_policy.json'}: not readable JSON")
+    with pytest.raises(CheckpointError, match=expected):
+        run_bench(["tiny"], "off,learned:0.5", steps=1, warmup=0, device="cpu", dtype_name="float32", threads=1,
+                  out_dir=tmp_path / "out", unnorm_key="tiny_sim", cache_policy=str(tmp_path / "bad"))
+    assert not (tmp_path / "out" / "bench.json").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from argparse import Namespace
 from pathlib import Path
 
@@ -120,6 +121,21 @@ def test_inputs_are_checked_before_any_work(setup, tmp_path: Path) -> None:
     assert [point["cap"] for point in report.curve["learned"]] == [0.5]
     text = (tmp_path / "out" / "cache_eval.md").read_text()
     assert "1 bag (3 frames)" in text and "| 0.5 |" in text
+
+
+def test_a_broken_cache_policy_is_one_error_before_any_replay(setup, tmp_path: Path) -> None:
+    """The cache policy is read right after the model, before any bag is replayed."""
+    from vla_cache_ros.errors import CheckpointError
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text("{")
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"")
+    calls: list[str] = []
+    expected = re.escape(f"cache policy {tmp_path / 'bad' / 'cache_policy.json'}: not readable JSON")
+    with pytest.raises(CheckpointError, match=expected):
+        run_cache_eval(_args(setup, tmp_path / "out", cache_policy=str(tmp_path / "bad"), variant=[]),
+                       log=calls.append)
+    assert calls == [] and not (tmp_path / "out").exists()
 
 
 def test_command_line(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -207,6 +207,25 @@ def test_a_broken_drafter_is_one_error_before_any_child_starts(tmp_path: Path, d
         assert not (tmp_path / "logs").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_broken_cache_policy_is_one_error_before_any_child_starts(tmp_path: Path,
+                                                                     demo_env: dict[str, str]) -> None:
+    """Episodes and --live read --cache-policy before any node starts (the node found it, its log's
+    tail the error, after the simulator had started); --offline reads it before the first frame."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text("{")
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"")
+    for options in ([], ["--live", "--source", "synthetic", "--no-record"], ["--offline", "--steps", "1"]):
+        demo = vla_cache("demo", "--model", "tiny", "--cache-policy", str(tmp_path / "bad"),
+                         "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out"), *options,
+                         env=demo_env, cwd=tmp_path)
+        assert demo.returncode == 2, demo.stdout + demo.stderr
+        errors = [line for line in demo.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "Traceback" not in demo.stdout, demo.stdout + demo.stderr
+        assert errors[0].startswith("vla-cache demo: error: cache policy "), errors
+        assert f"{tmp_path / 'bad' / 'cache_policy.json'}: not readable JSON" in errors[0], errors
+        assert not (tmp_path / "logs").exists() and not (tmp_path / "out").exists()
+
+
 def test_node_command_hands_the_node_its_decode_and_drafter() -> None:
     """The demo's ``-p`` overrides as the node reads them (values are YAML on the command line)."""
     import yaml

@@ -156,6 +156,24 @@ def test_learned_mode_replays_with_a_cache_policy(bag, model_dir: Path, tmp_path
     assert any(step.reused_tokens for step in learned[1:])
 
 
+def test_a_broken_cache_policy_is_one_error_before_any_output(bag, model_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """replay loads --cache-policy in-process before the first frame: one line naming the file."""
+    from vla_cache_ros.apps.bag_commands import main
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text("{")
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"")
+    code = main(["replay", str(bag.path), "--model", str(model_dir), "--modes", "off,learned:0.5",
+                 "--unnorm-key", "tiny_sim", "--cache-policy", str(tmp_path / "bad"), "--out", str(tmp_path / "out"),
+                 "--no-progress"])
+    assert code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and f"cache policy {tmp_path / 'bad' / 'cache_policy.json'}: not readable JSON" in \
+        errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
 def test_speculative_decoding_replays_beside_greedy_with_the_same_tokens(bag, model_dir: Path, tmp_path: Path) -> None:
     from vla_cache_ros.errors import ConfigurationError
 

@@ -1,4 +1,5 @@
-"""sim-eval's model and drafter options: resolved (and the drafter read) before anything starts."""
+"""sim-eval's model, cache policy and drafter options: resolved (the cache policy and the drafter
+read) before anything starts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,4 +66,52 @@ def test_sim_eval_refuses_a_broken_drafter_in_one_line(tmp_path: Path, tiny_chec
     assert cli_main(["sim-eval", "--model", str(model), "--episodes", "1", "--out", str(tmp_path / "eval")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and f"{model / 'drafter' / 'drafter.json'}: not readable JSON" in error[0], error
+    assert not (tmp_path / "eval").exists()  # refused before any process or report
+
+
+def test_sim_eval_hands_the_node_the_cache_policy_it_resolved(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """--cache-policy DIR, else the model directory's own cache_policy/, else none: the node gets
+    the directory sim-eval read (or ``none``), never a value it would resolve again."""
+    import shutil
+
+    import torch
+
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    torch.manual_seed(0)
+    net = CacheSelectorNet(CachePolicyConfig(width=4))
+    given = save_cache_policy(tmp_path / "given", net)
+    assert _eval_config("--model", str(model), "--cache-policy", str(given)).cache_policy_path == str(given)
+    assert _eval_config("--model", str(model)).cache_policy_path == "none"  # the model has no cache_policy/
+    save_cache_policy(model / "cache_policy", net)
+    assert _eval_config("--model", str(model)).cache_policy_path == str(model / "cache_policy")
+    assert _eval_config("--model", str(model), "--cache-policy", "none").cache_policy_path == "none"
+    assert _eval_config("--modes", "expert", "--cache-policy", str(tmp_path / "missing")).cache_policy_path == ""
+
+
+def test_sim_eval_refuses_a_broken_cache_policy_in_one_line(tmp_path: Path, tiny_checkpoint: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Found before any node starts (it was found by the node, as its log's tail, after the
+    simulator and the node had started)."""
+    import shutil
+
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text("{")
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"broken")
+    code = cli_main(["sim-eval", "--model", str(model), "--episodes", "1", "--cache-policy", str(tmp_path / "bad"),
+                     "--out", str(tmp_path / "eval")])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"cache policy {tmp_path / 'bad' / 'cache_policy.json'}: not readable JSON" in error[0]
+    own = save_cache_policy(model / "cache_policy", CacheSelectorNet(CachePolicyConfig(width=4)))
+    (own / "cache_policy.safetensors").unlink()  # the model's own cache_policy/, its weights missing
+    assert cli_main(["sim-eval", "--model", str(model), "--episodes", "1", "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"cache policy {own}: cache_policy.safetensors is missing" in error[0], error
     assert not (tmp_path / "eval").exists()  # refused before any process or report

@@ -219,3 +219,49 @@ def test_serve_refuses_a_broken_drafter_in_one_line_before_starting(tiny_checkpo
     errors = captured.err.strip().splitlines()
     assert len(errors) == 1 and f"{tmp_path / 'drafter' / 'drafter.json'}: format is not" in errors[0], errors
     assert "starting the policy server" not in captured.out
+
+
+def test_serve_refuses_a_broken_cache_policy_in_one_line_before_starting(tiny_checkpoint, tmp_path, capsys) -> None:
+    """--cache-policy DIR, and the model directory's own cache_policy/: read before Ray starts (a
+    replica found it, as a Ray traceback, after Ray and the deployment had started)."""
+    import shutil
+
+    from vla_cache_ros.apps.cli import main as cli_main
+    from vla_cache_ros.cache.learned import CachePolicyConfig, CacheSelectorNet, save_cache_policy
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text(json.dumps({"format": "something else"}))
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"")
+    assert cli_main(["serve", "--model", str(tiny_checkpoint), "--cache-policy", str(tmp_path / "bad")]) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and f"{tmp_path / 'bad' / 'cache_policy.json'}: format is not" in errors[0], errors
+    assert "starting the policy server" not in captured.out
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    own = save_cache_policy(model / "cache_policy", CacheSelectorNet(CachePolicyConfig(width=4)))
+    (own / "cache_policy.safetensors").unlink()
+    assert cli_main(["serve", "--model", str(model)]) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and f"cache policy {own}: cache_policy.safetensors is missing" in errors[0], errors
+    assert "starting the policy server" not in captured.out
+
+
+def test_serve_load_refuses_a_broken_verify_cache_policy_before_any_request(tiny_checkpoint, tmp_path,
+                                                                            capsys) -> None:
+    """The local policy of --verify-model loads --cache-policy: read before the load test (it was
+    read after it, when the test's work was done). No server listens at the URL: a request would
+    fail with another error."""
+    from vla_cache_ros.apps.cli import main as cli_main
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cache_policy.json").write_text("{")
+    (tmp_path / "bad" / "cache_policy.safetensors").write_bytes(b"")
+    code = cli_main(["serve-load", "--url", f"http://127.0.0.1:{free_port()}", "--sessions", "1", "--steps", "1",
+                     "--verify-model", str(tiny_checkpoint), "--unnorm-key", UNNORM_KEY,
+                     "--cache-policy", str(tmp_path / "bad"), "--json", str(tmp_path / "report.json")])
+    assert code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and f"{tmp_path / 'bad' / 'cache_policy.json'}: not readable JSON" in errors[0], errors
+    assert not (tmp_path / "report.json").exists()

@@ -29,8 +29,9 @@ actions matched); with ``--decode speculative`` every mode also runs speculative
 
 ``--decode speculative`` (the node's ``decode``) drafts with ``--drafter`` (its ``drafter_path``;
 default: the model directory's own ``drafter/``, else the previous step's tokens); the header
-names the draft. A drafter directory is read before any child starts, so a broken one is one
-error naming its file.
+names the draft. The cache policy (``--cache-policy``, the node's ``cache_policy_path``) and the
+drafter directories are read before any child starts, so a broken one is one error naming its
+file.
 """
 from __future__ import annotations
 
@@ -47,7 +48,14 @@ from pathlib import Path
 from typing import Sequence
 
 from vla_cache_ros import topics
-from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument, checked_drafter, describe_draft
+from vla_cache_ros.apps.options import (
+    add_cache_policy_argument,
+    add_drafter_argument,
+    checked_cache_policy,
+    checked_drafter,
+    describe_draft,
+    module_parameter,
+)
 from vla_cache_ros.cache.modes import DECODE_SETTINGS, default_sweep, parse_mode_list
 from vla_cache_ros.errors import ConfigurationError, DemoError
 from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
@@ -483,7 +491,8 @@ def run_live(args: argparse.Namespace) -> int:
         probe = start_sim_probe(env) if args.source != "synthetic" else None  # runs while the model is made
         resolved = resolve_model(args.model, args.unnorm_key)  # writes tiny once, while the probe runs
         model, unnorm_key = resolved.path.resolve(), resolved.unnorm_key or ""
-        drafter = checked_drafter(args.drafter, model)  # a broken one: one error before the node starts
+        cache_policy = checked_cache_policy(args.cache_policy, model)  # a broken one (or drafter): one error
+        drafter = checked_drafter(args.drafter, model)  # before the node starts
         print(f"vla-cache demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
               f"(discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE'].lower()}); child logs in {args.log_dir}/")
         print(f"model {model}; config {config}"
@@ -497,8 +506,9 @@ def run_live(args: argparse.Namespace) -> int:
         children.start(name, arguments)
         if args.record is not None:
             children.start("recorder", recorder_command(args.record))
-        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads, args.cache_policy,
-                                               "none" if drafter is None else str(drafter), args.decode))
+        children.start(NODE_NAME, node_command(config, model, unnorm_key, actuation, threads,
+                                               module_parameter(cache_policy), module_parameter(drafter),
+                                               args.decode))
         from vla_cache_ros.ros.demo_monitor import LiveOptions, monitor_loop
         from vla_cache_ros.ros.process import ros_session  # SIGTERM -> KeyboardInterrupt, own context
 

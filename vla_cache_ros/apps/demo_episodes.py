@@ -121,22 +121,23 @@ def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | N
     where the files are. ``env`` (the private ROS domain) is already in ``os.environ``.
 
     Raises:
-        ConfigurationError: a bad option; EvalError: a node that died or a service that did not
-            answer (its log's tail in the message).
+        ConfigurationError: a bad option; CheckpointError: an unknown model, a broken cache policy
+            or drafter directory (naming the file), before any node starts; EvalError: a node that
+            died or a service that did not answer (its log's tail in the message).
     """
-    from vla_cache_ros.apps.options import checked_drafter, describe_draft
-    from vla_cache_ros.cache.learned import resolve_cache_policy
+    from vla_cache_ros.apps.options import checked_cache_policy, checked_drafter, describe_draft, module_parameter
     from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.sim.evaluate import EvalConfig, summarize
 
     model = resolve_model(args.model, args.unnorm_key)
-    mode = parse_demo_mode(args.mode, resolve_cache_policy(args.cache_policy, model.path) is not None)
-    drafter = checked_drafter(args.drafter, model.path)  # a broken one: one error before the nodes start
+    cache_policy = checked_cache_policy(args.cache_policy, model.path)  # a broken one (or drafter): one error
+    drafter = checked_drafter(args.drafter, model.path)  # before the nodes start
+    mode = parse_demo_mode(args.mode, cache_policy is not None)
     config = EvalConfig(
         modes=(mode,), episodes=args.episodes, out_dir=args.out, model_path=model.path, seed=args.seed,
         episode_timeout_s=args.episode_timeout, unnorm_key=model.unnorm_key or "", num_threads=threads or 0,
-        startup_timeout_s=args.startup_timeout, cache_policy_path=args.cache_policy or "", decode=args.decode,
-        drafter_path="none" if drafter is None else str(drafter),
+        startup_timeout_s=args.startup_timeout, cache_policy_path=module_parameter(cache_policy),
+        decode=args.decode, drafter_path=module_parameter(drafter),
         **({"families": args.families} if args.families else {}))
     decoding = (f", speculative decoding (draft: {describe_draft(drafter)})" if args.decode == "speculative"
                 else "")

@@ -6,8 +6,8 @@ instance bound to 127.0.0.1 (or joins a cluster with ``--address``), deploys
 :mod:`vla_cache_ros.serving.server` and serves until Ctrl-C / SIGTERM. The bearer token, if
 wanted, comes from ``$VLA_CACHE_SERVE_TOKEN`` (never the command line: it would show in ``ps``).
 ``--cache-policy`` and ``--drafter`` are loaded once per replica and shared by its sessions (the
-drafter drafts for sessions that ask for ``decode: speculative``); the drafter is read here first,
-so a broken one is one error before Ray starts.
+drafter drafts for sessions that ask for ``decode: speculative``); both are read here first, so a
+broken one is one error naming its file before Ray starts.
 
 ``serve-load --url URL --sessions 8 --steps 200`` drives that many sessions concurrently, each
 with its own camera stream and instruction, and reports throughput, latency percentiles, the
@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument, checked_drafter, describe_draft
+from vla_cache_ros.apps.options import (
+    add_cache_policy_argument,
+    add_drafter_argument,
+    checked_cache_policy,
+    checked_drafter,
+    describe_draft,
+)
 from vla_cache_ros.errors import ConfigurationError, PolicyServerError
 
 
@@ -96,7 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
     from vla_cache_ros.serving.wire import Limits
 
     resolved = resolve_model(args.model, args.unnorm_key)
-    drafter = checked_drafter(args.drafter, resolved.path)  # a broken one: one error, before Ray starts
+    cache_policy = checked_cache_policy(args.cache_policy, resolved.path)  # a broken one (or drafter): one
+    drafter = checked_drafter(args.drafter, resolved.path)  # error, before Ray starts
     options = server.ServerOptions(
         model_path=str(resolved.path), unnorm_key=resolved.unnorm_key, device=args.device, dtype=args.dtype,
         num_threads=args.num_threads, replicas=args.replicas, replica_cpus=args.replica_cpus,
@@ -104,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
         limits=Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_image_pixels=args.max_image_pixels),
         sessions=SessionLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s),
         token=os.environ.get(server.TOKEN_ENV) or None, max_queued_requests=args.max_queued,
-        cache_policy_path=_cache_policy(args.cache_policy, resolved.path),
+        cache_policy_path=None if cache_policy is None else str(cache_policy),
         drafter_path=None if drafter is None else str(drafter))
     stop = threading.Event()
 
@@ -277,6 +284,10 @@ def format_report(report: dict[str, Any]) -> str:
 def _serve_load(args: argparse.Namespace) -> int:
     if args.sessions < 1 or args.steps < 1:
         raise ConfigurationError("--sessions and --steps must be >= 1")
+    if args.verify_model:  # its model and cache policy: one error before any request, not after the test
+        from vla_cache_ros.models.catalog import resolve_model
+
+        checked_cache_policy(args.cache_policy, resolve_model(args.verify_model, args.unnorm_key).path)
     report = load_test(args.url.rstrip("/"), args)
     print(format_report(report))
     if args.json:

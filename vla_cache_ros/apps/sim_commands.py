@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument, checked_drafter
+from vla_cache_ros.apps.options import (
+    add_cache_policy_argument,
+    add_drafter_argument,
+    checked_cache_policy,
+    checked_drafter,
+    module_parameter,
+)
 from vla_cache_ros.cache.modes import DECODE_SETTINGS
 from vla_cache_ros.errors import UserFacingError
 from vla_cache_ros.sim.collect import CollectConfig, PolicyDriving, collect
@@ -132,28 +138,29 @@ def _sim_collect(args: argparse.Namespace) -> int:
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
-    """``sim-eval``'s options as an :class:`EvalConfig`, with the model and the drafter resolved
-    and checked before any process starts (the node gets the drafter directory, or ``none``).
+    """``sim-eval``'s options as an :class:`EvalConfig`, with the model, the cache policy and the
+    drafter resolved and checked before any process starts (the node gets the cache policy and
+    drafter directories, or ``none``).
 
     Raises:
-        CheckpointError: an unknown model, a broken drafter directory (naming the file);
-            ConfigurationError: a bad option.
+        CheckpointError: an unknown model, a broken cache policy or drafter directory (naming the
+            file). ConfigurationError: a bad option.
     """
     from vla_cache_ros.models.catalog import resolve_model
 
     modes = parse_modes(args.modes)
-    model_path, unnorm_key, drafter_path = None, args.unnorm_key, ""
+    model_path, unnorm_key, cache_policy_path, drafter_path = None, args.unnorm_key, "", ""
     if not all(mode.is_expert for mode in modes):
         resolved = resolve_model(args.model, args.unnorm_key or None)
         model_path, unnorm_key = resolved.path, resolved.unnorm_key or ""
-        drafter = checked_drafter(args.drafter, model_path)
-        drafter_path = "none" if drafter is None else str(drafter)
+        cache_policy_path = module_parameter(checked_cache_policy(args.cache_policy, model_path))
+        drafter_path = module_parameter(checked_drafter(args.drafter, model_path))
     return EvalConfig(
         modes=modes, episodes=args.episodes, out_dir=args.out, model_path=model_path,
         families=args.families, seed=args.seed, episode_timeout_s=args.episode_timeout,
         unnorm_key=unnorm_key, device=args.device, num_threads=args.num_threads,
         action_period_s=args.action_period, warmup_episodes=args.warmup_episodes,
-        warmup_steps=args.warmup_steps, cache_policy_path=args.cache_policy or "", decode=args.decode,
+        warmup_steps=args.warmup_steps, cache_policy_path=cache_policy_path, decode=args.decode,
         drafter_path=drafter_path)
 
 
