@@ -114,12 +114,6 @@ def vision_dims(model: OpenVLA) -> VisionDims:
     return VisionDims(tuple(backbones), tuple(layers), model.num_visual_tokens)
 
 
-def greedy_candidates(model: OpenVLA) -> tuple[int, int]:
-    """[low, high) ids of the model's 256 action tokens: what the certified LM head tries first."""
-    low, high = model.action_tokenizer.action_token_range  # inclusive
-    return low, high + 1
-
-
 class CachedVLAPolicy:
     """A VLA policy whose decoder prefill reuses visual-token K/V between consecutive steps.
 
@@ -145,10 +139,10 @@ class CachedVLAPolicy:
             loaded ``CacheSelectorNet``) that makes ``learned`` runnable; None: ``learned``
             stays unavailable unless ``selectors`` supplies it.
         cache_policy_seed: seeds the learned selector's stochastic recovery.
-        lm_head: ``certified`` (default): the greedy argmax over the vocabulary is proven to be an
-            action token from the action rows and a cheap bound on the others, without the full
-            LM-head pass where the proof holds (``cache/lm_head.py``; the same tokens); ``full``:
-            the whole head on every row. Ignored when ``engine`` is given (the engine's own).
+        lm_head: ``screened`` (default): greedy tokens through a bfloat16 screen of the float32 LM
+            head that recomputes in float32 only the rows that could hold the maximum
+            (``cache/lm_head.py``; the same tokens); ``full``: the whole head on every row.
+            Ignored when ``engine`` is given (the engine's own).
 
     Raises:
         CacheModeError: ``mode`` unknown or not runnable; a ``selectors`` key that is no known mode.
@@ -163,11 +157,11 @@ class CachedVLAPolicy:
                  selector_options: Mapping[str, Mapping[str, Any]] | None = None,
                  prepack: bool | None = None, engine: KVReuseEngine | None = None,
                  decode: str = "greedy", cache_policy: Any = None, cache_policy_seed: int = 0,
-                 drafter: Any = None, lm_head: str = "certified") -> None:
+                 drafter: Any = None, lm_head: str = "screened") -> None:
         self.model = model
         if engine is None:
-            candidates = greedy_candidates(model) if check_lm_head(lm_head) == "certified" else None
-            engine = KVReuseEngine(model.language_model, prepack=prepack, greedy_candidates=candidates)
+            engine = KVReuseEngine(model.language_model, prepack=prepack,
+                                   screened_head=check_lm_head(lm_head) == "screened")
         self.engine = engine
         self.num_visual = model.num_visual_tokens
         self.unnorm_key = unnorm_key

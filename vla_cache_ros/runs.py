@@ -126,7 +126,7 @@ class ModeRunner:
     """
 
     def __init__(self, model: OpenVLA, specs: Sequence[str], unnorm_key: str | None = None, warmup: int = 1,
-                 decodes: Sequence[str] = ("greedy",), lm_heads: Sequence[str] = ("certified",),
+                 decodes: Sequence[str] = ("greedy",), lm_heads: Sequence[str] = ("screened",),
                  **policy_options: Any) -> None:
         parsed = [parse_mode(spec) for spec in specs]
         texts = [spec.text for spec in parsed]

@@ -103,22 +103,22 @@ def test_bench_drafts_with_a_drafter(tmp_path):
 
 
 def test_bench_compares_lm_head_settings(tmp_path):
-    """`--lm-head full,certified`: every mode runs with both heads on the same frames, the full
-    head's `off` the baseline; the certified runs' tokens equal it; the report times one row through
-    each head alone and gives each run's share of certified rows. A bad setting is refused before
+    """`--lm-head full,screened`: every mode runs with both heads on the same frames, the full
+    head's `off` the baseline; the screened runs' tokens equal it; the report times one row through
+    each head alone and gives each run's share of screened rows. A bad setting is refused before
     any model is written."""
     report = run_bench(["tiny"], "off,fixed:0.5", steps=2, warmup=0, device="cpu", dtype_name="float32",
-                       threads=1, out_dir=tmp_path, unnorm_key="tiny_sim", lm_heads=["full", "certified"])[0]
+                       threads=1, out_dir=tmp_path, unnorm_key="tiny_sim", lm_heads=["full", "screened"])[0]
     modes = {mode["spec"]: mode for mode in report["modes"]}
-    assert list(modes) == ["off", "off certified head", "fixed:0.5", "fixed:0.5 certified head"]
-    assert report["lm_head"] == "full,certified"
-    assert modes["off"]["head_certified"] == modes["fixed:0.5"]["head_certified"] == 0.0
-    assert modes["off certified head"]["action_token_agreement"] == 1.0
-    for mode in modes.values():
-        assert 0.0 <= mode["head_certified"] <= 1.0
-    assert set(report["lm_head_isolated_s"]) == {"full", "certified"}
+    assert list(modes) == ["off", "off screened head", "fixed:0.5", "fixed:0.5 screened head"]
+    assert report["lm_head"] == "full,screened"
+    assert modes["off"]["head_screened"] == modes["fixed:0.5"]["head_screened"] == 0.0
+    for key in ("off screened head", "fixed:0.5 screened head"):
+        assert modes[key]["action_token_agreement"] == 1.0
+        assert modes[key]["head_screened"] == 1.0 and modes[key]["head_recomputed"] >= 1.0
+    assert set(report["lm_head_isolated_s"]) == {"full", "screened"}
     assert all(seconds > 0 for seconds in report["lm_head_isolated_s"].values())
-    assert "LM head: full,certified (one row alone: full" in markdown_table(report)
+    assert "LM head: full,screened (one row alone: full" in markdown_table(report)
     for refused in (["fast"], ["full", "full"], []):
         with pytest.raises(ConfigurationError, match="lm_head|LM-head"):
             run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path / "refused", "tiny_sim", lm_heads=refused)

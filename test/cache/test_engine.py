@@ -49,12 +49,12 @@ def test_off_mode_policy_matches_reference_action(tiny_model, scene):
         np.testing.assert_array_equal(action, tiny_model.predict_action(scene.frame(index), INSTRUCTION, "tiny_sim"))
 
 
-@pytest.mark.parametrize("lm_head", ["full", "certified"])
+@pytest.mark.parametrize("lm_head", ["full", "screened"])
 @pytest.mark.parametrize("mode,ratio", [("fixed", 0.25), ("fixed", 0.5), ("fixed", 1.0), ("vla_cache", 1.0)])
 def test_same_frame_twice_matches_uncached(tiny_model, scene, mode, ratio, lm_head):
     """(b) The same frame twice with any ratio => the uncached output, though tokens are reused.
-    With the certified LM head a certified row's logits exist only at the action tokens (-inf
-    elsewhere): those are compared."""
+    With the screened LM head a row's logits exist only where it recomputed them (-inf at the
+    rows proven lower): those are compared."""
     policy = CachedVLAPolicy(tiny_model, mode=mode, cache_ratio=ratio, unnorm_key="tiny_sim", lm_head=lm_head)
     frame = scene.frame(2)
     reference = tiny_model.predict_action_tokens(frame, INSTRUCTION)
@@ -74,7 +74,7 @@ def test_same_frame_twice_matches_uncached(tiny_model, scene, mode, ratio, lm_he
         assert stats.reused_tokens == round(ratio * tiny_model.num_visual_tokens)
     assert stats.action_tokens.tolist() == reference.tokens.tolist()
     computed = torch.isfinite(captured["logits"])
-    assert lm_head == "certified" or bool(computed.all())
+    assert lm_head == "screened" or bool(computed.all())
     assert torch.max(torch.abs(captured["logits"][computed] - reference.logits[computed])).item() < 1e-5
 
 

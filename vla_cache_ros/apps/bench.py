@@ -61,7 +61,8 @@ class ModeResult:
     prefill_isolated_s: float = 0.0
     speedup_prefill_isolated: float = 1.0
     fraction_of_implied_isolated: float = 1.0
-    head_certified: float = 0.0  # share of LM-head rows whose greedy token the certified head proved
+    head_screened: float = 0.0  # share of LM-head rows whose greedy token the bf16 screen decided
+    head_recomputed: float = 0.0  # float32 rows recomputed per screened row (the screen's candidates)
 
 
 def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray, reuse: np.ndarray,
@@ -92,14 +93,14 @@ def isolated_prefill_s(model: OpenVLA, engine: KVReuseEngine, frame: np.ndarray,
 def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup: int,
                 unnorm_key: str | None, seed: int = 11, prepack: bool | None = None,
                 decodes: Sequence[str] = ("greedy",), cache_policy: Path | None = None,
-                drafter: Path | None = None, lm_heads: Sequence[str] = ("certified",)) -> dict[str, Any]:
+                drafter: Path | None = None, lm_heads: Sequence[str] = ("screened",)) -> dict[str, Any]:
     """Run every mode (with each decode setting) over the same frames, interleaved, and summarise.
 
     ``prepack`` is the engine's CPU weight-prepacking choice; every mode, ``off`` included, runs
     the same kernels. When the weights are prepacked, the uncached prefill is also timed with the
     plain weights, so the report shows that the baseline was not slowed down by packing.
-    ``lm_heads``: LM-head settings each run is repeated with (``certified``, ``full``), the
-    baseline's first; the full and the certified head are also timed alone on the baseline's last
+    ``lm_heads``: LM-head settings each run is repeated with (``screened``, ``full``), the
+    baseline's first; the full and the screened head are also timed alone on the baseline's last
     final hidden state.
     """
     from vla_cache_ros.cache.engine import KVReuseEngine
@@ -176,26 +177,29 @@ def _mode_result(runner: Any, spec: str, last_frame: np.ndarray, repeats: int) -
         per_step_total_s=[stats.times_s["total"] for stats in measured],
         prefill_isolated_s=isolated_prefill_s(runner.model, runner.policies[spec].engine, last_frame,
                                               measured[-1].reuse_indices, repeats),
-        head_certified=(counters.head_certified_rows / counters.head_rows if counters.head_rows else 0.0))
+        head_screened=counters.head_screened_rows / counters.head_rows if counters.head_rows else 0.0,
+        head_recomputed=(counters.head_recomputed_rows / counters.head_screened_rows
+                         if counters.head_screened_rows else 0.0))
 
 
 def isolated_head_s(model: OpenVLA, policy: Any, repeats: int) -> dict[str, float]:
-    """Median seconds of one LM-head row, full and certified, on ``policy``'s last final hidden
+    """Median seconds of one LM-head row, full and screened, on ``policy``'s last final hidden
     state (the row that predicts the first action token): what the head costs per decode pass."""
     import torch
 
-    from vla_cache_ros.cache.lm_head import shared_greedy_head
-    from vla_cache_ros.policy import greedy_candidates
+    from vla_cache_ros.cache.lm_head import shared_screened_head
 
     hidden = policy._previous_hidden
     if hidden is None:
         return {}
     row = hidden.reshape(1, -1)
     head = model.language_model.lm_head
-    certified = shared_greedy_head(head, greedy_candidates(model))
+    screened = shared_screened_head(head)
+    if screened is None:  # not a float32 head: nothing to screen
+        return {}
     sync = device_sync(model.device)
     timings = {}
-    for name, run in (("full", lambda: int(torch.argmax(head(row)))), ("certified", lambda: certified(row).tokens)):
+    for name, run in (("full", lambda: int(torch.argmax(head(row)))), ("screened", lambda: screened(row).tokens)):
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
@@ -224,7 +228,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         "| mode | reused | preprocess | vision | select | prefill | decode | total (ms) | speedup total | "
         "speedup prefill | prefill FLOPs-implied | reached | isolated prefill (ms) | reached, isolated | "
-        "FLOPs ratio (step) | tokens = off | decode passes | draft accepted | full draft | head certified |",
+        "FLOPs ratio (step) | tokens = off | decode passes | draft accepted | full draft | head screened |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in report["modes"]:
@@ -237,7 +241,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             f" | {100 * mode['fraction_of_implied_isolated']:.0f}% | {mode['flops_ratio']:.3f}"
             f" | {100 * mode['action_token_agreement']:.0f}% | {mode['mean_decode_passes']:.2f}"
             f" | {mode['mean_accepted_draft_tokens']:.2f} | {100 * mode['full_draft_acceptance']:.0f}%"
-            f" | {100 * mode.get('head_certified', 0.0):.0f}% |")
+            f" | {100 * mode.get('head_screened', 0.0):.0f}% |")
     return "\n".join(lines)
 
 
@@ -246,8 +250,8 @@ def _head_note(report: dict[str, Any]) -> str:
     if "lm_head" not in report:
         return ""
     timed = report.get("lm_head_isolated_s") or {}
-    times = (f" (one row alone: full {1000 * timed['full']:.2f} ms, certified {1000 * timed['certified']:.2f} ms)"
-             if {"full", "certified"} <= set(timed) else "")
+    times = (f" (one row alone: full {1000 * timed['full']:.2f} ms, screened {1000 * timed['screened']:.2f} ms)"
+             if {"full", "screened"} <= set(timed) else "")
     return f"; LM head: {report['lm_head']}{times}"
 
 
@@ -281,7 +285,7 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
               threads: int | None, out_dir: Path, unnorm_key: str | None,
               prepack: bool | None = None, decodes: Sequence[str] = ("greedy",),
               cache_policy: str | None = None, drafter: str | None = None,
-              lm_heads: Sequence[str] = ("certified",)) -> list[dict[str, Any]]:
+              lm_heads: Sequence[str] = ("screened",)) -> list[dict[str, Any]]:
     """Benchmark each model; write bench.json and bench.md to ``out_dir``; return the reports.
 
     ``modes``: comma-separated specs, ``off`` first; ``decodes``: decode settings each mode runs
@@ -345,10 +349,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated decode settings each mode runs with, greedy first: greedy, "
                              "speculative (a draft -- the --drafter's, else the previous step's tokens -- verified "
                              "inside the prefill; same tokens) (default: %(default)s)")
-    parser.add_argument("--lm-head", default="certified",
+    parser.add_argument("--lm-head", default="screened",
                         help="comma-separated LM-head settings each mode runs with, the baseline's first: "
-                             "certified (the action rows and a proven bound on the rest; same tokens), full "
-                             "(the whole vocabulary; the model's own greedy decoding) (default: %(default)s)")
+                             "screened (a bf16 pass, float32 only for the rows that could be the maximum; same "
+                             "tokens), full (the whole vocabulary; the model's own greedy decoding) "
+                             "(default: %(default)s)")
     add_cache_policy_argument(parser)
     add_drafter_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_cache_ros.cache.lm_head import shared_greedy_head
+from vla_cache_ros.cache.lm_head import shared_screened_head
 from vla_cache_ros.cache.prepack import LayerProjections, decoder_projections
 from vla_cache_ros.errors import ConfigurationError
 
@@ -151,36 +151,37 @@ class EngineCounters:
     decode_token_layers: int = 0
     draft_token_layers: int = 0
     head_rows: int = 0  # rows through the LM head (prompt's last, draft, decode)
-    head_certified_rows: int = 0  # of which the greedy argmax was certified without the full head
+    head_screened_rows: int = 0  # of which the bf16 screen decided the greedy token (no full head)
+    head_recomputed_rows: int = 0  # float32 head rows recomputed for those (the screen's candidates)
 
 
 class KVReuseEngine:
     """Runs prefill with visual K/V reuse and greedy decoding for one ``LlamaForCausalLM``."""
 
     def __init__(self, language_model: nn.Module, prepack: bool | None = None,
-                 greedy_candidates: tuple[int, int] | None = None) -> None:
+                 screened_head: bool = False) -> None:
         """``prepack``: CPU weight prepacking for the projections (see ``cache/prepack.py``);
         None = where supported and affordable, True = required, False = never.
-        ``greedy_candidates``: [low, high) token ids (a VLA's action tokens) whose greedy argmax
-        the LM head certifies without its full pass (``cache/lm_head.py``; same tokens, logits
-        -inf outside the candidates on certified rows); None: the full head on every row."""
+        ``screened_head``: take greedy tokens through the bfloat16 screen of a float32 LM head
+        (``cache/lm_head.py``: the same tokens; logits -inf at the rows it proved lower);
+        False, or a head that is not float32: the full head on every row."""
         self.language_model = language_model
         self.decoder = language_model.model
         self.layers = list(self.decoder.layers)
         self.config = language_model.config
         self.counters = EngineCounters()
         self.projections = decoder_projections(language_model, prepack)
-        self.greedy_head = (None if greedy_candidates is None
-                            else shared_greedy_head(language_model.lm_head, greedy_candidates))
+        self.screened_head = shared_screened_head(language_model.lm_head) if screened_head else None
 
     def _head_logits(self, normed: torch.Tensor) -> torch.Tensor:
         """(R, vocab) float32 logits of final-norm hidden states ``normed`` (1, R, hidden) whose
-        row-wise argmax is greedy decoding's (see ``greedy_candidates``)."""
+        row-wise argmax is greedy decoding's (see ``screened_head``)."""
         self.counters.head_rows += normed.shape[1]
-        if self.greedy_head is None:
+        if self.screened_head is None:
             return self.language_model.lm_head(normed)[0].float()
-        output = self.greedy_head(normed[0])
-        self.counters.head_certified_rows += output.certified
+        output = self.screened_head(normed[0])
+        self.counters.head_screened_rows += output.screened
+        self.counters.head_recomputed_rows += output.recomputed
         return output.logits
 
     @property

@@ -290,9 +290,10 @@ def check_decode(name: str) -> str:
     return name
 
 
-LM_HEAD_CHOICES = ("certified", "full")
-"""How the greedy token is taken from the LM head: ``certified`` proves the argmax is an action
-token without the full head where it can (``cache/lm_head.py``); ``full`` runs the whole head."""
+LM_HEAD_CHOICES = ("screened", "full")
+"""How the greedy token is taken from the LM head: ``screened`` through a bfloat16 screen that
+recomputes in float32 only the rows that could hold the maximum (``cache/lm_head.py``; the same
+tokens); ``full`` runs the whole head."""
 
 
 def check_lm_head(name: str) -> str:

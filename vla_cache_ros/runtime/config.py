@@ -40,7 +40,7 @@ class ModelConfig:
     num_threads: int
     cpu_weight_prepack: str
     cache_policy_path: str = ""
-    lm_head: str = "certified"
+    lm_head: str = "screened"
     drafter_path: str = ""
 
 

@@ -102,10 +102,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     _choice("cpu_weight_prepack", "auto", tuple(PREPACK_CHOICES),
             "CPU only: keep a prepacked copy of the decoder weights for faster (cached) prefills; "
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
-    _choice("lm_head", "certified", LM_HEAD_CHOICES,
-            "greedy tokens from the LM head: certified = the action rows and a proven bound on the "
-            "other rows, the full head only where the bound does not hold (same tokens); full = the "
-            "whole vocabulary every time"),
+    _choice("lm_head", "screened", LM_HEAD_CHOICES,
+            "greedy tokens from the LM head: screened = a bfloat16 pass over every row, then float32 "
+            "only for the rows that could hold the maximum (same tokens; float32 models); full = the "
+            "whole float32 head every time"),
     # --- inference backend (fixed at start) ------------------------------------------------
     _choice("inference_backend", "local", INFERENCE_BACKENDS,
             "where the policy runs: in this process (model_path), or on a vla-cache serve "

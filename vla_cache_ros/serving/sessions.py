@@ -261,9 +261,9 @@ def build_replica(model: Any, unnorm_key: str | None, limits: SessionLimits = Se
     from vla_cache_ros.cache.drafter import load_drafter_for
     from vla_cache_ros.cache.engine import KVReuseEngine
     from vla_cache_ros.cache.learned import CacheSelectorNet, load_cache_policy
-    from vla_cache_ros.policy import CachedVLAPolicy, greedy_candidates
+    from vla_cache_ros.policy import CachedVLAPolicy
 
-    engine = KVReuseEngine(model.language_model, greedy_candidates=greedy_candidates(model))
+    engine = KVReuseEngine(model.language_model, screened_head=True)
     if cache_policy is not None and not isinstance(cache_policy, CacheSelectorNet):
         cache_policy = load_cache_policy(cache_policy)
     if drafter is not None:
