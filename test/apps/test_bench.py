@@ -126,8 +126,8 @@ def test_bench_compares_lm_head_settings(tmp_path):
 
 
 def test_a_broken_cache_policy_is_one_error_before_any_measurement(tmp_path):
-    """``--cache-policy`` is read in-process before the first timed step: CheckpointError naming
-    the file (one line from the CLI), no report written."""
+    """A named ``--cache-policy`` or ``--drafter`` is read before anything is written: CheckpointError
+    naming the file (one line from the CLI), no model and no report in ``--out``."""
     from vla_cache_ros.errors import CheckpointError
 
     (tmp_path / "bad").mkdir()
@@ -137,4 +137,9 @@ def test_a_broken_cache_policy_is_one_error_before_any_measurement(tmp_path):
     with pytest.raises(CheckpointError, match=expected):
         run_bench(["tiny"], "off,learned:0.5", steps=1, warmup=0, device="cpu", dtype_name="float32", threads=1,
                   out_dir=tmp_path / "out", unnorm_key="tiny_sim", cache_policy=str(tmp_path / "bad"))
-    assert not (tmp_path / "out" / "bench.json").exists()
+    (tmp_path / "bad" / "drafter.json").write_text("{")
+    with pytest.raises(CheckpointError, match="drafter"):
+        run_bench(["tiny"], "off", steps=1, warmup=0, device="cpu", dtype_name="float32", threads=1,
+                  out_dir=tmp_path / "out", unnorm_key="tiny_sim", drafter=str(tmp_path / "bad"),
+                  decodes=["greedy", "speculative"])
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vla_cache_ros.apps.options import add_cache_policy_argument, add_drafter_argument
+from vla_cache_ros.apps.options import (
+    add_cache_policy_argument,
+    add_drafter_argument,
+    checked_cache_policy,
+    checked_drafter,
+)
 from vla_cache_ros.cache.modes import PREPACK_CHOICES, default_sweep, parse_mode_list, parse_prepack
 from vla_cache_ros.errors import ConfigurationError
 from vla_cache_ros.stages import STAGES, device_sync
@@ -295,7 +300,8 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
 
     Raises:
         ConfigurationError: bad modes (first not ``off``, unknown, repeated), device, dtype,
-            thread count or step counts; CheckpointError: an unreadable checkpoint directory.
+            thread count or step counts; CheckpointError: an unreadable checkpoint directory,
+            cache policy or drafter (a named one before anything is written).
     """
     from vla_cache_ros.cache.drafter import resolve_drafter
     from vla_cache_ros.cache.learned import resolve_cache_policy
@@ -310,6 +316,9 @@ def run_bench(models: list[str], modes: str, steps: int, warmup: int, device: st
     if steps < 1 or warmup < 0:
         raise ConfigurationError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     _, dtype = prepare_compute(device, dtype_name, threads)
+    # A named cache policy or drafter is read before any model is written or benchmarked.
+    checked_cache_policy(cache_policy, None)
+    checked_drafter(drafter, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for name in models:
