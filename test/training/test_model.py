@@ -19,6 +19,7 @@ from vla_cache_ros.training.model import (
     attention_loss,
     build_policy,
     class_weights,
+    forward,
     make_batch,
 )
 from vla_cache_ros.training.state import (
@@ -114,25 +115,59 @@ def test_training_state_files_are_not_private(tmp_path: Path) -> None:
 
 def test_attention_loss_is_the_log_probability_on_each_pointed_patch() -> None:
     batch, heads, length, visual = 2, 4, 12, 8
-    start = torch.tensor([10, 11])
     pointed = torch.tensor([[3, 5, 0], [7, IGNORE_INDEX, 2]])  # the second frame's destination is off-image
-    logits = torch.zeros(batch, heads, length, length, requires_grad=True)
-    uniform = attention_loss(torch.softmax(logits, -1), start, pointed, visual)
+    logits = torch.zeros(batch, heads, length, requires_grad=True)
+    uniform = attention_loss(torch.softmax(logits, -1), pointed, visual)
     assert uniform.item() == pytest.approx(np.log(length))  # every key equally likely
     uniform.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     # All of each head's mass on its point's visual token (sequence position 1 + patch): loss 0;
     # the ignored point and the unsupervised fourth head do not count.
-    sharp = torch.zeros(batch, heads, length, length)
+    sharp = torch.zeros(batch, heads, length)
     for row in range(batch):
         for head in range(3):
             patch = int(pointed[row, head])
-            sharp[row, head, start[row], 1 + max(patch, 0)] = 1.0
-    sharp[1, 1, start[1]] = 1.0 / length  # off-image point: whatever it attends to
-    sharp[:, 3, :, 0] = 1.0
-    assert attention_loss(sharp, start, pointed, visual).item() == pytest.approx(0.0, abs=1e-5)
-    # Another row (not the action position) is not what is supervised.
+            sharp[row, head, 1 + max(patch, 0)] = 1.0
+    sharp[1, 1] = 1.0 / length  # off-image point: whatever it attends to
+    sharp[:, 3, 0] = 1.0
+    assert attention_loss(sharp, pointed, visual).item() == pytest.approx(0.0, abs=1e-5)
+    # Mass on the neighbouring token is not what is supervised.
     moved = sharp.roll(1, dims=2)
-    assert attention_loss(moved, start, pointed, visual).item() > 10
+    assert attention_loss(moved, pointed, visual).item() > 10
     with pytest.raises(TrainingError, match="needs 3 heads in decoder layer"):
-        attention_loss(sharp[:, :2], start, pointed, visual)
+        attention_loss(sharp[:, :2], pointed, visual)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_supervised_row_equals_eager_attention(kv_heads: int) -> None:
+    """forward() keeps the decoder's SDPA and recomputes the supervised row: the same probabilities
+    (and action logits) as running every layer in eager attention, with grouped KV heads too;
+    gradients reach the layer's query and key projections through them."""
+    from vla_cache_ros.models.tiny import random_model
+
+    model = random_model("tiny")
+    text = model.llama_config
+    if kv_heads != text.num_key_value_heads:  # a grouped-query copy of the tiny decoder
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(**{**text.to_dict(), "num_key_value_heads": kv_heads})
+        model.language_model = LlamaForCausalLM(config).eval()
+    layer, start = 1, torch.tensor([270, 275])
+    images = [np.full((224, 224, 3), 40 * row, np.uint8) for row in range(2)]
+    batch = make_batch(model, images, ["pick up the red cube", "touch the blue ball please"],
+                       torch.full((2, ACTION_DIM), 31900))
+    batch = type(batch)(batch.pixel_values, batch.input_ids, start, batch.targets, None, None, None)
+    model.language_model.requires_grad_(True)
+    logits, _, _, rows = forward(model, batch, attention_layer=layer)
+    model.language_model.set_attn_implementation("eager")
+    features = model.vision(batch.pixel_values)
+    text_embeddings = model.language_model.get_input_embeddings()(batch.input_ids)
+    embeddings = torch.cat([text_embeddings[:, :1], model.projector(features), text_embeddings[:, 1:]], dim=1)
+    eager = model.language_model.model(inputs_embeds=embeddings, use_cache=False, output_attentions=True)
+    expected = eager.attentions[layer][torch.arange(2), :, start]  # (B, H, T)
+    torch.testing.assert_close(rows, expected.float(), rtol=1e-4, atol=1e-6)
+    assert float(rows.detach()[:, :, start.max() + 1:].abs().sum()) == 0.0
+    rows[:, 0, 5].sum().backward()
+    projections = model.language_model.model.layers[layer].self_attn
+    assert projections.q_proj.weight.grad.abs().sum() > 0 and projections.k_proj.weight.grad.abs().sum() > 0
+    assert logits.shape == (2, ACTION_DIM, text.vocab_size)

@@ -203,8 +203,8 @@ def test_attention_supervision_trains_the_pointing_heads_and_leaves_inference_un
     plain = train(config(tiny_dataset, tmp_path / "plain", preset="micro3", steps=steps), log=quiet)
     assert "attention_loss" not in load_state(plain.out_dir / "training" / "state").history["train"][-1]
     assert plain.losses[0] == pointed.losses[0] and plain.losses[-1] != pointed.losses[-1]
-    # The exported model is an ordinary checkpoint: load_vla's SDPA inference gives the greedy
-    # tokens training evaluated with its eager attention.
+    # The exported model is an ordinary checkpoint: load_vla's inference gives the greedy tokens
+    # training evaluated.
     model = load_vla(pointed.out_dir)
     data = load_training_data(tiny_dataset, val_fraction=0.34, seed=1)
     rows = evenly_spaced(len(data.val), 3)

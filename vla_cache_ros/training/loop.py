@@ -395,8 +395,8 @@ def _aux_weight(config: TrainConfig, data: TrainingData) -> float:
 
 
 def _check_attention(config: TrainConfig, data: TrainingData, model: OpenVLA) -> int | None:
-    """The decoder layer whose attention is supervised, or None when ``attention_weight`` is 0;
-    switches the decoder to eager attention (SDPA returns no probabilities).
+    """The decoder layer whose attention is supervised, or None when ``attention_weight`` is 0
+    (its supervised row is recomputed beside the decoder's own attention: ``model.forward``).
 
     Raises:
         TrainingError: the data records no object positions or the model is too small.
@@ -411,7 +411,6 @@ def _check_attention(config: TrainConfig, data: TrainingData, model: OpenVLA) ->
         raise TrainingError(f"--attention-weight needs at least {ATTENTION_LAYER + 1} decoder layers and "
                             f"{len(POINTED)} attention heads; preset {config.preset!r} has "
                             f"{text.num_hidden_layers} and {text.num_attention_heads}")
-    model.language_model.set_attn_implementation("eager")
     return ATTENTION_LAYER
 
 
@@ -608,8 +607,7 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
                 auxiliary = {"patch_loss": float(patch_loss.detach()), "offset_loss": float(offset_loss.detach())}
             if attention is not None:
                 assert batch.pointer_targets is not None  # _check_attention
-                pointing = attention_loss(attention, batch.action_start, batch.pointer_targets,
-                                          model.num_visual_tokens)
+                pointing = attention_loss(attention, batch.pointer_targets, model.num_visual_tokens)
                 total = total + config.attention_weight * pointing
                 auxiliary["attention_loss"] = float(pointing.detach())
             total.backward()

@@ -190,20 +190,78 @@ def forward(model: OpenVLA, batch: Batch, attention_layer: int | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One teacher-forced pass: (action logits (B, 7, vocab), vision features (B, N, D) before the
     projector, decoder hidden states of the 7 action positions (B, 7, hidden), and the attention
-    probabilities (B, heads, T, T) of decoder layer ``attention_layer``, or None when not asked
-    for). Asking for attention needs the decoder in eager attention
-    (``language_model.set_attn_implementation("eager")``): SDPA does not return probabilities."""
+    probabilities (B, heads, T) of decoder layer ``attention_layer`` in the row that predicts the
+    first action token (:func:`action_row_attention`), or None when not asked for).
+
+    The decoder runs its own attention kernel (SDPA) throughout; the supervised row's
+    probabilities are recomputed from that layer's input. Asking the stock layers for their
+    probabilities would need eager attention in every layer, which made each training step about
+    a quarter slower on the CPU (profiled: its batched products and softmax were 27 % of a step).
+    """
     features = model.vision(batch.pixel_values)
     text = model.language_model.get_input_embeddings()(batch.input_ids)
     visual = model.projector(features).to(text.dtype)
     embeddings = torch.cat([text[:, :1], visual, text[:, 1:]], dim=1)
-    outputs = model.language_model.model(inputs_embeds=embeddings, use_cache=False,
-                                         output_attentions=attention_layer is not None)
+    captured: dict[str, Any] = {}
+    hook = None
+    if attention_layer is not None:
+        attention_module = model.language_model.model.layers[attention_layer].self_attn
+
+        def capture(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            captured["rotary"] = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
+
+        hook = attention_module.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        outputs = model.language_model.model(inputs_embeds=embeddings, use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
     hidden = outputs.last_hidden_state
     positions = batch.action_start[:, None] + torch.arange(ACTION_DIM, device=hidden.device)
     picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
-    attention = outputs.attentions[attention_layer] if attention_layer is not None else None
+    attention = None
+    if attention_layer is not None:
+        attention = action_row_attention(attention_module, captured["hidden"], captured["rotary"],
+                                         batch.action_start)
     return model.language_model.lm_head(picked), features, picked, attention
+
+
+def action_row_attention(attention: torch.nn.Module, hidden: torch.Tensor,
+                         rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """A Llama attention layer's probabilities in one query row per sequence, as its eager
+    attention computes them: ``softmax(q_row k^T * scaling)`` over the causal keys, after rotary
+    position embedding (query and keys from the layer's own projections, so gradients reach them).
+
+    Args:
+        attention: the layer's ``LlamaAttention`` (q_proj, k_proj, head_dim, scaling).
+        hidden: (B, T, D) the layer's input hidden states (after its input norm).
+        rotary: (cos, sin), each (B or 1, T, head_dim), the layer's position embeddings.
+        rows: (B,) int64 query row per sequence.
+
+    Returns:
+        (B, heads, T) float32 probabilities; keys after each row get 0.
+    """
+    batch, length, _ = hidden.shape
+    head_dim = attention.head_dim
+    index = torch.arange(batch, device=hidden.device)
+    query = attention.q_proj(hidden[index, rows]).view(batch, -1, head_dim)  # (B, H, hd)
+    keys = attention.k_proj(hidden).view(batch, length, -1, head_dim)  # (B, T, KV, hd)
+    cos, sin = (table.expand(batch, -1, -1) for table in rotary)
+    half = head_dim // 2
+
+    def rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * c + turned * s
+
+    query = rotate(query, cos[index, rows][:, None], sin[index, rows][:, None])
+    keys = rotate(keys, cos[:, :, None], sin[:, :, None])
+    groups = query.shape[1] // keys.shape[2]
+    keys = keys.repeat_interleave(groups, dim=2) if groups > 1 else keys
+    scores = torch.einsum("bhd,bthd->bht", query, keys) * attention.scaling
+    future = torch.arange(length, device=hidden.device)[None, :] > rows[:, None]  # (B, T)
+    scores = scores.masked_fill(future[:, None], float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
 ATTENTION_LAYER = 1
@@ -211,8 +269,7 @@ ATTENTION_LAYER = 1
 that the first can bring the instruction's words into the action position's query."""
 
 
-def attention_loss(attention: torch.Tensor, action_start: torch.Tensor, pointer_targets: torch.Tensor,
-                   num_visual: int) -> torch.Tensor:
+def attention_loss(attention: torch.Tensor, pointer_targets: torch.Tensor, num_visual: int) -> torch.Tensor:
     """Where the action position looks: head h of the supervised layer, in the row of the position
     that predicts the first action token, should attend to the visual token of point h
     (``training.data.POINTED``: task object, destination, tcp). Mean of ``-log p`` over the
@@ -226,8 +283,8 @@ def attention_loss(attention: torch.Tensor, action_start: torch.Tensor, pointer_
     shipped model is unchanged in shape and at inference.
 
     Args:
-        attention: (B, H, T, T) probabilities of one decoder layer, H >= P.
-        action_start: (B,) int64 row of the first action-token prediction.
+        attention: (B, H, T) probabilities of one decoder layer in the row of the first
+            action-token prediction (:func:`action_row_attention`), H >= P.
         pointer_targets: (B, P) int64 patch index per point, -100 when outside the image.
         num_visual: N.
 
@@ -238,8 +295,7 @@ def attention_loss(attention: torch.Tensor, action_start: torch.Tensor, pointer_
     if attention.shape[1] < points:
         raise TrainingError(f"attention supervision needs {points} heads in decoder layer {ATTENTION_LAYER}, "
                             f"the model has {attention.shape[1]}")
-    rows = torch.arange(len(attention), device=attention.device)
-    looked = attention[rows, :points, action_start, 1:1 + num_visual]  # (B, P, N)
+    looked = attention[:, :points, 1:1 + num_visual]  # (B, P, N)
     visible = pointer_targets != IGNORE_INDEX
     picked = looked.gather(2, pointer_targets.clamp(min=0)[..., None])[..., 0].float()
     return -(torch.log(picked.clamp(min=1e-6)) * visible).sum() / visible.sum().clamp(min=1)
