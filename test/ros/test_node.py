@@ -105,6 +105,7 @@ def test_commands_out_at_control_rate(running: Peer, node: NodeProcess) -> None:
     assert values["control_hz"] != "n/a" and values["latency_total_p95_ms"] != "n/a"
     assert values["instruction"] == "pick up the red cube"
     assert "below 512" in values["decoder_weights"]  # the miniature decoder runs on plain weights
+    assert values["lm_head"].startswith("screened (") and "rows without the full head" in values["lm_head"]
 
 
 def test_reuse_masks_per_step_stamped_like_their_camera_frame(running: Peer, node: NodeProcess) -> None:

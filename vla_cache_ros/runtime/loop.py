@@ -201,16 +201,21 @@ def warm_up(policy: Any) -> float:
 
 
 def backend_values(policy: Any) -> dict[str, str]:
-    """What /diagnostics says about the policy backend: the decoder weights' form for a local
-    policy; server, session and round trip for the policy server's client."""
+    """What /diagnostics says about the policy backend: for a local policy the decoder weights'
+    form, the cache policy, the drafter and the LM head (screened: rows decided without the full
+    head so far); server, session and round trip for the policy server's client."""
     if policy is None:
         return {"decoder_weights": "not loaded"}
     remote = getattr(policy, "diagnostic_values", None)
     if remote is not None:
         return dict(remote())
+    counters = policy.engine.counters
+    screened = (f"screened ({counters.head_screened_rows}/{counters.head_rows} rows without the full head)"
+                if policy.engine.screened_head is not None else "full")
     return {"decoder_weights": policy.engine.projections.reason,
             "cache_policy": getattr(policy, "cache_policy_source", None) or "none",
-            "drafter": getattr(policy, "drafter_source", None) or "none"}
+            "drafter": getattr(policy, "drafter_source", None) or "none",
+            "lm_head": screened}
 
 
 class PolicyRuntime:
