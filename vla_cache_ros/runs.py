@@ -74,8 +74,10 @@ def check_lm_head_list(heads: Sequence[str]) -> list[str]:
     Raises:
         ConfigurationError: an unknown setting, a repeat or none.
     """
+    if not heads:
+        raise ConfigurationError("no LM-head setting given (choose from screened, full)")
     checked = [check_lm_head(name) for name in heads]
-    if not checked or len(set(checked)) != len(checked):
+    if len(set(checked)) != len(checked):
         raise ConfigurationError(f"LM-head settings must be listed once each, got {list(heads)}")
     return checked
 

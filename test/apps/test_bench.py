@@ -119,7 +119,7 @@ def test_bench_compares_lm_head_settings(tmp_path):
     assert set(report["lm_head_isolated_s"]) == {"full", "screened"}
     assert all(seconds > 0 for seconds in report["lm_head_isolated_s"].values())
     assert "LM head: full,screened (one row alone: full" in markdown_table(report)
-    for refused in (["fast"], ["full", "full"], []):
+    for refused in (["fast"], ["full", "full"]):
         with pytest.raises(ConfigurationError, match="lm_head|LM-head"):
             run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path / "refused", "tiny_sim", lm_heads=refused)
     assert not (tmp_path / "refused").exists()
@@ -143,3 +143,18 @@ def test_a_broken_cache_policy_is_one_error_before_any_measurement(tmp_path):
                   out_dir=tmp_path / "out", unnorm_key="tiny_sim", drafter=str(tmp_path / "bad"),
                   decodes=["greedy", "speculative"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bfloat16_model_is_benchmarked_with_the_full_head_and_says_why(tmp_path):
+    """The screen applies to float32 heads: on a bfloat16 model `--lm-head full,screened` runs
+    each mode once, with the full head, and the report says why (it listed duplicate "screened"
+    rows that ran the full head). An empty setting list names the problem."""
+    model = random_model("tiny", device="cpu", dtype=torch.bfloat16)
+    report = bench_model(model, "tiny bf16", ["off", "fixed:0.5"], steps=1, warmup=0, unnorm_key="tiny_sim",
+                         lm_heads=["full", "screened"])
+    assert [mode["spec"] for mode in report["modes"]] == ["off", "fixed:0.5"]
+    assert report["lm_head"] == "full (bfloat16 head: the screen applies to float32 heads)"
+    assert report["lm_head_isolated_s"] == {}
+    assert "LM head: full (bfloat16 head" in markdown_table(report)
+    with pytest.raises(ConfigurationError, match="no LM-head setting given"):
+        run_bench(["tiny"], "off", 1, 0, "cpu", "float32", 1, tmp_path / "refused", "tiny_sim", lm_heads=[])

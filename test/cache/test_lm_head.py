@@ -102,3 +102,18 @@ def test_the_policy_acts_identically_with_the_screened_head(tiny_model, decode):
 def test_an_unknown_lm_head_setting_is_refused(tiny_model):
     with pytest.raises(ConfigurationError, match="lm_head"):
         CachedVLAPolicy(tiny_model, lm_head="fast", unnorm_key="tiny_sim")
+
+
+def test_the_engine_says_which_head_it_runs():
+    """Logs and /diagnostics name the head: a bfloat16 model asked to screen runs the full head
+    and says why."""
+    from vla_cache_ros.cache.engine import KVReuseEngine
+    from vla_cache_ros.models.tiny import random_model
+
+    model = random_model("tiny")
+    assert KVReuseEngine(model.language_model, screened_head=True).head_setting == "screened"
+    assert KVReuseEngine(model.language_model).head_setting == "full"
+    bf16 = random_model("tiny", dtype=torch.bfloat16)
+    engine = KVReuseEngine(bf16.language_model, screened_head=True)
+    assert engine.screened_head is None
+    assert engine.head_setting == "full (bfloat16 head: the screen applies to float32 heads)"

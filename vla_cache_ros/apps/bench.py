@@ -108,9 +108,17 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
     baseline's first; the full and the screened head are also timed alone on the baseline's last
     final hidden state.
     """
+    import torch
+
     from vla_cache_ros.cache.engine import KVReuseEngine
     from vla_cache_ros.runs import ModeRunner
 
+    head_dtype = model.language_model.lm_head.weight.dtype
+    head_note = ",".join(lm_heads)
+    if head_dtype != torch.float32 and "screened" in lm_heads:
+        # the screen applies to float32 heads: a "screened" run would repeat the full head's
+        lm_heads = ["full"]
+        head_note = f"full ({str(head_dtype).replace('torch.', '')} head: the screen applies to float32 heads)"
     # the first step computes every token; `warmup` more steps follow before measuring
     runner = ModeRunner(model, modes, unnorm_key=unnorm_key, warmup=warmup + 1, prepack=prepack, decodes=decodes,
                         cache_policy=cache_policy, drafter=drafter, lm_heads=lm_heads)
@@ -155,7 +163,7 @@ def bench_model(model: OpenVLA, label: str, modes: list[str], steps: int, warmup
         "draft": (None if runner.decodes == ["greedy"] else
                   f"learned drafter {runner.drafter_source}" if runner.drafter_source else "previous step's tokens"),
         "cache_policy": runner.cache_policy_source,
-        "lm_head": ",".join(runner.lm_heads),
+        "lm_head": head_note,
         "lm_head_isolated_s": isolated_head_s(model, runner.policies[runner.baseline], repeats),
         "modes": [result.__dict__ for result in results],
     }

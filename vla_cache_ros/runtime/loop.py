@@ -103,7 +103,8 @@ def check_model_path(value: Any) -> str:
     model_path = os.path.expanduser(str(value))
     if not model_path:
         raise ConfigurationError("parameter model_path is required (an OpenVLA-format checkpoint "
-                                 "directory, or sim_policy for the shipped policy)")
+                                 "directory, or a short name: tiny for the seeded random miniature, "
+                                 "sim_policy for the shipped policy)")
     if not Path(model_path).is_dir():
         from vla_cache_ros.models.catalog import SHORT_NAMES, resolve_model
 
@@ -166,7 +167,7 @@ def load_policy(config: NodeConfig, info: Callable[[str], None], session_name: s
         center_crop=config.model.center_crop,
         prepack=parse_prepack(config.model.cpu_weight_prepack), cache_policy=cache_policy, drafter=drafter,
         lm_head=config.model.lm_head)
-    info(f"decoder weights: {policy.engine.projections.reason}; LM head: {config.model.lm_head}")
+    info(f"decoder weights: {policy.engine.projections.reason}; LM head: {policy.engine.head_setting}")
     if cache_policy is not None:
         info(f"learned cache policy: {cache_policy}")
     if drafter is not None:
@@ -211,7 +212,7 @@ def backend_values(policy: Any) -> dict[str, str]:
         return dict(remote())
     counters = policy.engine.counters
     screened = (f"screened ({counters.head_screened_rows}/{counters.head_rows} rows without the full head)"
-                if policy.engine.screened_head is not None else "full")
+                if policy.engine.screened_head is not None else policy.engine.head_setting)
     return {"decoder_weights": policy.engine.projections.reason,
             "cache_policy": getattr(policy, "cache_policy_source", None) or "none",
             "drafter": getattr(policy, "drafter_source", None) or "none",

@@ -104,8 +104,8 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
             "auto = float32/bfloat16 decoders >= 512 wide whose copy fits in memory"),
     _choice("lm_head", "screened", LM_HEAD_CHOICES,
             "greedy tokens from the LM head: screened = a bfloat16 pass over every row, then float32 "
-            "only for the rows that could hold the maximum (same tokens; float32 models); full = the "
-            "whole float32 head every time"),
+            "only for the rows that could hold the maximum (same tokens; float32 models only, others "
+            "run the full head); full = the whole head every time"),
     # --- inference backend (fixed at start) ------------------------------------------------
     _choice("inference_backend", "local", INFERENCE_BACKENDS,
             "where the policy runs: in this process (model_path), or on a vla-cache serve "
