@@ -121,13 +121,21 @@ def test_files_round_trip_and_resolve(tmp_path: Path) -> None:
 
 def test_broken_drafters_are_checkpoint_errors(tmp_path: Path) -> None:
     good = save_drafter(tmp_path / "good", drafter_net())
-    with pytest.raises(CheckpointError, match="drafter.json is missing .*train-drafter"):
+    with pytest.raises(CheckpointError, match=f"drafter {tmp_path / 'nowhere'}: no such directory .*train-drafter"):
         load_drafter(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(CheckpointError, match=f"drafter {tmp_path / 'a_file'}: is not a directory"):
+        load_drafter(tmp_path / "a_file")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="drafter.json is missing .*train-drafter"):
+        load_drafter(tmp_path / "empty")
+    unreadable = "drafter.safetensors: not a readable safetensors file"
     cases = {
         "not json": (FILES.config_file, b"{", "not readable JSON"),
         "foreign": (FILES.config_file, json.dumps({"format": "other/1"}).encode(), "format is not"),
         "bad setting": (FILES.config_file, None, "drafter inputs"),
-        "truncated weights": (FILES.weights_file, b"\x00" * 10, "weights"),
+        "truncated weights": (FILES.weights_file, b"\x00" * 10, unreadable),
+        "garbage weights": (FILES.weights_file, b"garbage" * 20, unreadable),
     }
     for name, (file, content, message) in cases.items():
         broken = tmp_path / name.replace(" ", "_")
@@ -139,8 +147,11 @@ def test_broken_drafters_are_checkpoint_errors(tmp_path: Path) -> None:
             document["inputs"] = ["depth"]
             content = json.dumps(document).encode()
         (broken / file).write_bytes(content)
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(CheckpointError, match=message) as raised:
             load_drafter(broken)
+        assert "do not fit" not in str(raised.value), raised.value
+        if file == FILES.weights_file:  # the message names the file, not only its directory
+            assert f"{broken / FILES.weights_file}: not a readable safetensors file" in str(raised.value)
     (tmp_path / "no_weights").mkdir()
     (tmp_path / "no_weights" / FILES.config_file).write_bytes((good / FILES.config_file).read_bytes())
     with pytest.raises(CheckpointError, match="drafter.safetensors is missing"):

@@ -103,13 +103,20 @@ def test_network_shapes_and_saved_files_round_trip(tmp_path: Path) -> None:
 
 def test_broken_cache_policies_are_checkpoint_errors(tmp_path: Path) -> None:
     good = save_cache_policy(tmp_path / "good", net())
-    with pytest.raises(CheckpointError, match="cache_policy.json is missing"):
+    with pytest.raises(CheckpointError, match=f"cache policy {tmp_path / 'nowhere'}: no such directory"):
         load_cache_policy(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(CheckpointError, match=f"cache policy {tmp_path / 'a_file'}: is not a directory"):
+        load_cache_policy(tmp_path / "a_file")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="cache_policy.json is missing"):
+        load_cache_policy(tmp_path / "empty")
     cases = {
         "not json": (CONFIG_FILE, b"{", "not readable JSON"),
         "foreign": (CONFIG_FILE, json.dumps({"format": "other"}).encode(), "format is not"),
         "bad setting": (CONFIG_FILE, None, "unknown motion signal"),
-        "truncated weights": (WEIGHTS_FILE, b"\x00" * 10, "weights"),
+        "truncated weights": (WEIGHTS_FILE, b"\x00" * 10, "cache_policy.safetensors: not a readable safetensors file"),
+        "garbage weights": (WEIGHTS_FILE, b"garbage" * 20, "cache_policy.safetensors: not a readable safetensors file"),
     }
     for name, (file, content, message) in cases.items():
         broken = tmp_path / name.replace(" ", "_")
@@ -121,8 +128,11 @@ def test_broken_cache_policies_are_checkpoint_errors(tmp_path: Path) -> None:
             document["motion"] = "raft"
             content = json.dumps(document).encode()
         (broken / file).write_bytes(content)
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(CheckpointError, match=message) as raised:
             load_cache_policy(broken)
+        assert "do not fit" not in str(raised.value), raised.value
+        if file == WEIGHTS_FILE:  # the message names the file, not only its directory
+            assert f"{broken / WEIGHTS_FILE}: not a readable safetensors file" in str(raised.value)
     wider = save_cache_policy(tmp_path / "wider", net(width=8))
     (wider / WEIGHTS_FILE).write_bytes((good / WEIGHTS_FILE).read_bytes())
     with pytest.raises(CheckpointError, match="do not fit its config"):

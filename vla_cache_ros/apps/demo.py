@@ -18,8 +18,11 @@ and monitors the node's ``/diagnostics`` from this process, printing one line pe
 state, mode, target/actual cache ratio, latency p50, inference and control rate. With
 ``--sweep`` it changes ``cache_mode`` / ``cache_ratio`` every few seconds through
 ``/vla_cache_node/set_parameters``, as rqt_reconfigure does. After ``--duration`` seconds of
-live loop (or Ctrl-C) it stops the children (SIGINT, wait, kill) and prints the command that
-replays the recorded bag offline. A child that dies early ends the demo with a one-line error.
+live loop, counted from the node's first inference step (the model's loading does not count),
+or Ctrl-C, it stops the children (SIGINT, wait, kill) and prints the command that replays the
+recorded bag offline. A child that dies early (e.g. a node whose configure failed), or a node
+that runs no inference step within ``--startup-timeout``, ends the demo with a one-line error
+naming the cause and a non-zero exit.
 
 Offline (``--offline``): loads the model in this process and runs every cache mode over the same
 generated frames, interleaved frame by frame (:class:`vla_cache_ros.runs.ModeRunner`, as the
@@ -131,7 +134,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("out/demo_logs"),
                         help="where the child processes' output goes (default out/demo_logs)")
     parser.add_argument("--startup-timeout", type=_positive_float, default=180.0, metavar="SECONDS",
-                        help="give up when the nodes have not started after this long (default 180)")
+                        help="give up when the nodes have not started (--live: the node has run no inference "
+                             "step) after this long (default 180)")
     episodic = parser.add_argument_group("episodes (default)")
     episodic.add_argument("--mode", default=episodes.DEFAULT_MODE,
                           help="cache mode of the node: vla_cache (default; a bare name keeps the node's "
@@ -152,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="instead of episodes: run the loop for --duration seconds printing the node's status "
                            "once a second (optionally sweeping the cache settings), and record a bag")
     live.add_argument("--duration", type=_positive_float, default=30.0,
-                      help="seconds of live loop once the node reports (default 30)")
+                      help="seconds of live loop from the node's first inference step (default 30)")
     live.add_argument("--source", choices=("auto", "sim", "synthetic"), default="auto",
                       help="robot: MuJoCo sim_arm_node, synthetic camera, or auto (sim when it renders here)")
     live.add_argument("--sweep", action="store_true",
@@ -376,13 +380,15 @@ class Children:
         self.children.append(child)
         return child
 
-    def check_running(self) -> None:
-        """Raise DemoError naming the first child that has exited."""
+    def check_running(self, waiting_for: str | None = None) -> None:
+        """Raise DemoError naming the first child that has exited, the most telling line of its
+        log and what the demo was ``waiting_for`` (e.g. the node's first inference step)."""
         for child in self.children:
             code = child.exited()
             if code is not None:
                 child.reported = True
-                raise DemoError(f"{child.name} exited early (code {code}): {_log_summary(child.log_path)} "
+                waiting = f" while waiting for {waiting_for}" if waiting_for else ""
+                raise DemoError(f"{child.name} exited early{waiting} (code {code}): {_log_summary(child.log_path)} "
                                 f"(log: {child.log_path})")
 
     def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:

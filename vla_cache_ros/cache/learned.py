@@ -47,7 +47,7 @@ from vla_cache_ros.cache.module_files import (
 )
 from vla_cache_ros.cache.selectors import SelectionContext, SelectionReport, target_count
 from vla_cache_ros.cache.tokens import grid_side
-from vla_cache_ros.errors import ConfigurationError
+from vla_cache_ros.errors import CheckpointError, ConfigurationError
 
 FILES = ModuleFiles(what="cache policy", stem="cache_policy", format="vla_cache_ros.learned_cache/1",
                     subdirectory="cache_policy", hint="train one with `vla-cache train-cache`")
@@ -217,13 +217,16 @@ class LearnedSelector:
         net: the trained modules (see :func:`load_cache_policy`).
         seed: seeds the stochastic recovery (same seed, same inputs -> same reuse sets).
         recovery_probability: overrides the saved one (e.g. 0 for ablations); None keeps it.
+        source: where the weights came from (a directory, or ``in memory``), for errors.
     """
 
     name = "learned"
 
-    def __init__(self, net: CacheSelectorNet, seed: int = 0, recovery_probability: float | None = None) -> None:
+    def __init__(self, net: CacheSelectorNet, seed: int = 0, recovery_probability: float | None = None,
+                 source: str = "in memory") -> None:
         self.net = net.eval()
         self.config = net.config
+        self.source = source
         probability = self.config.recovery_probability if recovery_probability is None else recovery_probability
         if not 0.0 <= probability < 1.0:
             raise ConfigurationError(f"recovery probability must lie in [0, 1), got {probability}")
@@ -231,6 +234,26 @@ class LearnedSelector:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.last_report: SelectionReport | None = None
+
+    def mismatch(self, num_tokens: int, image_size: int) -> str | None:
+        """Why a model with ``num_tokens`` visual tokens of an ``image_size`` px frame is not the
+        one this policy was trained for, or None when it is."""
+        config = self.config
+        if (config.num_tokens, config.image_size) == (num_tokens, image_size):
+            return None
+        return (f"the cache policy {self.source} was trained for {config.num_tokens} tokens of a "
+                f"{config.image_size} px frame; this model has {num_tokens} tokens of {image_size} px")
+
+    def check_model(self, num_tokens: int, image_size: int) -> None:
+        """Refuse a model other than the one the policy was trained for (as ``select`` would at
+        the first step; see ``models.shape.read_model_shape`` for a model not loaded).
+
+        Raises:
+            CheckpointError: the visual token count or the frame size differs.
+        """
+        problem = self.mismatch(num_tokens, image_size)
+        if problem is not None:
+            raise CheckpointError(problem)
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the recovery generator (``seed``: a new one; None: the constructor's)."""
@@ -255,10 +278,9 @@ class LearnedSelector:
             ConfigurationError: the frame or token count differs from what the policy was
                 trained for.
         """
-        if context.num_tokens != self.config.num_tokens or context.frame.shape[0] != self.config.image_size:
-            raise ConfigurationError(
-                f"the cache policy was trained for {self.config.num_tokens} tokens of a {self.config.image_size} px "
-                f"frame; this model has {context.num_tokens} tokens of {context.frame.shape[0]} px")
+        problem = self.mismatch(context.num_tokens, context.frame.shape[0])
+        if problem is not None:
+            raise ConfigurationError(problem)
         if context.reference_patches is None or not context.eligible.any():
             self.last_report = SelectionReport(math.nan, context.target_ratio, 0)
             return np.empty(0, dtype=np.int64)
@@ -293,4 +315,4 @@ def load_learned_selector(directory: str | Path, seed: int = 0,
                           recovery_probability: float | None = None) -> LearnedSelector:
     """:class:`LearnedSelector` of the cache policy in ``directory`` (errors of
     :func:`load_cache_policy`)."""
-    return LearnedSelector(load_cache_policy(directory), seed, recovery_probability)
+    return LearnedSelector(load_cache_policy(directory), seed, recovery_probability, str(directory))

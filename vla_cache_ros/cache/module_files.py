@@ -77,13 +77,19 @@ def load_module(files: ModuleFiles, directory: str | Path, config_type: type,
     ignored), ``build(config)``, then its weights; returned in eval mode (float32, CPU).
 
     Raises:
-        CheckpointError: missing files, unreadable or foreign JSON, a config its dataclass
-            refuses, weights that do not fit it.
+        CheckpointError: no such directory (or not a directory), missing files, unreadable or
+            foreign JSON, a config its dataclass refuses, a weights file that is not readable
+            safetensors (naming the file), weights whose names or shapes do not fit the config.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     root = Path(directory)
+    if not root.exists():
+        raise CheckpointError(f"{files.what} {root}: no such directory ({files.hint})")
+    if not root.is_dir():
+        raise CheckpointError(f"{files.what} {root}: is not a directory (give the directory holding "
+                              f"{files.config_file} and {files.weights_file})")
     config_path, weights_path = root / files.config_file, root / files.weights_file
     for path in (config_path, weights_path):
         if not path.is_file():
@@ -97,13 +103,23 @@ def load_module(files: ModuleFiles, directory: str | Path, config_type: type,
     settings = {k: v for k, v in document.items() if k in config_type.__dataclass_fields__}
     try:
         module = build(config_type(**settings))
-        module.load_state_dict(load_file(str(weights_path)))
     except (ConfigurationError, TypeError, ValueError) as error:
         raise CheckpointError(f"{files.what} {root}: {error}") from None
-    except (RuntimeError, SafetensorError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{files.what} {root}: weights do not fit its config ({first})") from None
+    try:
+        state = load_file(str(weights_path))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{files.what} {weights_path}: not a readable safetensors file "
+                              f"({_first_line(error)})") from None
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{files.what} {root}: weights do not fit its config ({_first_line(error)})") from None
     return module.eval()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def default_directory(files: ModuleFiles, model_path: str | Path) -> Path | None:

@@ -26,10 +26,12 @@ from vla_cache_ros.topics import VLA_CACHE_NODE as NODE_NAME
 class RunningChildren(Protocol):
     """The demo's child processes, as far as the monitor needs them."""
 
-    def check_running(self) -> None:
-        """Raise :class:`DemoError` naming the first child that has exited."""
+    def check_running(self, waiting_for: str | None = None) -> None:
+        """Raise :class:`DemoError` naming the first child that has exited, its log's cause and
+        what the demo was ``waiting_for`` (None: the loop was running)."""
 
 
+FIRST_STEP = "its first inference step"
 STALE_STATUS_S = 3.0  # no diagnostics for this long: the status line says STALE
 SWEEP_MARGIN_S = 2.0  # no sweep this close to the end, so no change is in flight at shutdown
 
@@ -52,6 +54,7 @@ class Monitor:
         self.latest: Any = None  # the target's last DiagnosticStatus
         self.latest_at: float | None = None  # monotonic arrival time
         self.instruction: str | None = None
+        self.steps = 0  # inference steps the target has reported (its diagnostics' ``steps``)
         self.pending: Any = None  # the future of the last sweep request
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._client = node.create_client(SetParameters, f"/{target}/set_parameters")
@@ -62,6 +65,8 @@ class Monitor:
         for status in message.status:
             if status.name.startswith(f"/{self.target}:"):  # "<fully qualified name>: policy"
                 self.latest, self.latest_at = status, time.monotonic()
+                steps = next((kv.value for kv in status.values if kv.key == "steps"), "0")
+                self.steps = max(self.steps, int(steps) if steps.isdigit() else 0)
                 instruction = next((kv.value for kv in status.values if kv.key == "instruction"), None)
                 if instruction and instruction != self.instruction:
                     self.instruction = instruction
@@ -107,29 +112,33 @@ class Monitor:
 
 
 def monitor_loop(node: Any, children: RunningChildren, options: LiveOptions) -> None:
-    """Spin the monitor, print one status line per second, sweep; return after the duration.
+    """Spin the monitor, print one status line per second, sweep; return ``duration_s`` after
+    the node's first inference step (the model's loading does not count).
 
-    Raises DemoError when a child exits early or the node never reports.
+    Raises:
+        DemoError: a child exits early (before the first step: naming that, and the cause from
+            its log), or the node runs no inference step within ``startup_timeout_s`` (its last
+            status in the message).
     """
     monitor = Monitor(node)
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     start = time.monotonic()
-    live_since: float | None = None
+    live_since: float | None = None  # the first inference step's report
     next_line = start + 1.0
     next_sweep: float | None = None
     try:
         while True:
             executor.spin_once(timeout_sec=0.1)
-            children.check_running()
+            children.check_running(FIRST_STEP if live_since is None else None)
             now = time.monotonic()
-            if live_since is None and monitor.latest is not None:
+            if live_since is None and monitor.steps > 0:
                 live_since = now
                 if options.sweep_period_s is not None:
                     next_sweep = now + options.sweep_period_s
             if live_since is None and now - start > options.startup_timeout_s:
-                raise DemoError(f"{NODE_NAME} sent no diagnostics within {options.startup_timeout_s:.0f} s "
-                                f"(see {children.log_dir})")
+                raise DemoError(f"{NODE_NAME} ran no inference step within {options.startup_timeout_s:.0f} s; "
+                                f"last status: {monitor.status_line()}")
             if now >= next_line:
                 print(f"[{now - start:5.1f}s] {monitor.status_line()}", flush=True)
                 next_line = max(next_line + 1.0, now + 0.5)  # late: skip, never burst
