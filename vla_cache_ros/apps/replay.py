@@ -286,7 +286,7 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print,
             bag, image_topic=options.image_topic, joint_topic=options.joint_topic,
             instruction_topic=options.instruction_topic, command_topic=options.command_topic,
             instruction=options.instruction, joint_alignment=options.joint_alignment,
-            every=options.every, max_frames=options.max_frames)
+            every=options.every, max_frames=options.max_frames, skip_before_instruction=True)
         if options.instruction is None and frames.topics.instruction is None:
             raise ConfigurationError(
                 f"bag {options.bag} has no instruction topic (std_msgs/String); pass --instruction or "
@@ -312,10 +312,8 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print,
         try:
             for step_index, frame in enumerate(frames):
                 instruction = frame.instruction
-                if instruction is None:
-                    raise BagError(
-                        f"frame {frame.index} at t={frame.timestamp_ns} ns comes before any message on "
-                        f"{frames.topics.instruction}; pass --instruction")
+                if instruction is None:  # not reached: frames before the first instruction are skipped
+                    raise BagError(f"frame {frame.index} has no instruction; pass --instruction")
                 instruction_used = instruction_used or instruction
                 state = frame.joint_state.position if frame.joint_state is not None else None
                 keep_overlay = step_index <= overlay_step  # the middle frame, or the last one seen
@@ -328,8 +326,15 @@ def run_replay(options: ReplayOptions, log: Callable[[str], None] = print,
                 progress.update(1)
         finally:
             progress.close()
+        if not runner.frames and frames.skipped_before_instruction:
+            raise BagError(f"all {frames.skipped_before_instruction} camera frames on {frames.topics.image} in bag "
+                           f"{options.bag} come before the first message on {frames.topics.instruction}; "
+                           "pass --instruction")
         if not runner.frames:
             raise BagError(f"no camera frames on {frames.topics.image} in bag {options.bag}")
+        if frames.skipped_before_instruction:
+            log(f"skipped {frames.skipped_before_instruction} frames recorded before the first message on "
+                f"{frames.topics.instruction}")
         topics = asdict(frames.topics)
     report = ReplayReport(
         bag=str(options.bag),

@@ -293,6 +293,11 @@ class FrameReader:
     and a later frame that fails to decode ends the iteration. Both raise BagError naming the
     topic, the frame and the image's format or encoding. An unknown ``joint_alignment``,
     ``every < 1`` or a negative ``max_frames`` raise ConfigurationError.
+
+    ``skip_before_instruction``: frames recorded before the first message on the instruction
+    topic are not yielded (nor counted by ``every`` and ``max_frames``); a bag recorded from a
+    live system often starts with camera frames before the instruction is published. How many
+    were skipped is in :attr:`skipped_before_instruction` after iterating.
     """
 
     def __init__(
@@ -309,6 +314,7 @@ class FrameReader:
         max_frames: int | None = None,
         start_ns: int | None = None,
         stop_ns: int | None = None,
+        skip_before_instruction: bool = False,
     ) -> None:
         if joint_alignment not in JOINT_ALIGNMENTS:
             raise ConfigurationError(
@@ -331,6 +337,8 @@ class FrameReader:
         self.max_frames = max_frames
         self.start_ns = start_ns
         self.stop_ns = stop_ns
+        self.skip_before_instruction = skip_before_instruction and self.topics.instruction is not None
+        self.skipped_before_instruction = 0
         self._image_count = bag.topics[self.topics.image].message_count
         self._check_first_image()
 
@@ -355,7 +363,8 @@ class FrameReader:
             ) from None
 
     def __len__(self) -> int:
-        """Number of frames iteration yields, from the bag index (exact when no time window is set)."""
+        """Number of frames iteration yields, from the bag index (exact when no time window is set
+        and no frame is skipped before the first instruction)."""
         count = (self._image_count + self.every - 1) // self.every
         return count if self.max_frames is None else min(count, self.max_frames)
 
@@ -381,8 +390,11 @@ class FrameReader:
         pending: _PendingFrame | None = None
         image_index = 0
         emitted = 0
+        self.skipped_before_instruction = 0
         for raw in self.bag.raw_messages(wanted, self.start_ns, self.stop_ns):
-            if raw.topic == topics.image:
+            if raw.topic == topics.image and self.skip_before_instruction and instruction is None:
+                self.skipped_before_instruction += 1
+            elif raw.topic == topics.image:
                 if pending is not None:
                     yield self._finish(pending)
                     emitted += 1

@@ -39,7 +39,9 @@ IMAGE_ENCODINGS = ("rgb8", "bgr8", "jpeg", "png")
 class SyntheticBagSpec:
     """What :func:`write_synthetic_bag` writes. Times are bag time (the same as header stamps);
     ``start_time_ns`` is the first frame's time, joint samples are spaced ``1/joint_hz`` from
-    ``start_time_ns + joint_offset_s``, the instruction comes before everything else.
+    ``start_time_ns + joint_offset_s``, the instruction comes before everything else, or just
+    after frame ``instruction_after_frames - 1`` when that is positive (a live recording that
+    started before the instruction was published).
 
     Raises ConfigurationError for an unknown image encoding or a non-positive frame count, rate
     or image size (values a user gives on the ``synthetic-bag`` command line)."""
@@ -61,6 +63,7 @@ class SyntheticBagSpec:
     joint_topic: str = topics.JOINT_STATES_TOPIC
     instruction_topic: str = topics.INSTRUCTION_TOPIC
     command_topic: str = topics.ACTION_TOPIC
+    instruction_after_frames: int = 0
 
     def __post_init__(self) -> None:
         if self.image_encoding not in IMAGE_ENCODINGS:
@@ -140,7 +143,9 @@ def _events(spec: SyntheticBagSpec) -> Iterator[tuple[int, int, str, int]]:
     streams: list[Iterator[tuple[int, int, str, int]]] = []
     if spec.instruction is not None:
         first_joint_ns = spec.joint_times_ns()[0] if spec.joint_states else spec.start_time_ns
-        streams.append(iter([(min(spec.start_time_ns, first_joint_ns), 0, "instruction", 0)]))
+        at = (min(spec.start_time_ns, first_joint_ns) if spec.instruction_after_frames <= 0
+              else spec.frame_time_ns(spec.instruction_after_frames - 1) + 1)
+        streams.append(iter([(at, 0, "instruction", 0)]))
     if spec.joint_states:
         streams.append((t, 1, "joints", i) for i, t in enumerate(spec.joint_times_ns()))
     streams.append((spec.frame_time_ns(i), 2, "frame", i) for i in range(spec.num_frames))
