@@ -247,7 +247,10 @@ class CachedVLAPolicy:
 
         net = cache_policy if isinstance(cache_policy, CacheSelectorNet) else load_cache_policy(cache_policy)
         self.cache_policy_source = "in memory" if isinstance(cache_policy, CacheSelectorNet) else str(cache_policy)
-        return LearnedSelector(net, seed=seed)
+        selector = LearnedSelector(net, seed=seed, source=self.cache_policy_source)
+        # A policy trained for another model is refused now, not at the first learned step.
+        selector.check_model(self.num_visual, int(self.model.config.image_sizes[0]))
+        return selector
 
     def _load_drafter(self, drafter: Any) -> Any:
         from vla_cache_ros.cache.drafter import load_drafter_for

@@ -153,8 +153,9 @@ def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: di
 
 def test_offline_demo(tmp_path: Path, demo_env: dict[str, str]) -> None:
     demo = vla_cache("demo", "--offline", "--model", "tiny", "--steps", "2", "--modes", "off,fixed:0.5",
-                     env=demo_env, cwd=tmp_path)
+                     "--threads", "1", env=demo_env, cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "decoder layers, 1 torch threads)" in demo.stdout  # --threads applies (it was ignored)
     assert demo.stdout.count("[   fixed:0.5] step") == 2
     # interleaved: frame 0 through every mode, then frame 1
     steps = re.findall(r"^\[\s*(\S+)\] step (\d)", demo.stdout, re.MULTILINE)

@@ -123,3 +123,19 @@ def test_commands_refuse_a_cache_policy_for_another_model_in_one_line(command: l
     errors = captured.err.strip().splitlines()
     assert len(errors) == 1 and f"the cache policy {directory} was trained for 64 tokens" in errors[0], errors
     assert "starting the policy server" not in captured.out and not (tmp_path / "eval").exists()
+
+
+def test_a_policy_refuses_a_cache_policy_for_another_model_when_attached(tmp_path: Path,
+                                                                         tiny_checkpoint: Path) -> None:
+    """CachedVLAPolicy (node, bench, replay, server) refuses it at construction, naming the policy's
+    directory, rather than at the first learned step."""
+    from vla_cache_ros.models.vla import load_vla
+    from vla_cache_ros.policy import CachedVLAPolicy
+
+    tiny_model = load_vla(tiny_checkpoint)
+
+    wrong = _cache_policy(tmp_path / "policy", num_tokens=64)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'policy'}.*64 tokens of a 224 px frame"):
+        CachedVLAPolicy(tiny_model, unnorm_key="tiny_sim", cache_policy=wrong)
+    fits = _cache_policy(tmp_path / "fits")
+    assert "learned" in CachedVLAPolicy(tiny_model, unnorm_key="tiny_sim", cache_policy=fits).available_modes()

@@ -113,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from vla_cache_ros.apps import demo_episodes as episodes
 
     parser = subparsers.add_parser(
-        "demo", help="the shipped policy drives the MuJoCo arm over ROS 2 for a few episodes, with a GIF of "
+        "demo", help="a policy (--model; the seeded random tiny one until a trained policy ships) drives the "
+                     "MuJoCo arm over ROS 2 for a few episodes, with a GIF of "
                      "the reused visual tokens; --live: status and cache sweeps; --offline: no ROS",
         description="Default: sim_arm_node and vla_cache_node (cache on) as separate "
                     "processes; a few closed-loop episodes, one line each and a summary, and an animated GIF "
@@ -218,7 +219,8 @@ def run_offline(args: argparse.Namespace) -> int:
     specs = [spec.text for spec in parse_mode_list(args.modes)]
     if args.steps < 1:
         raise ConfigurationError(f"--steps must be >= 1, got {args.steps}")
-    prepare_compute("cpu", threads=max(1, min(4, os.cpu_count() or 1)))
+    threads = node_threads(args.threads) if args.threads is not None else max(1, min(4, os.cpu_count() or 1))
+    prepare_compute("cpu", threads=threads)
     resolved = resolve_model(args.model, args.unnorm_key)
     model_dir = resolved.path
     decodes = ("greedy", "speculative") if args.decode == "speculative" else ("greedy",)
@@ -227,7 +229,8 @@ def run_offline(args: argparse.Namespace) -> int:
                         drafter=resolve_drafter(args.drafter, model_dir))
     frames = SyntheticScene(seed=7, height=240, width=320).frames(args.steps)
     print(f"model: {model_dir}  ({runner.num_visual} visual tokens, "
-          f"{runner.model.llama_config.num_hidden_layers} decoder layers)  instruction: {DEMO_INSTRUCTION!r}")
+          f"{runner.model.llama_config.num_hidden_layers} decoder layers, {threads} torch threads)  "
+          f"instruction: {DEMO_INSTRUCTION!r}")
     if args.decode == "speculative":
         print(f"each mode also decodes speculatively; draft: {describe_draft(runner.drafter_source)}")
     width = max(12, *(len(key) for key in runner.keys))
