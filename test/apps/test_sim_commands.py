@@ -115,3 +115,16 @@ def test_sim_eval_refuses_a_broken_cache_policy_in_one_line(tmp_path: Path, tiny
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and f"cache policy {own}: cache_policy.safetensors is missing" in error[0], error
     assert not (tmp_path / "eval").exists()  # refused before any process or report
+
+
+def test_sim_eval_hands_the_node_its_lm_head_and_records_it(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """--lm-head reaches the node's lm_head parameter and the report's settings and notes (the
+    step latency depends on it)."""
+    from vla_cache_ros.sim.evaluate import method_notes
+
+    assert _eval_config("--model", str(tiny_checkpoint)).lm_head == "screened"
+    config = _eval_config("--model", str(tiny_checkpoint), "--lm-head", "full")
+    assert config.lm_head == "full"
+    assert "the full LM head" in method_notes(config)["lm_head"]
+    with pytest.raises(SystemExit):
+        _eval_config("--model", str(tiny_checkpoint), "--lm-head", "fast")

@@ -98,12 +98,13 @@ def test_the_node_is_started_with_the_decode_and_the_drafter_of_the_evaluation(t
     from vla_cache_ros.sim.evaluate import EvalConfig, parse_modes
 
     config = EvalConfig(modes=parse_modes("off,fixed:0.5"), episodes=1, out_dir=tmp_path, model_path=tmp_path,
-                        decode="speculative", drafter_path=str(tmp_path / "drafter"), cache_policy_path="none")
+                        decode="speculative", drafter_path=str(tmp_path / "drafter"), cache_policy_path="none",
+                        lm_head="full")
     runner = RosEpisodeRunner(config, log_dir=tmp_path / "logs")
     node = NodeConfig.from_values(runner._policy_parameters(config.modes[1]))
-    assert node.cache.decode == "speculative" and node.cache.mode == "fixed"
+    assert node.cache.decode == "speculative" and node.cache.mode == "fixed" and node.model.lm_head == "full"
     assert node.model.drafter_path == str(tmp_path / "drafter") and node.model.cache_policy_path == "none"
     greedy = NodeConfig.from_values(RosEpisodeRunner(
         EvalConfig(modes=config.modes, episodes=1, out_dir=tmp_path, model_path=tmp_path), tmp_path / "logs"
     )._policy_parameters(config.modes[0]))
-    assert greedy.cache.decode == "greedy" and greedy.model.drafter_path == ""
+    assert greedy.cache.decode == "greedy" and greedy.model.drafter_path == "" and greedy.model.lm_head == "screened"

@@ -160,3 +160,17 @@ def test_a_drafter_drafts_for_every_session_that_decodes_speculatively(tiny_mode
     unreadable = f"drafter {directory / 'drafter.safetensors'}: not a readable safetensors file"
     with pytest.raises(CheckpointError, match=unreadable):
         build_replica(tiny_model, UNNORM_KEY, drafter=directory)
+
+
+def test_a_replica_runs_the_lm_head_it_is_given_and_names_it(tiny_model) -> None:
+    """build_replica(lm_head=...) / serve --lm-head: the shared engine's head, named in /health;
+    the same actions either way."""
+    from vla_cache_ros.errors import ConfigurationError
+
+    screened, full = build_replica(tiny_model, UNNORM_KEY), build_replica(tiny_model, UNNORM_KEY, lm_head="full")
+    assert screened.health()["lm_head"] == "screened" and full.health()["lm_head"] == "full"
+    image = np.full((224, 224, 3), 90, np.uint8)
+    np.testing.assert_array_equal(screened.act(image, "pick up the red cube", None),
+                                  full.act(image, "pick up the red cube", None))
+    with pytest.raises(ConfigurationError, match="lm_head"):
+        build_replica(tiny_model, UNNORM_KEY, lm_head="fast")

@@ -104,8 +104,9 @@ def test_summary_and_reports(tmp_path: Path) -> None:
     assert document["summary"]["fixed:0.5"]["overall"]["successes"] == 2 and len(document["episodes"]) == 4
     assert document["episodes"][0]["latency_ms_p50"] == pytest.approx(41.0)
     assert document["episodes"][0]["inference_steps"] == 2 and "steps" not in document["episodes"][0]
-    assert set(document["method"]) == {"order", "warmup", "latency", "speedup", "decode", "rates"}
+    assert set(document["method"]) == {"order", "warmup", "latency", "speedup", "decode", "lm_head", "rates"}
     assert document["decode"] == "greedy" and document["method"]["decode"].startswith("greedy decoding")
+    assert document["lm_head"] == "screened" and "the screened LM head" in document["method"]["lm_head"]
     assert document["warmup_steps"] == 0 and document["warmup_episodes"] == 1
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| fixed:0.5 | 100 % (" in table and "| off | 50 % (" in table

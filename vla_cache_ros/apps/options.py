@@ -61,6 +61,14 @@ def checked_cache_policy(value: str | None, model_path: str | Path | None) -> Pa
     return directory
 
 
+def add_lm_head_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--lm-head screened|full`` (the policy's ``lm_head``, see ``cache/lm_head.py``)."""
+    parser.add_argument("--lm-head", choices=("screened", "full"), default="screened",
+                        help="greedy tokens from the LM head: screened (a bf16 pass, float32 only for the rows "
+                             "that could be the maximum; the same tokens; float32 models) or full "
+                             "(default: %(default)s)")
+
+
 def checked_drafter(value: str | None, model_path: str | Path | None) -> Path | None:
     """The drafter directory a ``--drafter`` value selects for ``model_path`` (see
     ``cache.drafter.resolve_drafter``; None: no drafter), read once to check it and, with a

@@ -31,6 +31,7 @@ import numpy as np
 from vla_cache_ros.apps.options import (
     add_cache_policy_argument,
     add_drafter_argument,
+    add_lm_head_argument,
     checked_cache_policy,
     checked_drafter,
     describe_draft,
@@ -68,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="queued requests per replica before 503 (default %(default)d)")
     add_cache_policy_argument(parser)
     add_drafter_argument(parser)
+    add_lm_head_argument(parser)
     parser.set_defaults(handler=_serve)
 
     parser = subparsers.add_parser("serve-wire", help="size and encode/decode time of each frame encoding")
@@ -112,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         sessions=SessionLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s),
         token=os.environ.get(server.TOKEN_ENV) or None, max_queued_requests=args.max_queued,
         cache_policy_path=None if cache_policy is None else str(cache_policy),
-        drafter_path=None if drafter is None else str(drafter))
+        drafter_path=None if drafter is None else str(drafter), lm_head=args.lm_head)
     stop = threading.Event()
 
     def stop_on_signals() -> None:

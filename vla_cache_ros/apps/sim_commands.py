@@ -7,6 +7,7 @@ from pathlib import Path
 from vla_cache_ros.apps.options import (
     add_cache_policy_argument,
     add_drafter_argument,
+    add_lm_head_argument,
     checked_cache_policy,
     checked_drafter,
     module_parameter,
@@ -91,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the node's action-token decoding in every cache mode (speculative: the same "
                              "tokens, fewer decode passes; default greedy)")
     add_drafter_argument(parser)
+    add_lm_head_argument(parser)
     parser.add_argument("--episodes", type=int, required=True, help="episodes per mode")
     parser.add_argument("--out", type=Path, default=Path("sim_eval"), help="report directory (default sim_eval/)")
     parser.add_argument("--families", type=parse_families, default=tuple(sorted(FAMILIES)),
@@ -161,7 +163,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         unnorm_key=unnorm_key, device=args.device, num_threads=args.num_threads,
         action_period_s=args.action_period, warmup_episodes=args.warmup_episodes,
         warmup_steps=args.warmup_steps, cache_policy_path=cache_policy_path, decode=args.decode,
-        drafter_path=drafter_path)
+        drafter_path=drafter_path, lm_head=args.lm_head)
 
 
 def _sim_eval(args: argparse.Namespace) -> int:

@@ -188,7 +188,7 @@ class RosEpisodeRunner:
             "unnorm_key": config.unnorm_key, "num_threads": config.num_threads,
             "cache_mode": mode.cache_mode, "cache_ratio": self.cache_ratio(mode),
             "cache_policy_path": config.cache_policy_path, "decode": config.decode,
-            "drafter_path": config.drafter_path,
+            "drafter_path": config.drafter_path, "lm_head": config.lm_head,
             "latency_budget_ms": 0.0,  # steps are matched to a mode by their ratio: no steering
             "command_interface": "ee_twist", "action_semantics": "ee_delta",
             "twist_frame_id": BASE_FRAME, "control_rate_hz": 20.0, "action_period_s": config.action_period_s,

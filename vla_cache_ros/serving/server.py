@@ -82,6 +82,7 @@ class ServerOptions:
         cache_policy_path: the learned cache policy every session may run (None: none).
         drafter_path: the learned drafter whose tokens are the draft of every session that decodes
             speculatively (None: each session's previous step's tokens).
+        lm_head: the replicas' LM head, ``screened`` or ``full`` (``cache/lm_head.py``).
     """
 
     model_path: str
@@ -105,6 +106,7 @@ class ServerOptions:
     default_ratio: float = 0.5
     cache_policy_path: str | None = None
     drafter_path: str | None = None
+    lm_head: str = "screened"
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -134,7 +136,7 @@ def load_replica(options: ServerOptions, device: str, name: str) -> Replica:
     model = load_vla(options.model_path, device=device, dtype=resolve_dtype(options.dtype))
     model.config.action_statistics().select(options.unnorm_key)  # fail at start, not per request
     return build_replica(model, options.unnorm_key, options.sessions, name, options.default_mode,
-                         options.default_ratio, options.cache_policy_path, options.drafter_path)
+                         options.default_ratio, options.cache_policy_path, options.drafter_path, options.lm_head)
 
 
 def build_app(options: ServerOptions, device: str) -> Any:

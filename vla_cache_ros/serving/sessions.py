@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from vla_cache_ros.cache.modes import check_available, check_decode, check_max_token_age, check_ratio
+from vla_cache_ros.cache.modes import (
+    check_available,
+    check_decode,
+    check_lm_head,
+    check_max_token_age,
+    check_ratio,
+)
 from vla_cache_ros.errors import ConfigurationError, InvalidInputError, UserFacingError
 from vla_cache_ros.serving.wire import SessionSettings, StepRequest, step_response
 
@@ -240,19 +246,21 @@ class Replica:
                 "idle_timeout_s": self.limits.idle_timeout_s, "sessions": sessions,
                 "modes": list(self.act_policy.available_modes()),
                 "drafter": self.act_policy.drafter_source,
+                "lm_head": self.act_policy.engine.head_setting,
                 "counters": dict(vars(self.counters))}
 
 
 def build_replica(model: Any, unnorm_key: str | None, limits: SessionLimits = SessionLimits(),
                   name: str = "local", default_mode: str = "fixed", default_ratio: float = 0.5,
-                  cache_policy: Any = None, drafter: Any = None) -> Replica:
+                  cache_policy: Any = None, drafter: Any = None, lm_head: str = "screened") -> Replica:
     """A replica over a loaded model: one engine (and its prepacked weights) shared by every
     session, the stateless ``/act`` policy, and a warm-up step (so the first real step is not the
     slow one). ``cache_policy`` (a ``train-cache`` directory or a loaded net; None: none) is
     loaded once and makes ``learned`` available to every session, each with its own selector.
     ``drafter`` (a ``train-drafter`` directory or a loaded drafter; None: none) is loaded once and
     drafts the tokens of every session that decodes speculatively (without one: its previous
-    step's tokens).
+    step's tokens). ``lm_head``: the shared engine's LM head (``screened`` or ``full``, see
+    ``cache/lm_head.py``).
 
     Raises:
         CacheModeError, ConfigurationError: a bad default mode or ratio.
@@ -263,7 +271,7 @@ def build_replica(model: Any, unnorm_key: str | None, limits: SessionLimits = Se
     from vla_cache_ros.cache.learned import CacheSelectorNet, load_cache_policy
     from vla_cache_ros.policy import CachedVLAPolicy
 
-    engine = KVReuseEngine(model.language_model, screened_head=True)
+    engine = KVReuseEngine(model.language_model, screened_head=check_lm_head(lm_head) == "screened")
     if cache_policy is not None and not isinstance(cache_policy, CacheSelectorNet):
         cache_policy = load_cache_policy(cache_policy)
     if drafter is not None:

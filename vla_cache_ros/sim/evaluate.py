@@ -38,6 +38,7 @@ from tqdm import tqdm
 from vla_cache_ros.cache.modes import (
     CacheModeError,
     check_decode,
+    check_lm_head,
     default_sweep,
     describe_modes,
     mode_names,
@@ -124,11 +125,13 @@ class EvalConfig:
     cache_policy_path: str = ""  # the node's cache_policy_path ("": the model's own; "none": none)
     decode: str = "greedy"  # the node's decode setting for every cache mode
     drafter_path: str = ""  # the node's drafter_path ("": the model's own; "none": none), drafting speculative
+    lm_head: str = "screened"  # the node's lm_head (cache.modes.LM_HEAD_CHOICES)
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ConfigurationError(f"--episodes must be at least 1, got {self.episodes}")
         check_decode(self.decode)
+        check_lm_head(self.lm_head)
         if any(not mode.is_expert for mode in self.modes):
             if self.model_path is None:
                 raise ConfigurationError("--model is required for cache modes (only 'expert' runs without one)")
@@ -362,6 +365,9 @@ def method_notes(config: EvalConfig) -> dict[str, str]:
                     "seed, same round), then the median over the seeds both ran; independent of which mode "
                     "ran first"),
         "decode": decode_note(config),
+        "lm_head": (f"greedy tokens through the {config.lm_head} LM head (node parameter lm_head; screened: "
+                    "the full head's tokens from a bf16 pass plus float32 for the rows that could be the "
+                    "maximum, float32 models only)"),
         "rates": ("Hz: all inference steps of the mode per wall second of its counted episodes (the untimed "
                   "first steps included); cache ratio: visual tokens actually reused, mean over the same "
                   "steps; success: Wilson 95 % interval"),
@@ -485,7 +491,8 @@ def write_reports(config: EvalConfig, results: list[EpisodeResult], summary: dic
         "families": list(config.families), "seed": config.seed,
         "episode_timeout_s": config.episode_timeout_s, "action_period_s": config.action_period_s,
         "warmup_episodes": config.warmup_episodes, "warmup_steps": config.warmup_steps,
-        "device": config.device, "decode": config.decode, "hardware": hardware, "method": method_notes(config),
+        "device": config.device, "decode": config.decode, "lm_head": config.lm_head, "hardware": hardware,
+        "method": method_notes(config),
         "summary": summary,
         "episodes": [_episode_entry(r, config.warmup_steps) for r in results],
     }
