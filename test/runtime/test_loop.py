@@ -518,3 +518,17 @@ def test_without_a_budget_or_in_mode_off_the_ratio_is_the_parameter(tiny_checkpo
     assert values["latency_budget_ms"] == "60.0 (idle: cache_mode off)" and values["budget_misses"] == "n/a"
     runtime.apply(runtime.validate({"cache_mode": "fixed"}))  # steering again, from the cap
     assert [harness.step().target_ratio for _ in range(3)][-1] < 0.9
+
+
+def test_warm_up_leaves_the_engine_counters_at_zero(tiny_checkpoint: Path) -> None:
+    """The warm-up step is in no figure: /diagnostics' LM-head count read '7/7 rows' before the
+    first real step (a new user's trial)."""
+    from vla_cache_ros.policy import CachedVLAPolicy
+    from vla_cache_ros.runtime.loop import backend_values, warm_up
+
+    policy = CachedVLAPolicy.from_pretrained(tiny_checkpoint, unnorm_key="tiny_sim")
+    assert warm_up(policy) > 0
+    assert policy.engine.counters.head_rows == 0 and policy.engine.counters.prefill_token_layers == 0
+    assert backend_values(policy)["lm_head"] == "screened (0/0 rows without the full head)"
+    policy.step(np.full((224, 224, 3), 60, np.uint8), "pick up the red cube")
+    assert policy.engine.counters.head_rows == 7

@@ -190,7 +190,8 @@ def warm_up(policy: Any) -> float:
     """One untimed step on a blank frame, so the first real step is not the slow one (lazy
     initialisation, allocator growth) that trips the watchdog; then a fresh episode. Returns
     the seconds it took. A policy with its own ``warm_up`` (the policy server's client: it
-    checks that the server answers) does that instead."""
+    checks that the server answers) does that instead. The engine's counters start again after
+    it, so /diagnostics counts the real steps only."""
     own = getattr(policy, "warm_up", None)
     if own is not None:
         return float(own())
@@ -198,6 +199,7 @@ def warm_up(policy: Any) -> float:
     size = policy.model.config.image_sizes[0]
     policy.step(np.full((size, size, 3), 127, dtype=np.uint8), WARM_UP_INSTRUCTION)
     policy.reset()
+    policy.engine.counters = type(policy.engine.counters)()  # /diagnostics counts real steps only
     return time.monotonic() - start
 
 
