@@ -202,7 +202,7 @@ def isolated_head_s(model: OpenVLA, policy: Any, repeats: int) -> dict[str, floa
 
     from vla_cache_ros.cache.lm_head import shared_screened_head
 
-    hidden = policy._previous_hidden
+    hidden = policy.last_hidden
     if hidden is None:
         return {}
     row = hidden.reshape(1, -1)

@@ -20,6 +20,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vla_cache_ros.cache.modes import LM_HEAD_CHOICES
+
 if TYPE_CHECKING:
     from vla_cache_ros.models.shape import ModelShape
 
@@ -63,7 +65,7 @@ def checked_cache_policy(value: str | None, model_path: str | Path | None) -> Pa
 
 def add_lm_head_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--lm-head screened|full`` (the policy's ``lm_head``, see ``cache/lm_head.py``)."""
-    parser.add_argument("--lm-head", choices=("screened", "full"), default="screened",
+    parser.add_argument("--lm-head", choices=LM_HEAD_CHOICES, default="screened",
                         help="greedy tokens from the LM head: screened (a bf16 pass, float32 only for the rows "
                              "that could be the maximum; the same tokens; float32 models) or full "
                              "(default: %(default)s)")

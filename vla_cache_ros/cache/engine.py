@@ -172,10 +172,10 @@ class KVReuseEngine:
         self.counters = EngineCounters()
         self.projections = decoder_projections(language_model, prepack)
         self.screened_head = shared_screened_head(language_model.lm_head) if screened_head else None
+        # What greedy tokens come from, in words (logs, diagnostics, benchmark reports).
         dtype = str(language_model.lm_head.weight.dtype).replace("torch.", "")
         self.head_setting = ("screened" if self.screened_head is not None else
                              f"full ({dtype} head: the screen applies to float32 heads)" if screened_head else "full")
-        """What greedy tokens come from, in words (logs, diagnostics, benchmark reports)."""
 
     def _head_logits(self, normed: torch.Tensor) -> torch.Tensor:
         """(R, vocab) float32 logits of final-norm hidden states ``normed`` (1, R, hidden) whose

@@ -84,10 +84,6 @@ class ScreenedGreedyHead:
         self.screened_rows = 0
         self.recomputed_rows = 0
 
-    def to_device(self, device: torch.device) -> None:
-        """Move the screen's tensors (the float32 weight is the head's own)."""
-        self.screen_weight, self.norm_term = self.screen_weight.to(device), self.norm_term.to(device)
-
     @torch.no_grad()
     def __call__(self, normed: torch.Tensor) -> HeadOutput:
         """Greedy tokens of ``normed`` (R, hidden) float32 final-norm hidden states."""

@@ -285,8 +285,13 @@ def check_decode(name: str) -> str:
     Raises:
         ConfigurationError: any other value (the message lists the settings).
     """
-    if name not in DECODE_SETTINGS:
-        raise ConfigurationError(f"unknown decode setting {name!r}; choose from {', '.join(DECODE_SETTINGS)}")
+    return _checked_choice(name, DECODE_SETTINGS, "decode setting")
+
+
+def _checked_choice(name: str, choices: tuple[str, ...], what: str) -> str:
+    """``name`` if it is in ``choices``; else ConfigurationError naming ``what`` and the choices."""
+    if name not in choices:
+        raise ConfigurationError(f"unknown {what} {name!r}; choose from {', '.join(choices)}")
     return name
 
 
@@ -302,9 +307,7 @@ def check_lm_head(name: str) -> str:
     Raises:
         ConfigurationError: any other value (the message lists the choices).
     """
-    if name not in LM_HEAD_CHOICES:
-        raise ConfigurationError(f"unknown lm_head {name!r}; choose from {', '.join(LM_HEAD_CHOICES)}")
-    return name
+    return _checked_choice(name, LM_HEAD_CHOICES, "lm_head")
 
 
 PREPACK_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
