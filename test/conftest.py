@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.unit)
 
 
-def _descendants(root: int) -> dict[int, str]:
+def descendants(root: int) -> dict[int, str]:
     """Live (not zombie) descendants of process ``root``: pid -> command line (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -80,9 +80,9 @@ def no_leaked_ros_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test module (and its fixtures) finished, no node, player or recorder it started may
     still run: one left behind publishes /clock or camera frames into later modules' nodes over
     the shared ROS domain. Leftovers are killed and reported as an error of the module."""
-    before = set(_descendants(os.getpid()))
+    before = set(descendants(os.getpid()))
     yield
-    leaked = {pid: cmd for pid, cmd in _descendants(os.getpid()).items()
+    leaked = {pid: cmd for pid, cmd in descendants(os.getpid()).items()
               if pid not in before and _is_ros_process(cmd)}
     for pid in leaked:
         try:

@@ -94,11 +94,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_serve_load)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def import_server() -> Any:
+    """:mod:`vla_cache_ros.serving.server`, with Ray imported without its C++ failure-signal handler.
+
+    That handler (installed by ``ray.init``) turned a SIGTERM during start-up into an abort
+    (exit -6) that left Ray's daemons running. Ray documents the switch
+    ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``, read when Ray is imported; it is set for that import
+    only, so Ray's daemons and replicas keep their handler. No effect if Ray is already imported.
+
+    Raises:
+        ConfigurationError: ray[serve] or json-numpy is not installed.
+    """
+    previous = os.environ.get("RAY_DISABLE_FAILURE_SIGNAL_HANDLER")
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
     try:
         from vla_cache_ros.serving import server
     except ModuleNotFoundError as error:
         raise ConfigurationError(f"vla-cache serve needs {error.name} (pip install 'ray[serve]' json-numpy)") from None
+    finally:
+        if previous is None:
+            del os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"]
+        else:
+            os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = previous
+    return server
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = import_server()
     from vla_cache_ros.models.catalog import resolve_model
     from vla_cache_ros.serving.sessions import SessionLimits
     from vla_cache_ros.serving.wire import Limits
@@ -117,18 +139,34 @@ def _serve(args: argparse.Namespace) -> int:
         drafter_path=None if drafter is None else str(drafter), lm_head=args.lm_head)
     stop = threading.Event()
 
-    def stop_on_signals() -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    def interrupt_start(*_: Any) -> None:
+        stop.set()
+        raise KeyboardInterrupt
 
-    stop_on_signals()
+    def handle_stop_signals(handler: Any) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, handler)
+
+    handle_stop_signals(interrupt_start)
     print(f"starting the policy server ({resolved.path}, {args.replicas} replica(s); speculative draft of sessions "
           f"that ask for it: {describe_draft(drafter)}) ...", flush=True)
     try:
+        server.init_ray(options)
+    except (SystemExit, KeyboardInterrupt):  # SIGTERM/SIGINT while ray.init runs (Ray's handler or ours)
+        print("stopped while Ray was starting", flush=True)
+        server.stop_ray()
+        os._exit(0)  # Ray's half-built core worker can crash the interpreter's own teardown (a segfault)
+    # ray.init installed Ray's own SIGTERM handler (it stops Ray's daemons and exits): ours goes back
+    # at once, so that a SIGTERM while the model loads, or while the replicas already answer and
+    # Serve still polls, stops Serve and Ray in order.
+    handle_stop_signals(interrupt_start)
+    try:
         url = server.start(options)
-        stop_on_signals()  # again: ray.init installs its own SIGTERM handler, which left Ray's daemons running
+        handle_stop_signals(lambda *_: stop.set())
         print(f"policy server ready at {url} (POST /act, POST /step, GET /health); Ctrl-C stops it", flush=True)
         stop.wait()
+    except KeyboardInterrupt:
+        print("stopped before the policy server was ready", flush=True)
     finally:
         print("stopping the policy server ...", flush=True)
         server.stop()

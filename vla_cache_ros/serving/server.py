@@ -241,19 +241,31 @@ def resolve_device(requested: str) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
 
+def init_ray(options: ServerOptions) -> None:
+    """Start a local Ray instance, or join ``options.address``; nothing if Ray already runs.
+
+    ``ray.init`` installs Ray's own SIGTERM handler in this process, which aborts (exit -6) and
+    leaves Ray's daemons running: a caller that stops on SIGTERM installs its handler again
+    right after this returns (``vla-cache serve`` does; see :func:`start`).
+    """
+    if ray.is_initialized():
+        return
+    if options.address:
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=options.local_cpus, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=options.object_store_bytes, _node_ip_address="127.0.0.1")
+
+
 def start(options: ServerOptions) -> str:
-    """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and deploy; returns the
-    URL once every replica has loaded the model.
+    """Start (or join) Ray (:func:`init_ray`), start Serve's HTTP proxy on ``host:port`` and
+    deploy; returns the URL once every replica has loaded the model. The replicas may answer
+    requests a few seconds before this returns (Serve polls the application's status).
 
     Raises:
         ConfigurationError: Ray or Serve cannot start (e.g. the port is taken).
     """
-    if not ray.is_initialized():
-        if options.address:
-            ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(num_cpus=options.local_cpus, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=options.object_store_bytes, _node_ip_address="127.0.0.1")
+    init_ray(options)
     device = resolve_device(options.device)
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
@@ -265,8 +277,17 @@ def start(options: ServerOptions) -> str:
 
 
 def stop() -> None:
-    """Delete the application, stop Serve and (a local) Ray."""
+    """Delete the application, stop Serve and (a local) Ray. Without a connected Ray only the
+    daemons a partial start left are stopped (``serve.shutdown`` would start a new local Ray
+    instance only to find nothing to stop)."""
     try:
-        serve.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
     finally:
-        ray.shutdown()
+        stop_ray()
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray and stop the daemons this process started, also after a ``ray.init``
+    that a signal interrupted (``ray.shutdown`` does both and is safe to repeat)."""
+    ray.shutdown()
