@@ -70,6 +70,19 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
+def still_running(pid: int, cmdline: str) -> bool:
+    """Process ``pid`` still runs ``cmdline`` (as :func:`descendants` read it): not ended, not a
+    zombie, not a reused pid. For processes that may have outlived their parent (orphans)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rpartition(")")[2].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip() == cmdline
+    except (OSError, IndexError):
+        return False
+
+
 def _is_ros_process(cmdline: str) -> bool:
     """A process of this package or of ROS 2 (Ray's own workers and daemons are left to Ray)."""
     return ("vla_cache" in cmdline or "ros2" in cmdline) and "ray" not in cmdline.lower()

@@ -25,6 +25,7 @@ from vla_cache_ros.sim.evaluate import (
     parse_modes,
 )
 from vla_cache_ros.sim.tasks import FAMILIES
+from vla_cache_ros.subprocesses import sigterm_as_keyboard_interrupt
 
 
 def parse_families(text: str) -> tuple[str, ...]:
@@ -171,7 +172,9 @@ def _sim_eval(args: argparse.Namespace) -> int:
     from vla_cache_ros.sim.evaluate import run_evaluation, write_reports
 
     config = eval_config(args)
-    with RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:
+    # SIGTERM (a scheduler, `timeout`, `kill`) stops the nodes as Ctrl-C does, also while they
+    # start: without it sim-eval died at once and left sim_arm_node and vla_cache_node running.
+    with sigterm_as_keyboard_interrupt(), RosEpisodeRunner(config, log_dir=Path(args.out) / "logs") as runner:
         results, summary = run_evaluation(config, runner, progress=not args.quiet)
     paths = write_reports(config, results, summary)
     print(markdown_table(summary, config.families) + "\n" + markdown_notes(config), end="")
