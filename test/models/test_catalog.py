@@ -74,3 +74,25 @@ def test_predict_takes_a_short_name(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert capsys.readouterr().out == by_name and by_name.startswith("tokens ")
     assert cli.main(["predict", "tinyy"]) == 2
     assert "'tinyy' is neither a checkpoint directory nor a known name" in capsys.readouterr().err
+
+
+def test_a_stop_while_tiny_is_written_leaves_no_half_written_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the first `--model tiny` (the README's `vla-cache demo`, sim-eval, the node)
+    writes the checkpoint; a Ctrl-C or SIGTERM while its weights were written left config.json
+    without weights, which every later run took as made and failed to load. Here the stop
+    lands in the weights' write; the next resolve writes a whole checkpoint."""
+    from vla_cache_ros.models import tiny
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("VLA_CACHE_HOME", str(tmp_path))
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny, "save_weights", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            catalog.resolve_model("tiny")
+    assert not (tmp_path / "tiny-seed0").exists() and list(tmp_path.iterdir()) == []
+    resolved = catalog.resolve_model("tiny")
+    assert (resolved.path / "model.safetensors").is_file(), sorted(p.name for p in resolved.path.iterdir())
+    assert "tiny_sim" in load_config(resolved.path).action_statistics().usable

@@ -15,6 +15,8 @@ Every command that takes ``--model`` (demo, replay, bench, sim-eval) and the nod
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +61,38 @@ def shipped_model_dir(name: str = TRAINED_MODEL) -> Path:
 
 def ensure_tiny_model(directory: Path | None = None) -> Path:
     """The seeded random tiny checkpoint, written to ``directory`` (default
-    ``cache_home()/tiny-seed0``) the first time."""
-    directory = directory or cache_home() / "tiny-seed0"
-    if not (directory / "config.json").is_file():
-        from vla_cache_ros.models.tiny import make_tiny_checkpoint
+    ``cache_home()/tiny-seed0``) the first time.
 
-        make_tiny_checkpoint(directory, seed=0)
+    It is written beside ``directory`` and renamed into place when complete, so that a stop
+    (Ctrl-C, SIGTERM) while a command writes it leaves no half-written checkpoint that every
+    later ``--model tiny`` would take as made; a directory without its config or weights (left
+    by an older version) is written again.
+    """
+    directory = directory or cache_home() / "tiny-seed0"
+    if _complete_checkpoint(directory):
+        return directory
+    from vla_cache_ros.models.tiny import make_tiny_checkpoint
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    try:
+        make_tiny_checkpoint(partial, seed=0)
+        if directory.is_dir() and not _complete_checkpoint(directory):
+            shutil.rmtree(directory)
+        try:
+            os.rename(partial, directory)
+        except OSError:  # another process put a complete one there meanwhile
+            if not _complete_checkpoint(directory):
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return directory
+
+
+def _complete_checkpoint(directory: Path) -> bool:
+    """``directory`` holds a config and weights (one file or an index of shards)."""
+    return (directory / "config.json").is_file() and any(
+        (directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
 
 
 def resolve_model(model: str | Path | None, unnorm_key: str | None = None) -> ResolvedModel:
