@@ -138,6 +138,51 @@ def test_synthetic_camera_stopped_with_ctrl_c(tmp_path: Path, demo_env: dict[str
     assert "Traceback" not in (logs / "vla_cache_node.log").read_text() + (logs / "synthetic_camera.log").read_text()
 
 
+
+@pytest.mark.ros
+@pytest.mark.sim
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loop", ["episodes", "live"])
+def test_sigterm_while_the_node_loads_stops_the_demo_with_143(loop: str, tmp_path: Path,
+                                                               demo_env: dict[str, str]) -> None:
+    """Regression: a SIGTERM (`kill`, a scheduler, `timeout`) stopped the demo's children but the
+    demo exited 0, as if it had run; the README promises 143 (Ctrl-C still ends the live loop
+    with 0). Episodes: sent once vla_cache_node runs as a child (it is loading). Live: sent at the
+    first status line, once the children are past their imports (a child that gets the demo's
+    SIGINT while Python still imports its modules dies with a traceback, reported as an error)."""
+    from test.conftest import descendants, still_running
+    from vla_cache_ros.subprocesses import python_module, start_child
+
+    options = ["--episodes", "1"] if loop == "episodes" else ["--live", "--source", "synthetic", "--no-record"]
+    demo = start_child("demo", python_module(
+        "vla_cache_ros.apps.cli", "demo", "--model", "tiny", "--threads", "1", *options,
+        "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out")), tmp_path, env=demo_env, cwd=tmp_path)
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 90
+
+        def started() -> bool:
+            if loop == "live":
+                return bool(STATUS_LINE.search(demo.log()))
+            return any("-m vla_cache_ros.ros.node " in command for command in children.values())
+
+        while demo.alive() and time.monotonic() < deadline:
+            children = descendants(demo.process.pid)
+            if started():
+                break
+            time.sleep(0.05)
+        assert started(), demo.log()[-3000:]
+        demo.process.send_signal(signal.SIGTERM)
+        demo.process.wait(timeout=60)
+    finally:
+        demo.kill()
+        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    log = demo.log()
+    assert demo.exit_code == 128 + signal.SIGTERM and "Traceback" not in log, log[-3000:]
+    assert "interrupted" in log and not left, (left, log[-3000:])
+
 @pytest.mark.ros
 def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: dict[str, str]) -> None:
     not_a_model = tmp_path / "not_a_model"

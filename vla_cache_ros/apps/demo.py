@@ -496,6 +496,7 @@ def run_live(args: argparse.Namespace) -> int:
     children = Children(args.log_dir, env)
     probe: subprocess.Popen | None = None
     failure: DemoError | None = None
+    stopped_code = 0  # Ctrl-C ends the live loop (0); SIGTERM (Terminated) exits 143, as the README says
     try:
         probe = start_sim_probe(env) if args.source != "synthetic" else None  # runs while the model is made
         resolved = resolve_model(args.model, args.unnorm_key)  # writes tiny once, while the probe runs
@@ -524,8 +525,9 @@ def run_live(args: argparse.Namespace) -> int:
         with ros_session("vla_cache_demo_monitor") as node:
             monitor_loop(node, children, LiveOptions(args.duration, args.startup_timeout,
                                                      args.sweep_period if args.sweep else None))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("interrupted", flush=True)
+        stopped_code = int(getattr(stop, "exit_code", 0))
     except DemoError as error:
         failure = error
     finally:
@@ -546,7 +548,7 @@ def run_live(args: argparse.Namespace) -> int:
         model_option = resolved.name or f"{resolved.path}{f' --unnorm-key {unnorm_key}' if unnorm_key else ''}"
         print("replay it offline (cache modes side by side: speedup, action fidelity, plots):")
         print(f"  {vla_cache_command()} replay {args.record} --model {model_option}", flush=True)
-    return 0
+    return stopped_code
 
 
 def vla_cache_command() -> str:

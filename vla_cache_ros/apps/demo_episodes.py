@@ -151,7 +151,7 @@ def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | N
 
     results: list = []
     animated = Animated()
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     with RosEpisodeRunner(config, log_dir=args.log_dir) as runner, ReuseRecorder() as recorder:
         try:
             runner.switch_mode(mode)
@@ -163,11 +163,13 @@ def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | N
                 results.append(result)
                 animated.offer(result, steps)
                 print(episode_line(result, config.episodes), flush=True)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as stop:
+            interrupted = stop
             print("interrupted; stopping ...", flush=True)
+    # Ctrl-C ends the demo early (0); SIGTERM (Terminated) exits 143, as the README says.
+    stopped_code = int(getattr(interrupted, "exit_code", 0))
     if not results:
-        return 0 if interrupted else 1
+        return stopped_code if interrupted is not None else 1
     row = summarize(results, config.modes, config.warmup_steps)[mode.label]
     print(summary_line(mode.label, row))
     if animated.result is not None:
@@ -178,4 +180,4 @@ def run_episodes(args: argparse.Namespace, env: dict[str, str], threads: int | N
     else:
         print("animation: none (no reuse masks were heard; see the vla_cache_node log)")
     print(f"logs: {args.log_dir}/")
-    return 0
+    return stopped_code
