@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test.conftest import descendants
+from test.conftest import descendants, still_running
 from vla_cache_ros.subprocesses import python_module, start_child
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (requirements/serve.in)")
@@ -26,18 +26,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def alive(pid: int, cmdline: str) -> bool:
-    """Process ``pid`` still runs ``cmdline`` (not a reused pid, not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rpartition(")")[2].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip() == cmdline
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
@@ -66,7 +54,7 @@ def test_sigterm_while_the_server_starts_stops_it_and_its_ray_daemons(after, tin
     assert server.process.returncode == 0 and "SIGTERM received" not in log, log[-3000:]
     assert "stopped while Ray was starting" in log or "stopped before the policy server was ready" in log, log[-3000:]
     deadline = time.monotonic() + 30
-    while any(alive(pid, cmd) for pid, cmd in daemons.items()) and time.monotonic() < deadline:
+    while any(still_running(pid, cmd) for pid, cmd in daemons.items()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = {pid: cmd[:120] for pid, cmd in daemons.items() if alive(pid, cmd)}
+    left = {pid: cmd[:120] for pid, cmd in daemons.items() if still_running(pid, cmd)}
     assert not left, f"Ray's processes outlived the server: {left}"
