@@ -159,14 +159,18 @@ def test_policy_driven_collection_executes_the_policy_and_labels_with_the_expert
                                                                                capsys: pytest.CaptureFixture) -> None:
     """DAgger (issue 12): the policy (here the seeded random `tiny` checkpoint) drives the arm, every
     frame is labelled with the expert's action for the state reached; with --expert-mix 1 the
-    expert drives every step and the episode equals a plain expert recording."""
-    expert, driven, mixed = tmp_path / "expert", tmp_path / "driven", tmp_path / "mixed"
+    expert drives every step: labelled by history, the episode equals a plain expert recording;
+    labelled by state (the default), the expert solves it too."""
+    expert, driven, mixed, by_state = tmp_path / "expert", tmp_path / "driven", tmp_path / "mixed", tmp_path / "state"
     common = ["--episodes", "1", "--seed", "5", "--families", "touch", "--no-bags", "--quiet"]
     assert cli_main(["sim-collect", "--out", str(expert), *common]) == 0
     assert cli_main(["sim-collect", "--out", str(driven), *common, "--policy", "tiny", "--stall-steps", "10"]) == 0
     assert "policy (expert mix 0) success 0/1" in capsys.readouterr().out
-    assert cli_main(["sim-collect", "--out", str(mixed), *common, "--policy", "tiny", "--expert-mix", "1"]) == 0
-    a, b, c = (read_episode(episode_path(out, 0)) for out in (expert, driven, mixed))
+    assert cli_main(["sim-collect", "--out", str(mixed), *common, "--policy", "tiny", "--expert-mix", "1",
+                     "--expert-labels", "history"]) == 0
+    assert cli_main(["sim-collect", "--out", str(by_state), *common, "--policy", "tiny", "--expert-mix", "1"]) == 0
+    a, b, c, d = (read_episode(episode_path(out, 0)) for out in (expert, driven, mixed, by_state))
+    assert d.success and np.all(d.actions[:, 6] == 0.0)
     np.testing.assert_array_equal(a.actions[0], b.actions[0])  # same first state, the expert's label
     steps = min(len(a), len(b))
     assert not np.allclose(a.proprio[:steps], b.proprio[:steps])  # the policy's actions were executed
@@ -175,7 +179,9 @@ def test_policy_driven_collection_executes_the_policy_and_labels_with_the_expert
     np.testing.assert_array_equal(a.actions, c.actions)
     np.testing.assert_array_equal(a.images, c.images)
     manifest = json.loads((driven / "manifest.json").read_text())
-    assert manifest["policy"] == {"model": "tiny", "unnorm_key": None, "expert_mix": 0.0, "stall_steps": 10}
+    assert manifest["policy"] == {"model": "tiny", "unnorm_key": None, "expert_mix": 0.0, "stall_steps": 10,
+                                  "expert_labels": "state"}
+    assert "expert_labels" not in json.loads((mixed / "manifest.json").read_text())["policy"]  # as older ones
     # A resume must keep the driving settings; bags and DART noise do not mix with a policy.
     assert cli_main(["sim-collect", "--out", str(driven), *common, "--policy", "tiny", "--expert-mix", "0.5",
                      "--stall-steps", "10"]) != 0
@@ -190,6 +196,11 @@ def test_policy_driven_collection_executes_the_policy_and_labels_with_the_expert
     assert "--expert-mix must lie in [0, 1]" in capsys.readouterr().err
     assert cli_main(["sim-collect", "--out", str(tmp_path / "k"), *common, "--expert-mix", "0.5"]) != 0
     assert "only with --policy" in capsys.readouterr().err
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "k"), *common, "--expert-labels", "state"]) != 0
+    assert "only with --policy" in capsys.readouterr().err
+    # A collection labelled by history resumes only as such.
+    assert cli_main(["sim-collect", "--out", str(mixed), *common, "--policy", "tiny", "--expert-mix", "1"]) != 0
+    assert "expert_labels" in capsys.readouterr().err
 
 
 def test_a_stalled_policy_ends_its_episode_early() -> None:

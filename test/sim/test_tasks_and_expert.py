@@ -5,15 +5,25 @@ import numpy as np
 import pytest
 
 from vla_cache_ros.errors import UnknownTaskError
+from vla_cache_ros.geometry import clip_norm, euler_from_matrix, rot_z, rotvec_from_matrix
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
-from vla_cache_ros.sim.expert import ScriptedExpert, run_expert_episode
+from vla_cache_ros.sim.expert import (
+    GRASP_TCP_OFFSET_M,
+    GRIPPER_CLOSED,
+    GRIPPER_OPEN,
+    ExpertSettings,
+    ScriptedExpert,
+    cube_grasp_yaw,
+    run_expert_episode,
+)
 from vla_cache_ros.sim.tasks import FAMILIES, sample_episode
 
 
+@pytest.mark.parametrize("state_based", [False, True], ids=["history", "state"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_expert_solves_each_family(sim: TabletopSim, family: str) -> None:
+def test_expert_solves_each_family(sim: TabletopSim, family: str, state_based: bool) -> None:
     for seed in (11, 12, 13):
-        expert = ScriptedExpert()
+        expert = ScriptedExpert(ExpertSettings(state_based=state_based))
         steps: list[np.ndarray] = []
         assert run_expert_episode(sim, seed, family, expert, on_step=steps.append), (family, seed, expert.phase_name)
         status = sim.status()
@@ -98,3 +108,40 @@ def test_expert_acts_the_same_on_a_serialised_snapshot(sim: TabletopSim) -> None
         np.testing.assert_allclose(action, live.act(sim))
         sim.apply_action(action)
     assert sim.status().success and remote.phase_name == live.phase_name
+
+
+def straight_to_the_grasp_point(sim: TabletopSim, target: str) -> np.ndarray:
+    """What a cloned policy often does: head for the object in a straight line, gripper open,
+    never passing the hover point above it."""
+    goal = sim.object_position(target) + [0.0, 0.0, GRASP_TCP_OFFSET_M]
+    yaw = cube_grasp_yaw(sim, target, float(euler_from_matrix(sim.ee_rotation())[2]))
+    action = np.zeros(7)
+    action[:3] = clip_norm(0.8 * (goal - sim.ee_position()), 0.02)
+    action[5] = clip_norm(rotvec_from_matrix(rot_z(yaw) @ sim.ee_rotation().T), 0.2)[2]
+    action[6] = GRIPPER_OPEN
+    return action
+
+
+@pytest.mark.parametrize("family", ["pick", "place"])
+def test_state_based_labels_tell_a_policy_at_the_object_to_grasp(sim: TabletopSim, family: str) -> None:
+    """Regression (issue 12, DAgger): labelling the states a policy reached, the expert stepped
+    through its plan and, the hover point never reached, told a policy already at the object to
+    open and rise (94 % of such labels in 900 policy-driven episodes). Labelled by state it says
+    close, then finishes the task from there."""
+    sim.reset(seed=21, family=family)
+    target = sim.status().target
+    by_history, by_state = ScriptedExpert(), ScriptedExpert(ExpertSettings(state_based=True))
+    by_history.reset(sim)
+    by_state.reset(sim)
+    for _ in range(60):
+        history_label, state_label = by_history.act(sim), by_state.act(sim)
+        if np.linalg.norm(sim.ee_position() - sim.object_position(target) - [0, 0, GRASP_TCP_OFFSET_M]) < 0.004:
+            break
+        sim.apply_action(straight_to_the_grasp_point(sim, target))
+    else:
+        pytest.fail("the straight approach never reached the grasp point")
+    assert by_history.phase_name == "hover" and history_label[6] == GRIPPER_OPEN and history_label[2] > 0.01
+    assert state_label[6] == GRIPPER_CLOSED and np.abs(state_label[:3]).max() < 0.005
+    while not sim.status().done:  # the state-based expert takes over from the state the policy left
+        sim.apply_action(by_state.act(sim))
+    assert sim.status().success, by_state.phase_name

@@ -14,7 +14,7 @@ from vla_cache_ros.apps.options import (
 )
 from vla_cache_ros.cache.modes import DECODE_SETTINGS
 from vla_cache_ros.errors import UserFacingError
-from vla_cache_ros.sim.collect import CollectConfig, PolicyDriving, collect
+from vla_cache_ros.sim.collect import EXPERT_LABELS, CollectConfig, PolicyDriving, collect
 from vla_cache_ros.sim.evaluate import (
     DEFAULT_EVAL_SEED,
     DEFAULT_WARMUP_EPISODES,
@@ -68,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stall-steps", type=int, default=None,
                         help="with --policy: end an episode once the arm moved < 1 cm over this many steps "
                              "(0: never; default 30)")
+    parser.add_argument("--expert-labels", choices=EXPERT_LABELS, default=None,
+                        help="with --policy: 'state' (default): each label's phase (hover, descend, close, "
+                             "lift, ...) follows from the scene alone; 'history': the expert steps through its "
+                             "plan as when it drives (told a policy at the object to go back up; collections "
+                             "made before this option)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_sim_collect)
 
@@ -121,9 +126,11 @@ def _sim_collect(args: argparse.Namespace) -> int:
     policy = None
     if args.policy is not None:
         policy = PolicyDriving(args.policy, args.unnorm_key, args.expert_mix,
-                               PolicyDriving.stall_steps if args.stall_steps is None else args.stall_steps)
-    elif args.unnorm_key is not None or args.expert_mix != 0.0 or args.stall_steps is not None:
-        raise UserFacingError("--unnorm-key, --expert-mix and --stall-steps apply only with --policy")
+                               PolicyDriving.stall_steps if args.stall_steps is None else args.stall_steps,
+                               args.expert_labels or PolicyDriving.expert_labels)
+    elif args.unnorm_key is not None or args.expert_mix != 0.0 or args.stall_steps is not None \
+            or args.expert_labels is not None:
+        raise UserFacingError("--unnorm-key, --expert-mix, --stall-steps and --expert-labels apply only with --policy")
     config = CollectConfig(out_dir=args.out, episodes=args.episodes, seed=args.seed, families=args.families,
                            dataset_name=args.dataset_name, record_bags=not args.no_bags,
                            noise_fraction=args.noise_fraction,

@@ -53,7 +53,7 @@ from vla_cache_ros.sim.dataset import (
     write_norm_stats,
 )
 from vla_cache_ros.sim.env import SimConfig, TabletopSim
-from vla_cache_ros.sim.expert import ScriptedExpert
+from vla_cache_ros.sim.expert import ExpertSettings, ScriptedExpert
 from vla_cache_ros.sim.recording import EpisodeBagRecorder
 from vla_cache_ros.sim.scene import OBJECTS
 from vla_cache_ros.sim.tasks import FAMILIES
@@ -66,6 +66,9 @@ STALL_DISTANCE_M = 0.01
 """A policy-driven episode has stalled once its tcp stayed this close to where it was
 ``stall_steps`` steps before (the expert never stands still that long: its longest pause, the
 grasp, lasts 4-5 steps)."""
+
+EXPERT_LABELS = ("state", "history")
+"""How the expert labels a policy-driven collection (:class:`PolicyDriving`)."""
 
 Predict = Callable[[np.ndarray, str], np.ndarray]
 """A policy: (image (224, 224, 3) uint8, instruction) -> 7-D action in robot units."""
@@ -82,22 +85,35 @@ class PolicyDriving:
             (DAgger's beta; 0: the policy alone).
         stall_steps: end an episode once the tcp moved less than ``STALL_DISTANCE_M`` over this
             many steps (0: never; the episode runs to success or its timeout).
+        expert_labels: ``state`` (default): the expert chooses each label's phase from the scene
+            alone (``ExpertSettings.state_based``); ``history``: it steps through its plan as when
+            it drives, which told a policy at the object to go back up to the hover point (how
+            collections were labelled before; kept to resume them).
     """
 
     model: str
     unnorm_key: str | None = None
     expert_mix: float = 0.0
     stall_steps: int = 30
+    expert_labels: str = "state"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.expert_mix <= 1.0:
             raise UserFacingError(f"--expert-mix must lie in [0, 1], got {self.expert_mix}")
         if self.stall_steps < 0:
             raise UserFacingError(f"--stall-steps must be >= 0, got {self.stall_steps}")
+        if self.expert_labels not in EXPERT_LABELS:
+            raise UserFacingError(f"--expert-labels must be one of {', '.join(EXPERT_LABELS)}, "
+                                  f"got {self.expert_labels!r}")
 
     def manifest(self) -> dict:
+        labels = {} if self.expert_labels == "history" else {"expert_labels": self.expert_labels}  # absent: older
         return {"model": self.model, "unnorm_key": self.unnorm_key, "expert_mix": self.expert_mix,
-                "stall_steps": self.stall_steps}
+                "stall_steps": self.stall_steps, **labels}
+
+    def expert(self) -> ScriptedExpert:
+        """The expert that labels (and, at ``expert_mix``, acts in) this collection."""
+        return ScriptedExpert(ExpertSettings(state_based=self.expert_labels == "state"))
 
 
 class PolicyDriver:
@@ -355,7 +371,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     newly = 0
     with TabletopSim(config.sim) as sim, tqdm(total=config.episodes, initial=config.episodes - len(todo),
                                               desc="sim-collect", unit="ep", disable=not progress) as bar:
-        expert = ScriptedExpert()
+        expert = config.policy.expert() if config.policy is not None else ScriptedExpert()
         for index in todo:
             family = config.families[index % len(config.families)]
             seed = config.seed + index
