@@ -9,6 +9,7 @@ writes (``sim.dataset``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -69,6 +70,16 @@ def write_dataset(root: Path, episodes: int = EPISODES) -> Path:
         write_episode(episode_path(root, index), make_episode(index, FAMILIES[index % len(FAMILIES)]))
     write_norm_stats(root, compute_norm_stats(root, DATASET_KEY))
     return root
+
+
+def interrupted_after(function: Callable[..., Any]) -> Callable[..., None]:
+    """``function``, then KeyboardInterrupt: a Ctrl-C (or a SIGTERM, which the commands turn into
+    one) that lands just after it ran, without racing a real signal."""
+    def run(*args: Any, **kwargs: Any) -> None:
+        function(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from test.training.conftest import write_dataset
+from test.training.conftest import interrupted_after, write_dataset
 from vla_cache_ros.errors import TrainingError
 from vla_cache_ros.models.vla import load_vla
 from vla_cache_ros.sim.dataset import read_episode, write_episode
@@ -234,3 +234,27 @@ def test_training_flushes_subnormal_floats(tiny_dataset: Path, tmp_path: Path) -
     assert (subnormal * 1.0).item() != 0.0
     train(config(tiny_dataset, tmp_path / "run", steps=1), log=quiet)
     assert (subnormal * 1.0).item() == 0.0
+
+
+def test_a_stop_before_the_first_save_leaves_out_as_it_was(tiny_dataset: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a fresh run writes the tokenizer files into --out (``build_policy``) before its
+    first save; a Ctrl-C or SIGTERM in between (or within that save) left them, and the same
+    command then failed ("not empty and holds no training state to resume"). The stopped start is
+    now undone: a new --out is removed, an empty one left empty, and the same command starts."""
+    from vla_cache_ros.training import loop, state
+
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "make_optimizer", interrupted_after(loop.make_optimizer))  # tokenizer written
+        for out in (new, empty):
+            with pytest.raises(KeyboardInterrupt):
+                train(config(tiny_dataset, out, steps=1), log=quiet)
+    with monkeypatch.context() as patched:
+        patched.setattr(state, "write_safetensors", interrupted_after(state.write_safetensors))  # half a save
+        with pytest.raises(KeyboardInterrupt):
+            train(config(tiny_dataset, new, steps=1), log=quiet)
+    assert not new.exists() and not any(empty.iterdir())
+    for out in (new, empty):
+        assert train(config(tiny_dataset, out, steps=1), log=quiet).complete

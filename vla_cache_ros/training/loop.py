@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +62,7 @@ from vla_cache_ros.training.model import (
 )
 from vla_cache_ros.training.state import (
     TrainingState,
+    fresh_start,
     load_optimizer_state,
     load_state,
     optimizer_state_by_name,
@@ -275,19 +275,6 @@ def _check_label_quanta(config: TrainConfig, data: TrainingData, log: Callable[[
         if quantum > 0 and largest > 0 and quantum > 2 * largest:
             log(f"warning: {name} {quantum:g} rounds every label of its group to 0 (the largest is "
                 f"{largest:.4g}); choose a smaller step, or 0 for raw labels")
-
-
-def _remove_fresh_out_dir(out_dir: Path, created: bool) -> None:
-    """Undo what a failed fresh start wrote: the tokenizer files (the directory itself when this
-    run created it)."""
-    if created:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return
-    for path in out_dir.iterdir():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def _initial_weights(init_from: Path | None) -> dict[str, torch.Tensor] | None:
@@ -505,84 +492,82 @@ def train(config: TrainConfig, until_step: int | None = None, max_minutes: float
         _check_out_dir(out_dir)
     _check_label_quanta(config, data, log)
     initial = saved.model if saved is not None else _initial_weights(config.init_from)  # before writing anything
-    created = not out_dir.exists()
-    model = build_policy(config.preset, data.norm_stats, out_dir, config.seed)
-    attention_layer = _check_attention(config, data, model)
-    aux_weight = settings["aux_weight"]
-    heads = AuxiliaryHeads.for_policy(model, len(LOCATED_POINTS)) if aux_weight > 0 else None
-    trainee = torch.nn.ModuleDict({"policy": model, **({"aux": heads} if heads is not None else {})})
-    if initial is not None:
-        try:
-            model.load_state_dict({k: v for k, v in initial.items() if not k.startswith(AUX_PREFIX)})
-            own = {k[len(AUX_PREFIX):]: v for k, v in initial.items() if k.startswith(AUX_PREFIX)}
-            if heads is not None and own:
-                heads.load_state_dict(own)
-        except RuntimeError as error:  # another preset: missing, unexpected or mis-shaped tensors
-            if saved is None:  # a fresh run leaves --out as it found it
-                _remove_fresh_out_dir(out_dir, created)
-            first = str(error).strip().splitlines()
-            raise TrainingError(f"--init-from {config.init_from}: its weights do not fit preset {config.preset!r} "
-                                f"({first[1].strip() if len(first) > 1 else first[0]})") from None
-    trainee.to(device).train()
-    optimizer = make_optimizer(trainee, config.lr, config.weight_decay)
-    names = {id(p): n for n, p in model.named_parameters()}
-    if heads is not None:
-        names.update({id(p): AUX_PREFIX + n for n, p in heads.named_parameters()})
-    history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "sessions": []}
-    step = 0
-    if saved is not None:
-        load_optimizer_state(optimizer, saved.optimizer)
-        restore_rng(saved.rng, device)
-        history = saved.history
-        step = saved.step
-        log(f"resuming {out_dir} at step {step}/{total_steps}")
-    start_step = step
-    stop_at = min(total_steps, until_step) if until_step is not None else total_steps
-    tokenizer, stats = model.action_tokenizer, data.action_stats
-    quanta = (config.label_quantum_m, config.label_quantum_rad)
-    train_targets = action_tokens(tokenizer, stats, quantize_actions(data.train.actions, *quanta))
-    val_targets = action_tokens(tokenizer, stats, quantize_actions(data.val.actions, *quanta))
-    vocab = model.language_model.get_output_embeddings().weight.shape[0]
-    token_weights = (class_weights(torch.from_numpy(train_targets), vocab, config.balance_power).to(device)
-                     if config.balance_power > 0 else None)
-    val_rows = evenly_spaced(len(data.val), config.val_frames)
-    greedy_rows = evenly_spaced(len(data.val), config.greedy_frames)
-    warmup = config.warmup(total_steps)
-    precision = config.precision if config.precision != "auto" else (
-        "bfloat16" if device.type == "cuda" else "float32")
-    parameters = sum(p.numel() for p in model.parameters())
-    session = {"start_step": start_step, "device": str(device), "threads": torch.get_num_threads(),
-               "precision": precision, "wall_s": 0.0, "train_s": 0.0}
-    history["sessions"].append(session)
-    losses: list[float] = []
-    evaluation: Evaluation | None = None
-    began = time.monotonic()
-    train_seconds = 0.0
+    with fresh_start(out_dir, state_dir):  # a start stopped before its first save leaves --out as it was
+        model = build_policy(config.preset, data.norm_stats, out_dir, config.seed)
+        attention_layer = _check_attention(config, data, model)
+        aux_weight = settings["aux_weight"]
+        heads = AuxiliaryHeads.for_policy(model, len(LOCATED_POINTS)) if aux_weight > 0 else None
+        trainee = torch.nn.ModuleDict({"policy": model, **({"aux": heads} if heads is not None else {})})
+        if initial is not None:
+            try:
+                model.load_state_dict({k: v for k, v in initial.items() if not k.startswith(AUX_PREFIX)})
+                own = {k[len(AUX_PREFIX):]: v for k, v in initial.items() if k.startswith(AUX_PREFIX)}
+                if heads is not None and own:
+                    heads.load_state_dict(own)
+            except RuntimeError as error:  # another preset: missing, unexpected or mis-shaped tensors
+                first = str(error).strip().splitlines()
+                raise TrainingError(f"--init-from {config.init_from}: its weights do not fit preset {config.preset!r} "
+                                    f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+        trainee.to(device).train()
+        optimizer = make_optimizer(trainee, config.lr, config.weight_decay)
+        names = {id(p): n for n, p in model.named_parameters()}
+        if heads is not None:
+            names.update({id(p): AUX_PREFIX + n for n, p in heads.named_parameters()})
+        history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "sessions": []}
+        step = 0
+        if saved is not None:
+            load_optimizer_state(optimizer, saved.optimizer)
+            restore_rng(saved.rng, device)
+            history = saved.history
+            step = saved.step
+            log(f"resuming {out_dir} at step {step}/{total_steps}")
+        start_step = step
+        stop_at = min(total_steps, until_step) if until_step is not None else total_steps
+        tokenizer, stats = model.action_tokenizer, data.action_stats
+        quanta = (config.label_quantum_m, config.label_quantum_rad)
+        train_targets = action_tokens(tokenizer, stats, quantize_actions(data.train.actions, *quanta))
+        val_targets = action_tokens(tokenizer, stats, quantize_actions(data.val.actions, *quanta))
+        vocab = model.language_model.get_output_embeddings().weight.shape[0]
+        token_weights = (class_weights(torch.from_numpy(train_targets), vocab, config.balance_power).to(device)
+                         if config.balance_power > 0 else None)
+        val_rows = evenly_spaced(len(data.val), config.val_frames)
+        greedy_rows = evenly_spaced(len(data.val), config.greedy_frames)
+        warmup = config.warmup(total_steps)
+        precision = config.precision if config.precision != "auto" else (
+            "bfloat16" if device.type == "cuda" else "float32")
+        parameters = sum(p.numel() for p in model.parameters())
+        session = {"start_step": start_step, "device": str(device), "threads": torch.get_num_threads(),
+                   "precision": precision, "wall_s": 0.0, "train_s": 0.0}
+        history["sessions"].append(session)
+        losses: list[float] = []
+        evaluation: Evaluation | None = None
+        began = time.monotonic()
+        train_seconds = 0.0
 
-    def checkpoint(final: bool) -> None:
-        session.update(end_step=step, wall_s=round(time.monotonic() - began, 1), train_s=round(train_seconds, 1))
-        save_state(state_dir, TrainingState(
-            step=step, settings=settings, history=history,
-            model={k: v.detach().cpu() for k, v in _state_tensors(model, heads).items()},
-            optimizer=optimizer_state_by_name(optimizer, names), rng=rng_states(device)))
-        export_checkpoint(model, out_dir, getattr(torch, config.save_dtype))
-        plot_learning_curves(history, training_dir / CURVES_FILE,
-                             f"{config.preset} on {Path(config.data_dir).name}, step {step}/{total_steps}")
-        summary = {"settings": settings, "config": {k: _plain(v) for k, v in asdict(config).items()},
-                   "parameters": parameters, "step": step, "complete": step >= total_steps,
-                   "data": {"dir": str(config.data_dir), "more": [str(d) for d in config.more_data],
-                            "train_frames": len(data.train),
-                            "val_frames": len(data.val), "train_seeds": data.train_seeds,
-                            "val_seeds": data.val_seeds},
-                   "sessions": history["sessions"], "last_val": history["val"][-1] if history["val"] else None}
-        temporary = training_dir / f".{SUMMARY_FILE}.tmp"
-        temporary.write_text(json.dumps(summary, indent=1) + "\n")
-        os.replace(temporary, training_dir / SUMMARY_FILE)
-        if not final:
-            log(f"saved step {step} to {out_dir}")
+        def checkpoint(final: bool) -> None:
+            session.update(end_step=step, wall_s=round(time.monotonic() - began, 1), train_s=round(train_seconds, 1))
+            save_state(state_dir, TrainingState(
+                step=step, settings=settings, history=history,
+                model={k: v.detach().cpu() for k, v in _state_tensors(model, heads).items()},
+                optimizer=optimizer_state_by_name(optimizer, names), rng=rng_states(device)))
+            export_checkpoint(model, out_dir, getattr(torch, config.save_dtype))
+            plot_learning_curves(history, training_dir / CURVES_FILE,
+                                 f"{config.preset} on {Path(config.data_dir).name}, step {step}/{total_steps}")
+            summary = {"settings": settings, "config": {k: _plain(v) for k, v in asdict(config).items()},
+                       "parameters": parameters, "step": step, "complete": step >= total_steps,
+                       "data": {"dir": str(config.data_dir), "more": [str(d) for d in config.more_data],
+                                "train_frames": len(data.train),
+                                "val_frames": len(data.val), "train_seeds": data.train_seeds,
+                                "val_seeds": data.val_seeds},
+                       "sessions": history["sessions"], "last_val": history["val"][-1] if history["val"] else None}
+            temporary = training_dir / f".{SUMMARY_FILE}.tmp"
+            temporary.write_text(json.dumps(summary, indent=1) + "\n")
+            os.replace(temporary, training_dir / SUMMARY_FILE)
+            if not final:
+                log(f"saved step {step} to {out_dir}")
 
-    if saved is None:
-        checkpoint(final=True)  # resumable (and loadable) from the start
+        if saved is None:
+            checkpoint(final=True)  # resumable (and loadable) from the start
     bar = tqdm(total=total_steps, initial=step, desc="train-policy", unit="step", disable=not config.progress,
                dynamic_ncols=True)
     try:

@@ -6,14 +6,18 @@ under ``rng.*``) and ``state.json`` (step, the run's settings, the optimiser's s
 parameter groups, the metric history). It is written to a fresh directory and swapped into
 place, so an interrupted save leaves the previous state readable (``previous`` is kept until
 the new one is complete and read when the current one is missing).
+
+A new run is resumable from its first save on; :func:`fresh_start` makes a start stopped or
+failed before that leave ``--out`` as it found it, so that the same command starts again.
 """
 from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -152,6 +156,40 @@ def load_state(directory: Path) -> TrainingState:
     return TrainingState(step=int(document["step"]), settings=document["settings"], history=document["history"],
                          model=model, optimizer={"state": optimizer_state, "param_groups": saved["param_groups"]},
                          rng=rng)
+
+
+@contextmanager
+def fresh_start(out_dir: Path, state_dir: Path, keep: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Around a run's start up to and including its first save: when it is stopped there
+    (Ctrl-C, SIGTERM) or fails before a state is saved in ``state_dir``, remove what it wrote
+    into ``out_dir`` -- all but the files ``keep`` (paths relative to ``out_dir``), and
+    ``out_dir`` itself when the run created it -- and re-raise.
+
+    Without a state ``out_dir`` cannot be resumed, and a new run refuses a non-empty one, so what
+    a stopped start left behind (tokenizer files, a half-written first state) made the same
+    command fail. A resumed run (a state is there) removes nothing."""
+    created = not out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if out_dir.is_dir() and not state_exists(state_dir):
+            _remove_all_but(out_dir, {out_dir / path for path in keep})
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise
+
+
+def _remove_all_but(directory: Path, keep: set[Path]) -> None:
+    """Remove what ``directory`` holds except the files ``keep`` (and the directories above them)."""
+    for path in directory.iterdir():
+        if path in keep:
+            continue
+        if any(path in kept.parents for kept in keep):
+            _remove_all_but(path, keep)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
