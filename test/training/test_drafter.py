@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from test.training.conftest import interrupted_after
 from vla_cache_ros.cache.drafter import load_drafter, pool_visual
 from vla_cache_ros.cache.engine import KVReuseEngine
 from vla_cache_ros.errors import TrainingError
@@ -186,6 +187,26 @@ def test_a_short_run_saves_a_loadable_drafter_reports_and_resumes_exactly(tiny_c
                           log=lines.append)
     assert other.complete and any("read from" in line for line in lines)
     assert load_drafter(tmp_path / "other").config.inputs == ("previous",)
+
+
+def test_a_stop_in_the_first_save_keeps_only_the_features(tiny_checkpoint: Path, tiny_dataset: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a Ctrl-C or SIGTERM while a new run wrote its first state left a half-written
+    ``training/state.new`` in --out, and the same command then failed ("holds no train-drafter
+    run"). The stopped start is now undone but for the frozen model's features, which the same
+    command reads back instead of computing them again."""
+    from vla_cache_ros.training import state
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        patched.setattr(state, "write_safetensors", interrupted_after(state.write_safetensors))
+        with pytest.raises(KeyboardInterrupt):
+            train_drafter(config(tiny_checkpoint, tiny_dataset, out, steps=1), log=quiet)
+    assert [path.relative_to(out) for path in out.rglob("*") if path.is_file()] == [
+        Path("training") / "features.safetensors"]
+    lines: list[str] = []
+    assert train_drafter(config(tiny_checkpoint, tiny_dataset, out, steps=1), log=lines.append).complete
+    assert any("read from" in line for line in lines)
 
 
 def test_bags_train_a_drafter(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from test.training.conftest import interrupted_after
 from vla_cache_ros.cache.learned import LearnedSelector, load_learned_selector
 from vla_cache_ros.cache.relaxed import mixed_prefill
 from vla_cache_ros.cache.selectors import SelectionContext
@@ -165,6 +166,22 @@ def test_a_short_run_saves_a_loadable_policy_and_resumes_exactly(tiny_checkpoint
         train_cache(config(tiny_checkpoint, tiny_dataset, tmp_path / "resumed", ratio_weight=2.0), log=quiet)
     summary = json.loads((tmp_path / "full" / "training" / "summary.json").read_text())
     assert summary["complete"] and summary["train_pairs"] > 0
+
+
+def test_a_stop_in_the_first_save_leaves_out_as_it_was(tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a Ctrl-C or SIGTERM while a new run wrote its first state left a half-written
+    ``training/state.new`` in --out, and the same command then failed ("holds no train-cache
+    run"). The stopped start is now undone and the same command starts."""
+    from vla_cache_ros.training import state
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        patched.setattr(state, "write_safetensors", interrupted_after(state.write_safetensors))
+        with pytest.raises(KeyboardInterrupt):
+            train_cache(config(tiny_checkpoint, tiny_dataset, out, steps=1), log=quiet)
+    assert not out.exists()
+    assert train_cache(config(tiny_checkpoint, tiny_dataset, out, steps=1), log=quiet).complete
 
 
 def test_labels_and_bags(tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path) -> None:

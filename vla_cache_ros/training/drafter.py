@@ -74,6 +74,7 @@ from vla_cache_ros.training.pairs import PairData, PairSet, load_pairs
 from vla_cache_ros.training.state import (
     ModuleTrainResult,
     TrainingState,
+    fresh_start,
     identity_settings,
     load_optimizer_state,
     load_state,
@@ -488,7 +489,8 @@ def train_drafter(config: DrafterTrainConfig, until_step: int | None = None,
         (out_dir / TRAINING_DIR / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     if saved is None:
-        checkpoint()
+        with fresh_start(out_dir, state_dir, keep=(Path(TRAINING_DIR) / FEATURES_FILE,)):  # resumable after it
+            checkpoint()
     bar = tqdm(total=config.steps, initial=step, desc="train-drafter", unit="step", disable=not config.progress,
                dynamic_ncols=True)
     net.train()

@@ -76,6 +76,7 @@ from vla_cache_ros.training.pairs import PairData, PairSet, load_pairs
 from vla_cache_ros.training.state import (
     ModuleTrainResult,
     TrainingState,
+    fresh_start,
     identity_settings,
     load_optimizer_state,
     load_state,
@@ -419,9 +420,10 @@ def train_cache(config: CacheTrainConfig, until_step: int | None = None,
                    "last_val": history["val"][-1] if history["val"] else None}
         (out_dir / TRAINING_DIR / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if saved is None:
-        checkpoint()
+    with fresh_start(out_dir, state_dir):  # a start stopped in its first save leaves --out as it was
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if saved is None:
+            checkpoint()
     bar = tqdm(total=config.total_steps, initial=step, desc="train-cache", unit="step",
                disable=not config.progress, dynamic_ncols=True)
     net.train()
