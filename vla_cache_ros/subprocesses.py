@@ -89,6 +89,7 @@ class ChildProcess:
     name: str
     process: subprocess.Popen
     log_path: Path
+    interrupted: bool = False  # :meth:`interrupt` sent it SIGINT
 
     def alive(self) -> bool:
         """Whether it is still running."""
@@ -110,7 +111,14 @@ class ChildProcess:
     def interrupt(self, timeout_s: float = 30.0) -> bool:
         """SIGINT, wait up to ``timeout_s``, kill if still running (see :func:`interrupt`).
         Returns True when it stopped by itself (or had already exited), False when killed."""
+        self.interrupted = self.interrupted or self.alive()
         return interrupt(self.process, timeout_s)
+
+    def ended_by_our_interrupt(self) -> bool:
+        """Whether the SIGINT :meth:`interrupt` sent ended it (exit -2): a Python child that gets it
+        before its own handler is set, while it still imports its modules, dies of Python's
+        KeyboardInterrupt with a traceback. It stopped as asked (it had not started yet): no failure."""
+        return self.interrupted and self.process.returncode == -signal.SIGINT
 
     def kill(self) -> None:
         """SIGKILL at once (when even waiting is not wanted, e.g. a second Ctrl-C)."""

@@ -184,6 +184,47 @@ def test_sigterm_while_the_node_loads_stops_the_demo_with_143(loop: str, tmp_pat
     assert "interrupted" in log and not left, (left, log[-3000:])
 
 @pytest.mark.ros
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 0), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_a_stop_while_the_children_import_is_no_failure(stop: int, code: int, tmp_path: Path,
+                                                        demo_env: dict[str, str]) -> None:
+    """Regression: a Ctrl-C or SIGTERM while the live demo's children still imported their modules
+    made them die of the demo's own SIGINT (exit -2, a KeyboardInterrupt traceback), which the demo
+    reported as errors ("synthetic_camera exited with code -2") and exited 1. A child ended by the
+    signal the demo sent to stop it has stopped as asked: the demo ends as documented (Ctrl-C 0,
+    SIGTERM 143) and leaves no process behind."""
+    from test.conftest import descendants, still_running
+    from vla_cache_ros.subprocesses import python_module, start_child
+
+    demo = start_child("demo", python_module(
+        "vla_cache_ros.apps.cli", "demo", "--live", "--model", "tiny", "--threads", "1", "--source", "synthetic",
+        "--no-record", "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out")), tmp_path,
+        env=demo_env, cwd=tmp_path)
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 90
+
+        def started() -> bool:  # both children exist; the node imports torch for seconds after this
+            return all(any(f"-m vla_cache_ros.ros.{module} " in command for command in children.values())
+                       for module in ("synthetic_camera", "node"))
+
+        while demo.alive() and time.monotonic() < deadline and not started():
+            children = descendants(demo.process.pid)
+            time.sleep(0.02)
+        assert started(), demo.log()[-3000:]
+        demo.process.send_signal(stop)
+        demo.process.wait(timeout=60)
+    finally:
+        demo.kill()
+        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    log = demo.log()
+    assert demo.exit_code == code and "error" not in log and "Traceback" not in log, log[-3000:]
+    assert "interrupted" in log and not left, (left, log[-3000:])
+
+
+@pytest.mark.ros
 def test_a_child_that_dies_early_is_one_clear_error(tmp_path: Path, demo_env: dict[str, str]) -> None:
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()

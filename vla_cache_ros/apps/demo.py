@@ -39,11 +39,9 @@ file.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -61,7 +59,7 @@ from vla_cache_ros.apps.options import (
 )
 from vla_cache_ros.cache.modes import DECODE_SETTINGS, default_sweep, parse_mode_list
 from vla_cache_ros.errors import ConfigurationError, DemoError
-from vla_cache_ros.subprocesses import interrupt, sigterm_as_keyboard_interrupt
+from vla_cache_ros.subprocesses import ChildProcess, sigterm_as_keyboard_interrupt, start_child
 
 DEMO_INSTRUCTION = "pick up the red cube"
 PACKAGE = "vla_cache_ros"
@@ -316,14 +314,6 @@ def prepare_bag_directory(directory: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- live: children
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGTERM if the demo process dies without cleanup."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _log_summary(path: Path) -> str:
     """The most telling line of a child's log: its last error line, else its last line."""
     try:
@@ -336,26 +326,17 @@ def _log_summary(path: Path) -> str:
 
 
 @dataclass
-class Child:
+class Child(ChildProcess):
     """One child process of the demo, its output going to a log file."""
 
-    name: str
-    process: subprocess.Popen
-    log_path: Path
     reported: bool = False  # its early exit was already reported
 
-    def exited(self) -> int | None:
-        """The exit code, or None while it runs."""
-        return self.process.poll()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
     def problem_at_exit(self) -> str | None:
-        """Why this child's exit was not clean (exit code, traceback), or None."""
+        """Why this child's exit was not clean (exit code, traceback), or None. Ended by the
+        demo's own SIGINT before it had started (see ``ended_by_our_interrupt``) is clean."""
         code = self.process.returncode
+        if self.ended_by_our_interrupt():
+            return None
         if code != 0:
             return f"{self.name} exited with code {code}: {_log_summary(self.log_path)} (log: {self.log_path})"
         if "Traceback (most recent call last)" in self.log_path.read_text(errors="replace"):
@@ -372,14 +353,11 @@ class Children:
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, arguments: Sequence[str]) -> Child:
-        """Start ``python ARGUMENTS`` in its own session (Ctrl-C reaches only the demo)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, *arguments], stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        child = Child(name, process, log_path)
+        """Start ``python ARGUMENTS`` in its own session (Ctrl-C reaches only the demo), ended
+        by SIGTERM should the demo die without stopping it."""
+        started = start_child(name, [sys.executable, *arguments], self.log_dir, env=self.env, own_session=True,
+                              die_with_parent=True)
+        child = Child(started.name, started.process, started.log_path)
         self.children.append(child)
         return child
 
@@ -387,7 +365,7 @@ class Children:
         """Raise DemoError naming the first child that has exited, the most telling line of its
         log and what the demo was ``waiting_for`` (e.g. the node's first inference step)."""
         for child in self.children:
-            code = child.exited()
+            code = child.exit_code
             if code is not None:
                 child.reported = True
                 waiting = f" while waiting for {waiting_for}" if waiting_for else ""
@@ -404,7 +382,7 @@ class Children:
         try:
             while pending:
                 child = pending[0]
-                if not interrupt(child.process, timeout_s):
+                if not child.interrupt(timeout_s):
                     problems.append(f"{child.name} did not stop within {timeout_s:.0f} s of SIGINT; killed "
                                     f"(log: {child.log_path})")
                 elif not child.reported and (problem := child.problem_at_exit()) is not None:
