@@ -108,3 +108,41 @@ def test_the_node_is_started_with_the_decode_and_the_drafter_of_the_evaluation(t
         EvalConfig(modes=config.modes, episodes=1, out_dir=tmp_path, model_path=tmp_path), tmp_path / "logs"
     )._policy_parameters(config.modes[0]))
     assert greedy.cache.decode == "greedy" and greedy.model.drafter_path == "" and greedy.model.lm_head == "screened"
+
+
+@pytest.mark.timeout(120)
+def test_the_simulator_ends_with_a_runner_killed_while_it_starts(tmp_path: Path) -> None:
+    """Regression: the runner's nodes were started without die_with_parent, so when the
+    evaluating process died before its clean-up had stopped them (a second signal during it, a
+    kill), sim_arm_node ran on as an orphan. Now it gets SIGTERM when its parent dies."""
+    import signal
+    import time
+
+    from test.conftest import descendants, still_running
+
+    script = ("from pathlib import Path\n"
+              "from vla_cache_ros.ros.sim_eval_client import RosEpisodeRunner\n"
+              "from vla_cache_ros.sim.evaluate import EvalConfig, parse_modes\n"
+              f"out = Path({str(tmp_path)!r})\n"
+              "RosEpisodeRunner(EvalConfig(modes=parse_modes('expert'), episodes=1, out_dir=out,\n"
+              "                            startup_timeout_s=600), log_dir=out / 'logs').__enter__()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while parent.poll() is None and time.monotonic() < deadline and not children:
+            children = {pid: command for pid, command in descendants(parent.pid).items() if "sim_node" in command}
+            time.sleep(0.02)
+        assert children, "sim_arm_node did not start"
+        parent.send_signal(signal.SIGKILL)  # no clean-up at all
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while any(still_running(pid, command) for pid, command in children.items()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
+    finally:
+        parent.kill()
+        for pid, command in children.items():
+            if still_running(pid, command):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, left

@@ -148,7 +148,7 @@ class RosEpisodeRunner:
             "-p", f"episode_timeout_s:={config.episode_timeout_s}",
             "-p", f"camera_rate_hz:={config.camera_rate_hz}",
             "-p", f"publish_privileged_state:={'true' if expert else 'false'}",
-        ), self.log_dir)
+        ), self.log_dir, die_with_parent=True)  # a second signal during clean-up leaves no orphan
         try:
             self._harness = _Harness(config.action_period_s)
             self._wait(lambda: self._harness.status is not None, config.startup_timeout_s,
@@ -228,7 +228,7 @@ class RosEpisodeRunner:
         self._policy = start_child(POLICY_NODE, python_module(
             "vla_cache_ros.ros.node", "--ros-args",
             "--params-file", str(parameters_file), *topics.remap_arguments(topics.ARM_TOPICS.items()),
-        ), self.log_dir)
+        ), self.log_dir, die_with_parent=True)
         self._wait(lambda: bool(harness.steps), self.config.startup_timeout_s,
                    f"the first inference step of {POLICY_NODE} ({mode.label})", self._policy)
 
