@@ -1,11 +1,21 @@
 """Child processes: SIGINT first and kill only a child that ignores it; logs; piped output."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 
-from vla_cache_ros.subprocesses import collect, interrupt, python_module, start_child
+import pytest
+
+from vla_cache_ros.subprocesses import (
+    collect,
+    interrupt,
+    python_module,
+    sigterm_as_keyboard_interrupt,
+    start_child,
+)
 
 READY = "import sys, time; print('ready', flush=True); time.sleep(60)"
 STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
@@ -61,3 +71,47 @@ def test_collect_reads_pipes_and_kills_what_does_not_finish():
     assert process.stdout.readline().strip() == "ready"
     stopped = collect(process, timeout_s=10, interrupt_first=True)
     assert not stopped.killed and "KeyboardInterrupt" in stopped.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_stop_signal_while_the_child_starts_leaves_no_orphan(signum, tmp_path, monkeypatch):
+    """Regression (a demo test's flake): a stop signal while ``Popen`` waited for the child's
+    ``exec`` raised inside ``Popen``, after the fork; nobody held the child and it ran on. The
+    signal now reaches its handler once the child is held, and a child nobody gets is stopped."""
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(*args, **kwargs):  # the signal arrives before Popen returns
+        started.append(real_popen(*args, **kwargs))
+        os.kill(os.getpid(), signum)
+        time.sleep(0.5)  # a handler that raises does so here, inside Popen
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt), sigterm_as_keyboard_interrupt():
+            start_child("sleeper", [sys.executable, "-c", READY], tmp_path)
+        assert started and started[0].wait(timeout=30) is not None
+    finally:
+        for process in started:
+            process.kill()
+
+
+def test_a_signal_whose_handler_does_not_raise_keeps_the_child(tmp_path, monkeypatch):
+    """A handler that only records the stop (as ``serve``'s) runs once; the caller keeps the child."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: seen.append(number))
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
+    try:
+        child = start_child("sleeper", [sys.executable, "-c", READY], tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM] and child.alive()
+    assert child.interrupt(timeout_s=10)

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,12 +160,41 @@ def start_child(
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log, _stop_signals_deferred() as arrived:
         process = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=own_session,
             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
-    return ChildProcess(name, process, log_path)
+    child = ChildProcess(name, process, log_path)
+    if arrived:  # now that the child is held, the signal goes to the handler it was meant for
+        try:
+            signal.raise_signal(arrived[0])
+        except BaseException:  # it raised (Ctrl-C, SIGTERM as Ctrl-C): nobody gets this child, so stop it
+            child.interrupt()
+            raise
+    return child
+
+
+@contextmanager
+def _stop_signals_deferred() -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM are recorded in the yielded list instead of handled.
+
+    Regression: a stop signal that arrived while ``subprocess.Popen`` waited for the child's
+    ``exec`` raised inside ``Popen`` after the fork, so the child ran on and nobody held it (an
+    orphan of the demo and of sim-eval). Only in the main thread, the only one where Python runs
+    signal handlers; a signal whose handler was not set from Python is left alone.
+    """
+    arrived: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not None:
+                previous[signum] = signal.signal(signum, lambda number, frame: arrived.append(number))
+    try:
+        yield arrived
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Terminated(KeyboardInterrupt):
