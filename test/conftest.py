@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # Isolation between concurrent runs on one machine: discovery stays on this host and each run
 # gets its own domain (tools/test.sh exports one; a plain `pytest` picks one here).
@@ -81,6 +83,31 @@ def still_running(pid: int, cmdline: str) -> bool:
             return handle.read().replace(b"\0", b" ").decode(errors="replace").strip() == cmdline
     except (OSError, IndexError):
         return False
+
+
+def signal_once_ready(child: Any, ready: Callable[[dict[int, str]], bool], signum: int,
+                      timeout_s: float = 90.0) -> dict[int, str]:
+    """Poll ``child``'s (a ``ChildProcess``) descendants until ``ready(descendants)`` holds, send it
+    ``signum`` and wait for it to end (it is killed in any case). Returns the descendants seen
+    that outlived it (killed now, so that no test leaves them behind). Fails the test if it never
+    became ready."""
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + timeout_s
+        while child.alive() and time.monotonic() < deadline:
+            children = descendants(child.process.pid)
+            if ready(children):
+                break
+            time.sleep(0.02)
+        assert ready(children), child.log()[-3000:]
+        child.process.send_signal(signum)
+        child.process.wait(timeout=60)
+    finally:
+        child.kill()
+        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def _is_ros_process(cmdline: str) -> bool:

@@ -150,35 +150,19 @@ def test_sigterm_while_the_node_loads_stops_the_demo_with_143(loop: str, tmp_pat
     with 0). Episodes: sent once vla_cache_node runs as a child (it is loading). Live: sent at the
     first status line, once the children are past their imports (a child that gets the demo's
     SIGINT while Python still imports its modules dies with a traceback, reported as an error)."""
-    from test.conftest import descendants, still_running
+    from test.conftest import signal_once_ready
     from vla_cache_ros.subprocesses import python_module, start_child
 
     options = ["--episodes", "1"] if loop == "episodes" else ["--live", "--source", "synthetic", "--no-record"]
     demo = start_child("demo", python_module(
         "vla_cache_ros.apps.cli", "demo", "--model", "tiny", "--threads", "1", *options,
         "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out")), tmp_path, env=demo_env, cwd=tmp_path)
-    children: dict[int, str] = {}
-    try:
-        deadline = time.monotonic() + 90
+    def started(children: dict[int, str]) -> bool:
+        if loop == "live":
+            return bool(STATUS_LINE.search(demo.log()))
+        return any("-m vla_cache_ros.ros.node " in command for command in children.values())
 
-        def started() -> bool:
-            if loop == "live":
-                return bool(STATUS_LINE.search(demo.log()))
-            return any("-m vla_cache_ros.ros.node " in command for command in children.values())
-
-        while demo.alive() and time.monotonic() < deadline:
-            children = descendants(demo.process.pid)
-            if started():
-                break
-            time.sleep(0.05)
-        assert started(), demo.log()[-3000:]
-        demo.process.send_signal(signal.SIGTERM)
-        demo.process.wait(timeout=60)
-    finally:
-        demo.kill()
-        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+    left = signal_once_ready(demo, started, signal.SIGTERM)
     log = demo.log()
     assert demo.exit_code == 128 + signal.SIGTERM and "Traceback" not in log, log[-3000:]
     assert "interrupted" in log and not left, (left, log[-3000:])
@@ -193,32 +177,18 @@ def test_a_stop_while_the_children_import_is_no_failure(stop: int, code: int, tm
     reported as errors ("synthetic_camera exited with code -2") and exited 1. A child ended by the
     signal the demo sent to stop it has stopped as asked: the demo ends as documented (Ctrl-C 0,
     SIGTERM 143) and leaves no process behind."""
-    from test.conftest import descendants, still_running
+    from test.conftest import signal_once_ready
     from vla_cache_ros.subprocesses import python_module, start_child
 
     demo = start_child("demo", python_module(
         "vla_cache_ros.apps.cli", "demo", "--live", "--model", "tiny", "--threads", "1", "--source", "synthetic",
         "--no-record", "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "out")), tmp_path,
         env=demo_env, cwd=tmp_path)
-    children: dict[int, str] = {}
-    try:
-        deadline = time.monotonic() + 90
+    def started(children: dict[int, str]) -> bool:  # both exist; the node imports torch for seconds after this
+        return all(any(f"-m vla_cache_ros.ros.{module} " in command for command in children.values())
+                   for module in ("synthetic_camera", "node"))
 
-        def started() -> bool:  # both children exist; the node imports torch for seconds after this
-            return all(any(f"-m vla_cache_ros.ros.{module} " in command for command in children.values())
-                       for module in ("synthetic_camera", "node"))
-
-        while demo.alive() and time.monotonic() < deadline and not started():
-            children = descendants(demo.process.pid)
-            time.sleep(0.02)
-        assert started(), demo.log()[-3000:]
-        demo.process.send_signal(stop)
-        demo.process.wait(timeout=60)
-    finally:
-        demo.kill()
-        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+    left = signal_once_ready(demo, started, stop)
     log = demo.log()
     assert demo.exit_code == code and "error" not in log and "Traceback" not in log, log[-3000:]
     assert "interrupted" in log and not left, (left, log[-3000:])

@@ -2,7 +2,6 @@
 read) before anything starts."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -141,31 +140,16 @@ def test_sigterm_while_sim_eval_starts_stops_its_nodes(starting: str, tmp_path: 
     orphaned. Sent once ``starting`` runs as a child: while the simulator starts (mode expert,
     no node), or while the node loads the model (mode off). It now stops them and exits 143."""
     import signal
-    import time
 
-    from test.conftest import descendants, still_running
+    from test.conftest import signal_once_ready
     from vla_cache_ros.subprocesses import python_module, start_child
 
     modes = "expert" if starting.endswith("sim_node") else "off"
     sim_eval = start_child("sim_eval", python_module(
         "vla_cache_ros.apps.cli", "sim-eval", "--model", str(tiny_checkpoint), "--modes", modes, "--episodes", "1",
         "--warmup-episodes", "0", "--num-threads", "1", "--out", str(tmp_path / "eval"), "--quiet"), tmp_path)
-    children: dict[int, str] = {}
-    try:
-        deadline = time.monotonic() + 90
-        while sim_eval.alive() and time.monotonic() < deadline:
-            children = descendants(sim_eval.process.pid)
-            if any(f"-m {starting} " in command for command in children.values()):
-                break
-            time.sleep(0.05)
-        assert any(f"-m {starting} " in command for command in children.values()), sim_eval.log()[-3000:]
-        sim_eval.process.send_signal(signal.SIGTERM)
-        sim_eval.process.wait(timeout=60)
-    finally:
-        sim_eval.kill()
-        left = {pid: command for pid, command in children.items() if still_running(pid, command)}
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+    left = signal_once_ready(sim_eval, lambda children: any(f"-m {starting} " in command
+                                                            for command in children.values()), signal.SIGTERM)
     log = sim_eval.log()
     assert sim_eval.exit_code == 128 + signal.SIGTERM and "Traceback" not in log, log[-3000:]
     assert not left, f"sim-eval left its nodes running: {left}"
