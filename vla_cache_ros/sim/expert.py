@@ -141,6 +141,7 @@ class ScriptedExpert:
         task = sim.status()
         self._family, self._target = task.family, task.target
         self._phases = self._plan(sim, task.family, task.target)
+        self._phase_index = {phase.name: i for i, phase in enumerate(self._phases)}
         self._index = 0
         self._steps_in_phase = self._held = 0
         self._reached = False
@@ -227,7 +228,7 @@ class ScriptedExpert:
 
     def _phase_from_state(self, sim: ExpertScene) -> Phase:
         """The phase the scene calls for (``state_based``); see the module docstring."""
-        index = {phase.name: i for i, phase in enumerate(self._phases)}
+        index = self._phase_index
         target = OBJECTS_BY_NAME[self._target]
         tcp, position = sim.ee_position(), sim.object_position(self._target)
         current_yaw = float(euler_from_matrix(sim.ee_rotation())[2])
