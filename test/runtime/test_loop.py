@@ -18,7 +18,7 @@ import pytest
 from vla_cache_ros.errors import ConfigurationError, ImageConversionError
 from vla_cache_ros.runtime.config import NodeConfig
 from vla_cache_ros.runtime.loop import PolicyRuntime
-from vla_cache_ros.runtime.reporting import LOG_REPEAT_S, ProblemLog
+from vla_cache_ros.runtime.reporting import LOG_REPEAT_S, MESSAGE_LIMIT, RECENT_S, ProblemLog
 
 JOINTS = ["j1", "j2", "j3", "j4", "j5", "j6"]
 MEASURED = [0.1, -0.2, 0.3, -0.4, 0.5, -0.6]
@@ -532,3 +532,27 @@ def test_warm_up_leaves_the_engine_counters_at_zero(tiny_checkpoint: Path) -> No
     assert backend_values(policy)["lm_head"] == "screened (0/0 rows without the full head)"
     policy.step(np.full((224, 224, 3), 60, np.uint8), "pick up the red cube")
     assert policy.engine.counters.head_rows == 7
+
+
+def test_diagnostics_keep_a_cause_that_a_more_frequent_consequence_follows() -> None:
+    """Regression (a CI flake in test_bad_inputs_rejected_without_commands): /diagnostics showed
+    only the last problem, so each control step's "joint_states is stale" hid the rejected
+    messages that made the stream stale. Every problem of the last seconds is shown, newest first."""
+    now = {"t": 0.0}
+    log = ProblemLog(Lines(), Lines(), clock=lambda: now["t"])
+    for _ in range(20):
+        log.warn("joint_states", "rejected joint_states: duplicate joint names")
+        now["t"] += 0.02
+        log.warn("step", "step not used: joint_states is stale (1.2 s old)")
+        now["t"] += 0.02
+    assert log.last == "step not used: joint_states is stale (1.2 s old)"
+    assert log.current() == ("step not used: joint_states is stale (1.2 s old) | "
+                             "rejected joint_states: duplicate joint names")
+    now["t"] += RECENT_S - 0.1
+    log.warn("step", "step not used: joint_states is stale (6.1 s old)")
+    now["t"] += 0.2  # the rejection is now older than RECENT_S
+    assert log.current() == "step not used: joint_states is stale (6.1 s old)"
+    now["t"] += 2 * RECENT_S
+    assert log.current() == "step not used: joint_states is stale (6.1 s old)"  # nothing recent: the last
+    log.warn("camera", "x" * 2000)
+    assert len(log.current()) <= MESSAGE_LIMIT + 40  # clip_text says how long it was

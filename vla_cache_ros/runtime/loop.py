@@ -615,7 +615,7 @@ class PolicyRuntime:
             input_ages={name: self._controller.input_age(name, now) for name in inputs},
             cache_mode=policy.mode if policy is not None else self._config.cache.mode,
             target_ratio=policy.cache_ratio if policy is not None else self._config.cache.ratio,
-            last_error=self.log.last, recent_warning=self.log.recent(), extra=values,
+            last_error=self.log.current(), recent_warning=self.log.recent(), extra=values,
             budget=self._budget.snapshot())
 
     @property

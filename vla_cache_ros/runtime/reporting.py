@@ -2,7 +2,8 @@
 
 A bad camera stream or a failing model repeats the same problem many times a second. Each
 problem is logged at once when it is new for its key (numbers aside), then at most every
-:data:`LOG_REPEAT_S` with the count of repeats since; the last problem is kept for /diagnostics.
+:data:`LOG_REPEAT_S` with the count of repeats since; the problems of the last
+few seconds (one line per key) are kept for /diagnostics.
 Every line is cut to :data:`MESSAGE_LIMIT` characters, so no user text (an instruction, a bad
 parameter value) can make a log line or a diagnostics value huge.
 
@@ -47,6 +48,7 @@ class ProblemLog:
         self._lock = threading.Lock()
         self._logged: dict[str, tuple[str, float, int]] = {}  # key -> (shape, time, repeats)
         self._last: tuple[str, float] | None = None
+        self._latest: dict[str, tuple[str, float]] = {}  # key -> its last message, when
 
     def _line(self, key: str, message: str) -> str | None:
         """Record ``message``; return the line to log now, or None to stay quiet."""
@@ -54,7 +56,7 @@ class ProblemLog:
         now = self._clock()
         shape = re.sub(r"\d+(\.\d+)?", "#", message)  # same message, other numbers
         with self._lock:
-            self._last = (message, now)
+            self._last = self._latest[key] = (message, now)
             shape_before, logged_at, repeats = self._logged.get(key, ("", -LOG_REPEAT_S, 0))
             if shape_before == shape and now - logged_at < LOG_REPEAT_S:
                 self._logged[key] = (shape, logged_at, repeats + 1)
@@ -93,6 +95,23 @@ class ProblemLog:
         """The last problem reported (None if none yet)."""
         with self._lock:
             return None if self._last is None else self._last[0]
+
+    def current(self, within_s: float = RECENT_S) -> str | None:
+        """Every problem (one line per key) reported in the last ``within_s`` seconds, the most
+        recent first, joined by " | " and cut to :data:`MESSAGE_LIMIT`; the last problem ever if
+        none is that recent (None if none yet).
+
+        Regression (a CI flake): /diagnostics showed only the last problem, and a consequence
+        reported more often (each control step's "joint_states is stale") hid its cause (the
+        rejected messages that made the stream stale) from most diagnostics messages.
+        """
+        with self._lock:
+            now = self._clock()
+            lines = sorted((entry for entry in self._latest.values() if now - entry[1] < within_s),
+                           key=lambda entry: entry[1], reverse=True)
+            if not lines:
+                return None if self._last is None else self._last[0]
+            return clip_text(" | ".join(message for message, _ in lines), MESSAGE_LIMIT)
 
     def recent(self, within_s: float = RECENT_S) -> str | None:
         """The last problem if it was reported in the last ``within_s`` seconds."""
