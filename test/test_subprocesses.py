@@ -115,3 +115,24 @@ def test_a_signal_whose_handler_does_not_raise_keeps_the_child(tmp_path, monkeyp
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIGTERM] and child.alive()
     assert child.interrupt(timeout_s=10)
+
+
+@pytest.mark.parametrize("on_sigint, ours", [
+    ("raise", True),  # Python's own KeyboardInterrupt: exit -2, traceback
+    ("print('KeyboardInterrupt', file=sys.stderr, flush=True); sys.exit(1)", True),  # as during interpreter start
+    ("print('cannot close the bag', file=sys.stderr, flush=True); sys.exit(1)", False),  # a real failure
+    ("sys.exit(0)", False),  # a clean stop is no interrupt death
+])
+def test_ended_by_our_interrupt_tells_a_start_up_death_from_a_failure(on_sigint, ours, tmp_path):
+    """Regression (a CI run): a child interrupted while its interpreter still started printed
+    "Fatal Python error: init_import_site" and a KeyboardInterrupt traceback and exited 1, not -2,
+    and the demo reported it as a failure."""
+    code = ("import sys, time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n"
+            f"except KeyboardInterrupt:\n    {on_sigint}\n")
+    child = start_child("child", [sys.executable, "-c", code], tmp_path)
+    deadline = time.monotonic() + 30
+    while "ready" not in child.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.ended_by_our_interrupt() is False  # still running
+    assert child.interrupt(timeout_s=10)
+    assert child.ended_by_our_interrupt() is ours, (child.exit_code, child.log())

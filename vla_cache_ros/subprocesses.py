@@ -116,10 +116,15 @@ class ChildProcess:
         return interrupt(self.process, timeout_s)
 
     def ended_by_our_interrupt(self) -> bool:
-        """Whether the SIGINT :meth:`interrupt` sent ended it (exit -2): a Python child that gets it
-        before its own handler is set, while it still imports its modules, dies of Python's
-        KeyboardInterrupt with a traceback. It stopped as asked (it had not started yet): no failure."""
-        return self.interrupted and self.process.returncode == -signal.SIGINT
+        """Whether the SIGINT :meth:`interrupt` sent ended it: a Python child that gets it before
+        its own handler is set, while it still imports its modules, dies of Python's
+        KeyboardInterrupt with a traceback, exit -2; or exit 1 with "Fatal Python error:
+        init_import_site" when it came while the interpreter itself still started (a CI run). It
+        stopped as asked (it had not started yet): no failure."""
+        code = self.process.returncode
+        if not self.interrupted or code in (None, 0):
+            return False
+        return code == -signal.SIGINT or self.log_tail(1).strip() == "KeyboardInterrupt"
 
     def kill(self) -> None:
         """SIGKILL at once (when even waiting is not wanted, e.g. a second Ctrl-C)."""
