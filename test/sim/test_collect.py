@@ -152,7 +152,49 @@ def test_noise_fraction_picks_an_exact_share_of_episodes() -> None:
     config = CollectConfig(out_dir=Path("unused"), episodes=100, noise_fraction=0.5)
     assert sum(config.noisy(i) for i in range(100)) == 50
     assert [config.noisy(i) for i in range(4)] == [False, True, False, True]
-    assert config.action_noise(0) is None and config.action_noise(1) is not None
+    assert config.perturbation(0) is None and config.perturbation(1) is not None
+
+
+def test_excursions_move_the_arm_away_and_the_expert_labels_the_state(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Excursions (issue 12): random moves of centimetres replace the executed action now and then,
+    so the arm visits states beside the expert's path; labels come from the state-based expert,
+    never from the excursion, and the episode is seeded. Without state labels they are refused."""
+    from vla_cache_ros.sim.collect import CollectConfig, Excursions
+
+    common = ["--episodes", "1", "--seed", "5", "--families", "pick", "--no-bags", "--quiet",
+              "--expert-labels", "state"]
+    clean, moved, again = tmp_path / "clean", tmp_path / "moved", tmp_path / "again"
+    assert cli_main(["sim-collect", "--out", str(clean), *common]) == 0
+    for out in (moved, again):
+        assert cli_main(["sim-collect", "--out", str(out), *common, "--excursion-fraction", "1",
+                         "--excursion-step", "0.02"]) == 0
+    a, b, c = (read_episode(episode_path(out, 0)) for out in (clean, moved, again))
+    steps = min(len(a), len(b))
+    assert np.abs(a.proprio[:steps, :3] - b.proprio[:steps, :3]).max() > 0.01  # centimetres off the path
+    np.testing.assert_array_equal(b.actions, c.actions)
+    np.testing.assert_array_equal(b.proprio, c.proprio)
+    # Labels are the expert's (bounded by its 0.025 m step), not the excursions' moves.
+    assert np.linalg.norm(b.actions[:, :3], axis=1).max() <= 0.025 + 1e-6
+    manifest = json.loads((moved / "manifest.json").read_text())
+    assert manifest["expert_labels"] == "state" and manifest["excursions"]["fraction"] == 1.0
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "refused"), "--episodes", "1", "--no-bags", "--quiet",
+                     "--excursion-fraction", "0.5"]) == 2
+    assert "needs --expert-labels state" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert cli_main(["sim-collect", "--out", str(moved), *common]) == 2  # a resume cannot drop them
+    assert "excursions" in capsys.readouterr().err
+
+    excursions = Excursions(rate=1.0, step_m=0.02, max_steps=3, rng=np.random.default_rng(0))
+    expert_action = np.array([0.01, 0.0, 0.0, 0.0, 0.0, 0.1, 1.0])
+    executed = [excursions(expert_action) for _ in range(200)]
+    replaced = [step for step in executed if not np.allclose(step[:3], expert_action[:3])]
+    assert replaced and all(np.allclose(step[3:], expert_action[3:]) for step in executed)
+    horizontal = np.array([np.linalg.norm(step[:2]) for step in replaced])
+    vertical = np.array([step[2] for step in replaced])
+    assert horizontal.min() >= 0.4 * 0.02 - 1e-9 and horizontal.max() <= 0.02 + 1e-9
+    assert -0.8 * 0.02 <= vertical.min() and vertical.max() <= 0.4 * 0.02 and (vertical < 0).mean() > 0.5
+    config = CollectConfig(out_dir=Path("unused"), episodes=10, expert_labels="state", excursion_fraction=0.3)
+    assert sum(config.perturbation(i) is not None for i in range(10)) == 3
 
 
 def test_policy_driven_collection_executes_the_policy_and_labels_with_the_expert(tmp_path: Path,
@@ -196,8 +238,9 @@ def test_policy_driven_collection_executes_the_policy_and_labels_with_the_expert
     assert "--expert-mix must lie in [0, 1]" in capsys.readouterr().err
     assert cli_main(["sim-collect", "--out", str(tmp_path / "k"), *common, "--expert-mix", "0.5"]) != 0
     assert "only with --policy" in capsys.readouterr().err
-    assert cli_main(["sim-collect", "--out", str(tmp_path / "k"), *common, "--expert-labels", "state"]) != 0
-    assert "only with --policy" in capsys.readouterr().err
+    # The expert may label (and drive) by state without a policy too; the manifest says so.
+    assert cli_main(["sim-collect", "--out", str(tmp_path / "k"), *common, "--expert-labels", "state"]) == 0
+    assert json.loads((tmp_path / "k" / "manifest.json").read_text())["expert_labels"] == "state"
     # A collection labelled by history resumes only as such.
     assert cli_main(["sim-collect", "--out", str(mixed), *common, "--policy", "tiny", "--expert-mix", "1"]) != 0
     assert "expert_labels" in capsys.readouterr().err

@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="noise std on dx, dy, dz in metres (default 0.005)")
     parser.add_argument("--noise-rotation", type=float, default=0.02,
                         help="noise std on droll, dpitch, dyaw in radians (default 0.02)")
+    parser.add_argument("--excursion-fraction", type=float, default=0.0,
+                        help="fraction of episodes in which random moves of up to --excursion-step per step "
+                             "now and then replace the executed action for 1-4 steps, the expert labelling by "
+                             "state (needs --expert-labels state; default 0)")
+    parser.add_argument("--excursion-step", type=float, default=0.02,
+                        help="largest horizontal move of one excursion step in metres (default 0.02)")
     parser.add_argument("--policy", default=None,
                         help="DAgger: this checkpoint (directory or short name) drives the arm while the expert "
                              "labels every frame; failed episodes are kept for training (needs --no-bags)")
@@ -69,10 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --policy: end an episode once the arm moved < 1 cm over this many steps "
                              "(0: never; default 30)")
     parser.add_argument("--expert-labels", choices=EXPERT_LABELS, default=None,
-                        help="with --policy: 'state' (default): each label's phase (hover, descend, close, "
-                             "lift, ...) follows from the scene alone; 'history': the expert steps through its "
-                             "plan as when it drives (told a policy at the object to go back up; collections "
-                             "made before this option)")
+                        help="'state': each label's phase (hover, descend, close, lift, ...) follows from the "
+                             "scene alone (default with --policy); 'history': the expert steps through its plan "
+                             "(default when the expert drives; with --policy it told a policy at the object to "
+                             "go back up)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_sim_collect)
 
@@ -128,14 +134,15 @@ def _sim_collect(args: argparse.Namespace) -> int:
         policy = PolicyDriving(args.policy, args.unnorm_key, args.expert_mix,
                                PolicyDriving.stall_steps if args.stall_steps is None else args.stall_steps,
                                args.expert_labels or PolicyDriving.expert_labels)
-    elif args.unnorm_key is not None or args.expert_mix != 0.0 or args.stall_steps is not None \
-            or args.expert_labels is not None:
-        raise UserFacingError("--unnorm-key, --expert-mix, --stall-steps and --expert-labels apply only with --policy")
+    elif args.unnorm_key is not None or args.expert_mix != 0.0 or args.stall_steps is not None:
+        raise UserFacingError("--unnorm-key, --expert-mix and --stall-steps apply only with --policy")
     config = CollectConfig(out_dir=args.out, episodes=args.episodes, seed=args.seed, families=args.families,
                            dataset_name=args.dataset_name, record_bags=not args.no_bags,
                            noise_fraction=args.noise_fraction,
                            noise_translation_m=args.noise_translation,
-                           noise_rotation_rad=args.noise_rotation, policy=policy)
+                           noise_rotation_rad=args.noise_rotation, policy=policy,
+                           expert_labels="history" if policy is not None else args.expert_labels or "history",
+                           excursion_fraction=args.excursion_fraction, excursion_step_m=args.excursion_step)
     summary = collect(config, progress=not args.quiet)
     print(f"{summary.episodes} episodes in {args.out} ({summary.newly_recorded} recorded now)")
     driver = "expert" if policy is None else f"policy (expert mix {policy.expert_mix:g})"

@@ -18,6 +18,15 @@ then sees how the expert corrects drift, instead of only its own perfect path (t
 DART, Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"). The noise of
 episode ``i`` is seeded by ``(seed, i)``, so a collection stays deterministic and resumable.
 
+Larger excursions (``excursion_fraction``): Gaussian noise of a few millimetres keeps the arm
+near the expert's path, while a cloned policy fails centimetres away from it (measured on
+policy-driven episodes: it descends 1-3 cm beside the cube and stands still). In excursion
+episodes the executed action is now and then replaced, for 1 to ``excursion_max_steps`` steps,
+by a random move of up to ``excursion_step_m`` per step (sideways, and more often down than up),
+and the expert labels by state (``expert_labels="state"``, required): every label answers the
+state the arm is in, whatever history brought it there, as in a DAgger round, but without a
+policy in the loop, so such data can be collected before any policy exists.
+
 States the *policy* reaches (DAgger, Ross et al. 2011, "A Reduction of Imitation Learning and
 Structured Prediction to No-Regret Online Learning"): with ``policy`` set, a trained checkpoint
 drives the arm (at each step, with probability ``expert_mix``, the expert's action instead: the
@@ -151,6 +160,14 @@ class CollectConfig:
         noise_rotation_rad: standard deviation of the noise on each of droll, dpitch, dyaw.
         policy: a trained policy drives the arm while the expert labels (DAgger); None: the
             expert drives.
+        expert_labels: how the expert chooses its phase when it drives (``EXPERT_LABELS``):
+            ``history`` (default) or ``state``; a policy-driven collection uses
+            ``policy.expert_labels`` instead.
+        excursion_fraction: fraction of episodes executed with excursions (0: none; needs
+            ``expert_labels="state"``).
+        excursion_rate: per-step probability that an excursion starts (when none runs).
+        excursion_step_m: largest translation of one excursion step (metres).
+        excursion_max_steps: longest excursion (steps).
     """
 
     out_dir: Path
@@ -164,6 +181,11 @@ class CollectConfig:
     noise_translation_m: float = 0.005
     noise_rotation_rad: float = 0.02
     policy: PolicyDriving | None = None
+    expert_labels: str = "history"
+    excursion_fraction: float = 0.0
+    excursion_rate: float = 0.1
+    excursion_step_m: float = 0.02
+    excursion_max_steps: int = 4
     sim: SimConfig = field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:
@@ -181,9 +203,23 @@ class CollectConfig:
         if self.policy is not None and self.record_bags:
             raise UserFacingError("a collection driven by --policy writes no rosbag2 (its executed commands are "
                                   "the policy's, its labels the expert's): pass --no-bags")
-        if self.policy is not None and self.noise_fraction > 0:
-            raise UserFacingError("--noise-fraction applies to expert-driven collections; with --policy, "
-                                  "--expert-mix sets how often the expert's action is executed")
+        if self.policy is not None and (self.noise_fraction > 0 or self.excursion_fraction > 0):
+            raise UserFacingError("--noise-fraction and --excursion-fraction apply to expert-driven collections; "
+                                  "with --policy, --expert-mix sets how often the expert's action is executed")
+        if self.expert_labels not in EXPERT_LABELS:
+            raise UserFacingError(f"--expert-labels must be one of {', '.join(EXPERT_LABELS)}, "
+                                  f"got {self.expert_labels!r}")
+        if not 0.0 <= self.excursion_fraction <= 1.0:
+            raise UserFacingError(f"--excursion-fraction must lie in [0, 1], got {self.excursion_fraction}")
+        if self.excursion_fraction > 0:
+            if self.expert_labels != "state":
+                raise UserFacingError("--excursion-fraction needs --expert-labels state: after an excursion the "
+                                      "plan-stepping expert would label by the phase it was in, not by where the "
+                                      "arm is")
+            if not (0.0 < self.excursion_rate <= 1.0 and self.excursion_step_m > 0.0
+                    and self.excursion_max_steps >= 1):
+                raise UserFacingError("excursions need a rate in (0, 1], a step > 0 m and at least one step; got "
+                                      f"{self.excursion_rate}, {self.excursion_step_m}, {self.excursion_max_steps}")
 
     def driver(self, index: int, predict: Predict) -> PolicyDriver:
         """The per-step choice of executed action in episode ``index`` (needs ``policy``)."""
@@ -193,14 +229,25 @@ class CollectConfig:
     def noisy(self, index: int) -> bool:
         """Whether episode ``index`` is executed with action noise (an exact share of
         ``noise_fraction`` of every run of consecutive indices)."""
-        return math.floor((index + 1) * self.noise_fraction) > math.floor(index * self.noise_fraction)
+        return _picked(index, self.noise_fraction)
 
-    def action_noise(self, index: int) -> "ActionNoise | None":
-        """The noise executed in episode ``index`` (None for a clean episode)."""
-        if not self.noisy(index):
-            return None
-        return ActionNoise(self.noise_translation_m, self.noise_rotation_rad,
-                           np.random.default_rng([self.seed, index]))
+    def perturbation(self, index: int) -> "Perturbation | None":
+        """What episode ``index`` executes in place of the expert's clean action (None: that
+        action): Gaussian noise, excursions, or both, each seeded by ``(seed, index)``."""
+        noise = ActionNoise(self.noise_translation_m, self.noise_rotation_rad,
+                            np.random.default_rng([self.seed, index])) if self.noisy(index) else None
+        excursions = Excursions(self.excursion_rate, self.excursion_step_m, self.excursion_max_steps,
+                                np.random.default_rng([self.seed, index, 2])) \
+            if _picked(index, self.excursion_fraction) else None
+        if noise is None or excursions is None:
+            return noise or excursions
+        return lambda action: excursions(noise(action))
+
+    def expert(self) -> ScriptedExpert:
+        """The expert that labels (and, unless a policy drives, acts in) this collection."""
+        if self.policy is not None:
+            return self.policy.expert()
+        return ScriptedExpert(ExpertSettings(state_based=self.expert_labels == "state"))
 
     def manifest(self) -> dict:
         """The settings that define the episodes (a resume must not change them)."""
@@ -208,7 +255,11 @@ class CollectConfig:
             "noise_fraction": self.noise_fraction, "noise_translation_m": self.noise_translation_m,
             "noise_rotation_rad": self.noise_rotation_rad}
         policy = {} if self.policy is None else {"policy": self.policy.manifest()}
-        return {**noise, **policy,
+        labels = {} if self.expert_labels == "history" else {"expert_labels": self.expert_labels}
+        excursions = {} if self.excursion_fraction == 0.0 else {"excursions": {
+            "fraction": self.excursion_fraction, "rate": self.excursion_rate, "step_m": self.excursion_step_m,
+            "max_steps": self.excursion_max_steps}}
+        return {**noise, **policy, **labels, **excursions,
             "format": FORMAT,
             "dataset_name": self.dataset_name,
             "seed": self.seed,
@@ -237,7 +288,8 @@ class CollectSummary:
         return self.successes_by_family.get(family, 0) / total if total else float("nan")
 
 
-OPTIONAL_SETTINGS = ("noise_fraction", "noise_translation_m", "noise_rotation_rad", "policy")
+OPTIONAL_SETTINGS = ("noise_fraction", "noise_translation_m", "noise_rotation_rad", "policy", "expert_labels",
+                     "excursions")
 """Manifest keys present only when their feature is used: a resume that leaves one out changes them too."""
 
 
@@ -284,13 +336,62 @@ class ActionNoise:
         return noisy
 
 
+@dataclass
+class Excursions:
+    """Random moves that now and then replace the executed translation (not the labels).
+
+    When no excursion runs, one starts with probability ``rate`` per step; it lasts 1 to
+    ``max_steps`` steps (uniform) and moves the tcp by one fixed vector per step: horizontal
+    length uniform in [0.4, 1] x ``step_m`` in a uniform direction, vertical uniform in
+    [-0.8, 0.4] x ``step_m`` (down more often than up, as a cloned policy errs near the table).
+    Rotation and gripper stay the given action's.
+
+    Attributes:
+        rate: per-step start probability, in (0, 1].
+        step_m: largest horizontal translation per step (metres).
+        max_steps: longest excursion (steps).
+        rng: the episode's generator.
+    """
+
+    rate: float
+    step_m: float
+    max_steps: int
+    rng: np.random.Generator
+    remaining: int = 0
+    move: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        """``action`` (7-D) with its translation replaced while an excursion runs."""
+        if self.remaining == 0 and self.rng.random() < self.rate:
+            self.remaining = int(self.rng.integers(1, self.max_steps + 1))
+            heading = self.rng.uniform(0.0, 2.0 * np.pi)
+            horizontal = self.rng.uniform(0.4, 1.0) * self.step_m
+            self.move = np.array([horizontal * np.cos(heading), horizontal * np.sin(heading),
+                                  self.rng.uniform(-0.8, 0.4) * self.step_m])
+        if self.remaining == 0:
+            return action
+        self.remaining -= 1
+        moved = np.array(action, dtype=np.float64, copy=True)
+        moved[:3] = self.move
+        return moved
+
+
+Perturbation = Callable[[np.ndarray], np.ndarray]
+"""The executed action for the expert's clean one (:class:`ActionNoise`, :class:`Excursions`)."""
+
+
+def _picked(index: int, fraction: float) -> bool:
+    """Whether episode ``index`` is among an exact share ``fraction`` of every run of indices."""
+    return math.floor((index + 1) * fraction) > math.floor(index * fraction)
+
+
 def record_episode(sim: TabletopSim, expert: ScriptedExpert, seed: int, family: str,
                    bag: EpisodeBagRecorder | None, joint_state_hz: float,
-                   noise: ActionNoise | None = None, driver: PolicyDriver | None = None,
+                   noise: Perturbation | None = None, driver: PolicyDriver | None = None,
                    stall_steps: int = 0) -> EpisodeRecord:
     """Run one episode, recording observations and the expert's actions (and the bag, if given).
 
-    The arm executes the expert's action, or with ``noise`` the noisy action, or with ``driver``
+    The arm executes the expert's action, or with ``noise`` the perturbed action, or with ``driver``
     what the driver chooses (a policy's action); the label is always the expert's clean action.
     With ``stall_steps`` > 0 the episode ends once the tcp moved less than ``STALL_DISTANCE_M``
     over that many steps.
@@ -371,7 +472,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     newly = 0
     with TabletopSim(config.sim) as sim, tqdm(total=config.episodes, initial=config.episodes - len(todo),
                                               desc="sim-collect", unit="ep", disable=not progress) as bar:
-        expert = config.policy.expert() if config.policy is not None else ScriptedExpert()
+        expert = config.expert()
         for index in todo:
             family = config.families[index % len(config.families)]
             seed = config.seed + index
@@ -387,7 +488,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                 partial_bag.parent.mkdir(parents=True, exist_ok=True)
                 with EpisodeBagRecorder(partial_bag) as bag:
                     record = record_episode(sim, expert, seed, family, bag, config.joint_state_hz,
-                                            config.action_noise(index))
+                                            config.perturbation(index))
                 partial_bag.rename(final_bag)
             elif predict is not None:
                 assert config.policy is not None
@@ -396,7 +497,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                                         stall_steps=config.policy.stall_steps)
             else:
                 record = record_episode(sim, expert, seed, family, None, config.joint_state_hz,
-                                        config.action_noise(index))
+                                        config.perturbation(index))
             write_episode(episode_path(out_dir, index), record)
             newly += 1
             bar.update(1)
